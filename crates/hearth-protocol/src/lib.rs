@@ -8,12 +8,14 @@
 //! Invariant: this crate does no I/O and depends on serde and small pure
 //! crates only, so that the client SDK and future mobile bindings can use it.
 
+pub mod api;
 pub mod document;
 pub mod error;
 pub mod path;
 pub mod query;
 pub mod value;
 pub mod write;
+pub mod ws;
 
 pub use document::{Document, MAX_DOCUMENT_BYTES};
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};
