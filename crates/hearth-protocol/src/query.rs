@@ -770,7 +770,8 @@ pub fn compare_in_order(order: &[Order], a: &Document, b: &Document) -> Ordering
 
 /// An aggregation over a query's matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// No `deny_unknown_fields` here: serde cannot combine it with `flatten`
+// (every aggregation would be rejected with "unknown field `op`").
 pub struct Aggregation {
     pub alias: String,
     #[serde(flatten)]
