@@ -1,0 +1,817 @@
+//! The connection driver: one task per [`crate::Client`] that owns the socket
+//! and every piece of mutable state (subscriptions, the pending-write queue,
+//! outstanding requests). The public API talks to it over a channel, so no
+//! lock is shared with application code.
+//!
+//! Life cycle: connect → `hello` → `welcome` → resubscribe every subscription
+//! with its last resume token and resend every unacknowledged write with its
+//! original mutation id → serve frames until the socket breaks → wait a
+//! backoff delay (full jitter) → connect again. Writes and subscriptions
+//! made while offline are queued and shown locally (latency compensation).
+//!
+//! An acknowledged write stays in a subscription's local overlay until that
+//! subscription's server position has reached the write's commit, so a
+//! document never flickers back to its old state between `write_ok` and the
+//! `changes` frame that carries the write (they may arrive in either order).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use hearth_protocol::{CommitResult, ErrorCode, Timestamp, Write};
+use rand::SeedableRng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
+use crate::wire::{self, ClientFrame, Limits, ServerFrame, Target};
+use crate::{ClientConfig, ClientError, ConnectionState};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type SnapshotSender = mpsc::UnboundedSender<Result<QuerySnapshot, ClientError>>;
+type WriteReply = oneshot::Sender<Result<CommitResult, ClientError>>;
+
+/// Requests from the API to the driver.
+pub(crate) enum Command {
+    Subscribe {
+        sub: String,
+        target: Target,
+        tx: SnapshotSender,
+    },
+    Unsubscribe {
+        sub: String,
+    },
+    Write {
+        mutation_id: String,
+        writes: Vec<Write>,
+        reply: WriteReply,
+    },
+    SetToken {
+        token: Option<String>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    DebugDisconnect,
+    Shutdown,
+}
+
+/// Counters the API exposes (see [`crate::ClientStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub sessions: AtomicU64,
+    pub pending_writes: AtomicU64,
+}
+
+/// How long an acknowledged write may stay in the overlay waiting for its
+/// subscription to catch up, before it is dropped anyway.
+const ACK_GRACE: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(100);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+const DEFAULT_MAX_INFLIGHT: usize = 64;
+
+struct SubEntry {
+    target: Target,
+    server: ServerView,
+    /// Received a snapshot at least once (until then nothing is emitted).
+    has_server_data: bool,
+    /// Received its snapshot (or resume confirmation) in this connection.
+    synced: bool,
+    resume: Option<String>,
+    /// The changelog position of `resume`, when the token shows it.
+    position: Option<u64>,
+    emitted: Vec<SnapshotDoc>,
+    emitted_once: bool,
+    tx: SnapshotSender,
+}
+
+struct PendingWrite {
+    mutation_id: String,
+    writes: Vec<Write>,
+    reply: Option<WriteReply>,
+    /// The request id while it is in flight on the current connection.
+    in_flight: Option<u64>,
+    /// Commit sequence and time of the acknowledgement.
+    acked: Option<(u64, Instant)>,
+}
+
+enum Request {
+    Subscribe(String),
+    Unsubscribe,
+    Write(String),
+    Auth,
+    Ping,
+}
+
+enum Disconnect {
+    Shutdown,
+    AuthFailed(String),
+    Retry(String),
+}
+
+pub(crate) struct Driver {
+    config: ClientConfig,
+    token: Option<String>,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    state_tx: watch::Sender<ConnectionState>,
+    stats: Arc<Stats>,
+    subs: BTreeMap<String, SubEntry>,
+    writes: VecDeque<PendingWrite>,
+    requests: HashMap<u64, Request>,
+    token_waiters: Vec<oneshot::Sender<Result<(), ClientError>>>,
+    next_id: u64,
+    limits: Limits,
+    connected: bool,
+    outbox: Vec<String>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        config: ClientConfig,
+        cmd_rx: mpsc::UnboundedReceiver<Command>,
+        state_tx: watch::Sender<ConnectionState>,
+        stats: Arc<Stats>,
+    ) -> Driver {
+        Driver {
+            token: config.token.clone(),
+            config,
+            cmd_rx,
+            state_tx,
+            stats,
+            subs: BTreeMap::new(),
+            writes: VecDeque::new(),
+            requests: HashMap::new(),
+            token_waiters: Vec::new(),
+            next_id: 1,
+            limits: Limits::default(),
+            connected: false,
+            outbox: Vec::new(),
+            rng: rand::rngs::StdRng::from_entropy(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        let mut auth_failed = false;
+        loop {
+            if auth_failed {
+                // Wait for a new credential (or shutdown) before trying again.
+                match self.cmd_rx.recv().await {
+                    None | Some(Command::Shutdown) => return self.close_all(),
+                    Some(Command::SetToken { token, reply }) => {
+                        self.token = token;
+                        self.token_waiters.push(reply);
+                        auth_failed = false;
+                    }
+                    Some(cmd) => self.handle_command(cmd),
+                }
+                continue;
+            }
+            self.state_tx
+                .send_replace(ConnectionState::Connecting { attempt });
+            let hello = ClientFrame::Hello {
+                client_name: &self.config.client_name,
+                client_version: &self.config.client_version,
+                token: self.token.as_deref(),
+            }
+            .encode();
+            let connect = handshake(
+                self.config.ws_url.clone(),
+                hello,
+                self.config.connect_timeout,
+            );
+            tokio::pin!(connect);
+            let outcome = loop {
+                tokio::select! {
+                    result = &mut connect => break Some(result),
+                    cmd = self.cmd_rx.recv() => match cmd {
+                        None | Some(Command::Shutdown) => break None,
+                        Some(Command::DebugDisconnect) => {}
+                        Some(cmd) => self.handle_command(cmd),
+                    },
+                }
+            };
+            let reason = match outcome {
+                None => return self.close_all(),
+                Some(Ok((socket, welcome))) => {
+                    attempt = 0;
+                    match self.session(socket, welcome).await {
+                        Disconnect::Shutdown => return self.close_all(),
+                        Disconnect::AuthFailed(message) => {
+                            self.auth_failure(message);
+                            auth_failed = true;
+                            continue;
+                        }
+                        Disconnect::Retry(reason) => reason,
+                    }
+                }
+                Some(Err(HandshakeError::Auth(message))) => {
+                    self.auth_failure(message);
+                    auth_failed = true;
+                    continue;
+                }
+                Some(Err(HandshakeError::Other(reason))) => {
+                    attempt = attempt.saturating_add(1);
+                    reason
+                }
+            };
+            let delay = self.config.backoff.delay(attempt, &mut self.rng);
+            tracing::debug!(%reason, ?delay, "hearth connection lost; reconnecting");
+            self.state_tx.send_replace(ConnectionState::Offline {
+                reason,
+                retry_in: delay,
+            });
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    cmd = self.cmd_rx.recv() => match cmd {
+                        None | Some(Command::Shutdown) => return self.close_all(),
+                        Some(Command::DebugDisconnect) => {}
+                        Some(cmd) => self.handle_command(cmd),
+                    },
+                }
+            }
+        }
+    }
+
+    fn auth_failure(&mut self, message: String) {
+        tracing::warn!(%message, "hearth credential rejected; waiting for set_token");
+        for waiter in self.token_waiters.drain(..) {
+            let _ = waiter.send(Err(ClientError::Unauthenticated(message.clone())));
+        }
+        self.state_tx
+            .send_replace(ConnectionState::AuthFailed { message });
+    }
+
+    /// Ends every stream and fails every waiting write.
+    fn close_all(mut self) {
+        self.state_tx.send_replace(ConnectionState::Closed);
+        for w in self.writes.drain(..) {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(ClientError::Closed));
+            }
+        }
+        for waiter in self.token_waiters.drain(..) {
+            let _ = waiter.send(Err(ClientError::Closed));
+        }
+        self.stats.pending_writes.store(0, Ordering::Relaxed);
+    }
+
+    async fn session(&mut self, mut socket: Socket, welcome: Welcome) -> Disconnect {
+        self.connected = true;
+        self.limits = welcome.limits;
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.state_tx.send_replace(ConnectionState::Connected {
+            session_id: welcome.session_id,
+        });
+        for waiter in self.token_waiters.drain(..) {
+            let _ = waiter.send(Ok(()));
+        }
+        let heartbeat = welcome.heartbeat.unwrap_or(DEFAULT_HEARTBEAT);
+        let idle_timeout = welcome.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let subs: Vec<String> = self.subs.keys().cloned().collect();
+        for sub in subs {
+            self.send_subscribe(&sub);
+        }
+        self.send_writes();
+        let mut last_received = Instant::now();
+        let mut last_sent = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        let result = loop {
+            if !self.outbox.is_empty() {
+                last_sent = Instant::now();
+                if let Err(e) = flush(&mut socket, &mut self.outbox).await {
+                    break Disconnect::Retry(format!("send failed: {e}"));
+                }
+            }
+            tokio::select! {
+                message = socket.next() => {
+                    last_received = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Err(d) = self.on_frame(text.as_str()) {
+                                break d;
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) = frame
+                                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                .unwrap_or((1005, String::new()));
+                            break close_to_disconnect(code, reason);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break Disconnect::Retry(format!("socket error: {e}")),
+                        None => break Disconnect::Retry("connection closed".into()),
+                    }
+                }
+                cmd = self.cmd_rx.recv() => match cmd {
+                    None | Some(Command::Shutdown) => {
+                        let _ = socket.close(None).await;
+                        break Disconnect::Shutdown;
+                    }
+                    // Drop the socket without a close frame, as a network failure would.
+                    Some(Command::DebugDisconnect) => {
+                        break Disconnect::Retry("debug_disconnect".into());
+                    }
+                    Some(cmd) => self.handle_command(cmd),
+                },
+                _ = tick.tick() => {
+                    if last_received.elapsed() > idle_timeout {
+                        break Disconnect::Retry("no frame from the server within the idle timeout".into());
+                    }
+                    if last_sent.elapsed() > heartbeat {
+                        let id = self.request(Request::Ping);
+                        self.outbox.push(ClientFrame::Ping { id }.encode());
+                    }
+                    self.prune_acked();
+                }
+            }
+        };
+        drop(socket);
+        self.connected = false;
+        self.outbox.clear();
+        self.requests.clear();
+        for w in &mut self.writes {
+            w.in_flight = None;
+        }
+        for entry in self.subs.values_mut() {
+            entry.synced = false;
+        }
+        result
+    }
+
+    fn request(&mut self, request: Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.requests.insert(id, request);
+        id
+    }
+
+    fn send_subscribe(&mut self, sub: &str) {
+        if !self.connected {
+            return;
+        }
+        let id = self.request(Request::Subscribe(sub.to_string()));
+        if let Some(entry) = self.subs.get(sub) {
+            let frame = ClientFrame::Subscribe {
+                id,
+                sub,
+                target: &entry.target,
+                resume: entry.resume.as_deref(),
+            }
+            .encode();
+            self.outbox.push(frame);
+        }
+    }
+
+    /// Sends queued writes, oldest first, up to the server's in-flight limit.
+    fn send_writes(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let limit = self
+            .limits
+            .max_inflight_writes
+            .map(|l| l.max(1) as usize)
+            .unwrap_or(DEFAULT_MAX_INFLIGHT);
+        let mut in_flight = self
+            .writes
+            .iter()
+            .filter(|w| w.in_flight.is_some() && w.acked.is_none())
+            .count();
+        for i in 0..self.writes.len() {
+            if in_flight >= limit {
+                break;
+            }
+            let w = &self.writes[i];
+            if w.in_flight.is_some() || w.acked.is_some() {
+                continue;
+            }
+            let mutation_id = w.mutation_id.clone();
+            let id = self.request(Request::Write(mutation_id.clone()));
+            let w = &mut self.writes[i];
+            w.in_flight = Some(id);
+            self.outbox.push(
+                ClientFrame::Write {
+                    id,
+                    mutation_id: &mutation_id,
+                    writes: &w.writes,
+                }
+                .encode(),
+            );
+            in_flight += 1;
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Subscribe { sub, target, tx } => {
+                self.subs.insert(
+                    sub.clone(),
+                    SubEntry {
+                        target,
+                        server: ServerView::default(),
+                        has_server_data: false,
+                        synced: false,
+                        resume: None,
+                        position: None,
+                        emitted: Vec::new(),
+                        emitted_once: false,
+                        tx,
+                    },
+                );
+                self.send_subscribe(&sub);
+            }
+            Command::Unsubscribe { sub } => {
+                if self.subs.remove(&sub).is_some() && self.connected {
+                    let id = self.request(Request::Unsubscribe);
+                    self.outbox
+                        .push(ClientFrame::Unsubscribe { id, sub: &sub }.encode());
+                }
+            }
+            Command::Write {
+                mutation_id,
+                writes,
+                reply,
+            } => {
+                self.writes.push_back(PendingWrite {
+                    mutation_id,
+                    writes,
+                    reply: Some(reply),
+                    in_flight: None,
+                    acked: None,
+                });
+                self.update_pending_count();
+                self.send_writes();
+                self.emit_all();
+            }
+            Command::SetToken { token, reply } => {
+                self.token = token.clone();
+                match (&token, self.connected) {
+                    (Some(token), true) => {
+                        let id = self.request(Request::Auth);
+                        self.outbox.push(ClientFrame::Auth { id, token }.encode());
+                        self.token_waiters.push(reply);
+                    }
+                    // Used by the next hello.
+                    _ => self.token_waiters.push(reply),
+                }
+            }
+            Command::DebugDisconnect | Command::Shutdown => {}
+        }
+    }
+
+    fn on_frame(&mut self, text: &str) -> Result<(), Disconnect> {
+        let frame = match ServerFrame::decode(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable frame from the server; reconnecting");
+                return Err(Disconnect::Retry(format!("bad frame: {e}")));
+            }
+        };
+        match frame {
+            ServerFrame::Snapshot {
+                sub,
+                resume,
+                reset,
+                docs,
+            } => {
+                if let Some(entry) = self.subs.get_mut(&sub) {
+                    entry.server.replace(docs);
+                    entry.has_server_data = true;
+                    entry.synced = true;
+                    entry.set_resume(resume);
+                    self.prune_acked();
+                    self.emit(&sub, true, reset);
+                }
+            }
+            ServerFrame::Changes {
+                sub,
+                resume,
+                changes,
+            } => {
+                if let Some(entry) = self.subs.get_mut(&sub) {
+                    if let Err(mismatch) = entry.server.apply(&entry.target, &changes) {
+                        tracing::warn!(
+                            sub,
+                            why = mismatch.0,
+                            "server change indices disagree with the view; repaired by path"
+                        );
+                    }
+                    entry.has_server_data = true;
+                    entry.synced = true;
+                    entry.set_resume(resume);
+                    self.prune_acked();
+                    self.emit(&sub, true, false);
+                }
+            }
+            ServerFrame::WriteOk {
+                id,
+                mutation_id,
+                result,
+            } => {
+                if let Some(id) = id {
+                    self.requests.remove(&id);
+                }
+                if let Some(w) = self
+                    .writes
+                    .iter_mut()
+                    .find(|w| w.mutation_id == mutation_id && w.acked.is_none())
+                {
+                    w.acked = Some((result.seq, Instant::now()));
+                    if let Some(reply) = w.reply.take() {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                self.prune_acked();
+                self.update_pending_count();
+                self.send_writes();
+                self.emit_all();
+            }
+            ServerFrame::Error {
+                id,
+                sub,
+                code,
+                message,
+            } => {
+                let request = id.and_then(|id| self.requests.remove(&id));
+                let sub = sub.or(match &request {
+                    Some(Request::Subscribe(sub)) => Some(sub.clone()),
+                    _ => None,
+                });
+                match (request, sub) {
+                    (Some(Request::Write(mutation_id)), _) => {
+                        self.fail_write(&mutation_id, code, message)
+                    }
+                    (Some(Request::Auth), _) => {
+                        let error = ClientError::server(code, message);
+                        for waiter in self.token_waiters.drain(..) {
+                            let _ = waiter.send(Err(error.clone()));
+                        }
+                    }
+                    (_, Some(sub)) => {
+                        if let Some(entry) = self.subs.remove(&sub) {
+                            let _ = entry.tx.send(Err(ClientError::server(code, message)));
+                        }
+                    }
+                    _ => tracing::warn!(%code, %message, "error from the server"),
+                }
+            }
+            ServerFrame::AuthOk { id } => {
+                if let Some(id) = id {
+                    self.requests.remove(&id);
+                }
+                for waiter in self.token_waiters.drain(..) {
+                    let _ = waiter.send(Ok(()));
+                }
+            }
+            ServerFrame::Unsubscribed { id, .. } => {
+                if let Some(id) = id {
+                    self.requests.remove(&id);
+                }
+            }
+            ServerFrame::Ping { id } => {
+                self.outbox.push(
+                    ClientFrame::Pong {
+                        id: id.unwrap_or(0),
+                    }
+                    .encode(),
+                );
+            }
+            ServerFrame::Pong => {}
+            ServerFrame::Welcome { .. } => {
+                return Err(Disconnect::Retry("unexpected second welcome".into()))
+            }
+            ServerFrame::Unknown(kind) => tracing::debug!(kind, "ignoring unknown frame type"),
+        }
+        Ok(())
+    }
+
+    fn fail_write(&mut self, mutation_id: &str, code: ErrorCode, message: String) {
+        if let Some(i) = self
+            .writes
+            .iter()
+            .position(|w| w.mutation_id == mutation_id)
+        {
+            if let Some(w) = self.writes.remove(i) {
+                if let Some(reply) = w.reply {
+                    let _ = reply.send(Err(ClientError::server(code, message)));
+                }
+            }
+        }
+        self.update_pending_count();
+        self.send_writes();
+        self.emit_all();
+    }
+
+    /// Drops acknowledged writes every subscription has caught up with (or
+    /// that waited longer than [`ACK_GRACE`]).
+    fn prune_acked(&mut self) {
+        let before = self.writes.len();
+        let subs = &self.subs;
+        self.writes.retain(|w| match w.acked {
+            None => true,
+            Some((seq, at)) => {
+                at.elapsed() < ACK_GRACE
+                    && subs
+                        .values()
+                        .any(|s| s.position.is_some_and(|p| p < seq) && s.overlay_applies(w))
+            }
+        });
+        if self.writes.len() != before {
+            self.emit_all();
+        }
+    }
+
+    fn update_pending_count(&self) {
+        let n = self.writes.iter().filter(|w| w.acked.is_none()).count();
+        self.stats.pending_writes.store(n as u64, Ordering::Relaxed);
+    }
+
+    fn emit_all(&mut self) {
+        let subs: Vec<String> = self.subs.keys().cloned().collect();
+        for sub in subs {
+            self.emit(&sub, false, false);
+        }
+    }
+
+    /// Recomputes a subscription's local view and sends a snapshot if it
+    /// changed (or `force`, for every server frame).
+    fn emit(&mut self, sub: &str, force: bool, reset: bool) {
+        let Some(entry) = self.subs.get(sub) else {
+            return;
+        };
+        if !entry.has_server_data {
+            return;
+        }
+        let overlay = self.writes.iter().filter(|w| match w.acked {
+            None => true,
+            Some((seq, _)) => entry.position.is_some_and(|p| p < seq),
+        });
+        let local = local_view(
+            &entry.target,
+            &entry.server.docs,
+            overlay.map(|w| w.writes.as_slice()),
+            Timestamp::now(),
+        );
+        let changes = diff(&entry.emitted, &local);
+        let has_pending = local.iter().any(|d| d.pending);
+        let had_pending = entry.emitted.iter().any(|d| d.pending);
+        if !(force || !entry.emitted_once || !changes.is_empty() || has_pending != had_pending) {
+            return;
+        }
+        let snapshot = QuerySnapshot {
+            docs: local.clone(),
+            changes,
+            from_cache: !entry.synced,
+            has_pending_writes: has_pending,
+            reset,
+            resume: entry.resume.clone(),
+        };
+        let delivered = entry.tx.send(Ok(snapshot)).is_ok();
+        if let Some(entry) = self.subs.get_mut(sub) {
+            entry.emitted = local;
+            entry.emitted_once = true;
+        }
+        if !delivered {
+            self.subs.remove(sub);
+        }
+    }
+}
+
+impl SubEntry {
+    fn set_resume(&mut self, resume: Option<String>) {
+        if let Some(token) = resume {
+            self.position = wire::resume_position(&token);
+            self.resume = Some(token);
+        }
+    }
+
+    fn overlay_applies(&self, w: &PendingWrite) -> bool {
+        w.writes.iter().any(|write| match &self.target {
+            Target::Doc(p) => *p == write.path,
+            Target::Query(q) => q.source.contains(&write.path),
+        })
+    }
+}
+
+async fn flush(socket: &mut Socket, outbox: &mut Vec<String>) -> Result<(), String> {
+    for text in outbox.drain(..) {
+        socket
+            .feed(Message::Text(text.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    socket.flush().await.map_err(|e| e.to_string())
+}
+
+fn close_to_disconnect(code: u16, reason: String) -> Disconnect {
+    match code {
+        4001 | 4003 => Disconnect::AuthFailed(format!("closed with {code}: {reason}")),
+        _ => Disconnect::Retry(format!("closed by the server with {code}: {reason}")),
+    }
+}
+
+struct Welcome {
+    session_id: String,
+    heartbeat: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    limits: Limits,
+}
+
+enum HandshakeError {
+    Auth(String),
+    Other(String),
+}
+
+/// Opens the socket, sends `hello` and waits for `welcome`, within `timeout`.
+async fn handshake(
+    url: String,
+    hello: String,
+    timeout: Duration,
+) -> Result<(Socket, Welcome), HandshakeError> {
+    let attempt = async {
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| HandshakeError::Other(format!("bad url {url}: {e}")))?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(wire::SUBPROTOCOL),
+        );
+        let (mut socket, _response) =
+            tokio_tungstenite::connect_async(request)
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(response)
+                        if response.status().as_u16() == 401 =>
+                    {
+                        HandshakeError::Auth("the server answered 401".into())
+                    }
+                    e => HandshakeError::Other(format!("connect to {url}: {e}")),
+                })?;
+        socket
+            .send(Message::Text(hello.into()))
+            .await
+            .map_err(|e| HandshakeError::Other(format!("send hello: {e}")))?;
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => match ServerFrame::decode(text.as_str()) {
+                    Ok(ServerFrame::Welcome {
+                        session_id,
+                        heartbeat_ms,
+                        idle_timeout_ms,
+                        limits,
+                    }) => {
+                        return Ok((
+                            socket,
+                            Welcome {
+                                session_id,
+                                heartbeat: heartbeat_ms.map(Duration::from_millis),
+                                idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+                                limits,
+                            },
+                        ))
+                    }
+                    Ok(ServerFrame::Error { code, message, .. }) => {
+                        return Err(match code {
+                            ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => {
+                                HandshakeError::Auth(message)
+                            }
+                            _ => HandshakeError::Other(format!("{code}: {message}")),
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(HandshakeError::Other(format!("bad frame: {e}"))),
+                },
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005);
+                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    return Err(match close_to_disconnect(code, reason) {
+                        Disconnect::AuthFailed(m) => HandshakeError::Auth(m),
+                        Disconnect::Retry(m) => HandshakeError::Other(m),
+                        Disconnect::Shutdown => HandshakeError::Other("closed".into()),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(HandshakeError::Other(format!("socket error: {e}"))),
+                None => return Err(HandshakeError::Other("closed before welcome".into())),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(HandshakeError::Other(format!(
+            "no welcome within {timeout:?}"
+        ))),
+    }
+}

@@ -1,0 +1,479 @@
+//! Subscription views: the server-confirmed result of a subscription, the
+//! local view (that result with the client's pending writes applied, for
+//! latency compensation), and the diff between two successive local views
+//! that becomes a snapshot's `changes`.
+//!
+//! The server view is maintained exactly as the protocol says: a `snapshot`
+//! frame replaces it, a `changes` frame is applied entry by entry (remove at
+//! `old_index`, insert at `new_index`, each index relative to the list as
+//! left by the entries before it). If an index does not agree with the view
+//! (which would be a server bug), the entry is applied by path and the view
+//! re-sorted by the query's reference order, so the view stays correct.
+
+use std::collections::BTreeMap;
+
+use hearth_protocol::{apply_write, DocPath, Document, Timestamp, Write};
+
+use crate::wire::{ChangeKind, Target, WireChange};
+
+/// One document of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotDoc {
+    pub doc: Document,
+    /// True when the document shows a local write the server has not
+    /// confirmed yet (its `version` is then the last confirmed one).
+    pub pending: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocChangeKind {
+    Added,
+    Modified,
+    Removed,
+}
+
+/// How one document changed between two successive snapshots of a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocChange {
+    pub kind: DocChangeKind,
+    /// The document after the change (before it, for `Removed`).
+    pub doc: Document,
+    /// Position in the previous snapshot's `docs` (`None` for `Added`).
+    pub old_index: Option<usize>,
+    /// Position in this snapshot's `docs` (`None` for `Removed`).
+    pub new_index: Option<usize>,
+    /// True when the new state includes unconfirmed local writes.
+    pub pending: bool,
+}
+
+/// One state of a subscription's result, as a `Stream` item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuerySnapshot {
+    /// The documents in query order (0 or 1 for a document subscription).
+    pub docs: Vec<SnapshotDoc>,
+    /// What changed since the previous snapshot of this subscription (for
+    /// the first snapshot: every document, as added).
+    pub changes: Vec<DocChange>,
+    /// True when the server has not confirmed this state in the current
+    /// connection (offline, or reconnected and not yet resynchronised).
+    pub from_cache: bool,
+    /// True when some document shows an unconfirmed local write.
+    pub has_pending_writes: bool,
+    /// True when the server could not resume from the client's token (it was
+    /// older than the changelog's retention) and sent a fresh result instead.
+    pub reset: bool,
+    /// The resume token of the server state this snapshot is built on.
+    pub resume: Option<String>,
+}
+
+impl QuerySnapshot {
+    /// The documents without their flags.
+    pub fn documents(&self) -> impl Iterator<Item = &Document> {
+        self.docs.iter().map(|d| &d.doc)
+    }
+}
+
+/// Why a `changes` frame could not be applied by index (the view was then
+/// repaired by path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexMismatch(pub String);
+
+/// The server-confirmed result of one subscription.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerView {
+    pub docs: Vec<Document>,
+}
+
+impl ServerView {
+    pub fn replace(&mut self, docs: Vec<Document>) {
+        self.docs = docs;
+    }
+
+    /// Applies one `changes` frame. Returns `Err` (after repairing the view)
+    /// when the server's indices disagreed with the view.
+    pub fn apply(&mut self, target: &Target, changes: &[WireChange]) -> Result<(), IndexMismatch> {
+        let before = self.docs.clone();
+        match self.apply_by_index(changes) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                self.docs = before;
+                self.apply_by_path(target, changes);
+                Err(IndexMismatch(why))
+            }
+        }
+    }
+
+    fn apply_by_index(&mut self, changes: &[WireChange]) -> Result<(), String> {
+        for c in changes {
+            match c.kind {
+                ChangeKind::Added if c.old_index.is_some() => {
+                    return Err(format!("added {} has an old_index", c.doc.path))
+                }
+                ChangeKind::Removed if c.new_index.is_some() => {
+                    return Err(format!("removed {} has a new_index", c.doc.path))
+                }
+                _ => {}
+            }
+            match c.old_index {
+                Some(i) => match self.docs.get(i) {
+                    Some(d) if d.path == c.doc.path => {
+                        self.docs.remove(i);
+                    }
+                    _ => return Err(format!("{} is not at old_index {i}", c.doc.path)),
+                },
+                None => {
+                    if self.docs.iter().any(|d| d.path == c.doc.path) {
+                        return Err(format!("{} added but already in the view", c.doc.path));
+                    }
+                }
+            }
+            if c.kind != ChangeKind::Removed {
+                let i = c
+                    .new_index
+                    .ok_or_else(|| format!("{} has no new_index", c.doc.path))?;
+                if i > self.docs.len() {
+                    return Err(format!("new_index {i} is past the end"));
+                }
+                self.docs.insert(i, c.doc.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_by_path(&mut self, target: &Target, changes: &[WireChange]) {
+        for c in changes {
+            self.docs.retain(|d| d.path != c.doc.path);
+            if c.kind != ChangeKind::Removed {
+                self.docs.push(c.doc.clone());
+            }
+        }
+        if let Target::Query(q) = target {
+            let order = q.normalized_order();
+            self.docs
+                .sort_by(|a, b| hearth_protocol::query::compare_in_order(&order, a, b));
+        }
+    }
+}
+
+/// The local view: the server view with `pending` writes (oldest first)
+/// applied on top with the same [`apply_write`] the server runs.
+///
+/// Only documents the view knows can be updated locally: an `update` of a
+/// document outside the result is left to the server. With a `limit`, a
+/// local delete can leave the window one short until the server answers.
+pub fn local_view<'a>(
+    target: &Target,
+    server: &[Document],
+    pending: impl IntoIterator<Item = &'a [Write]>,
+    now: Timestamp,
+) -> Vec<SnapshotDoc> {
+    let relevant: Vec<&Write> = pending
+        .into_iter()
+        .flatten()
+        .filter(|w| touches(target, &w.path))
+        .collect();
+    if relevant.is_empty() {
+        return server
+            .iter()
+            .map(|d| SnapshotDoc {
+                doc: d.clone(),
+                pending: false,
+            })
+            .collect();
+    }
+    let mut docs: BTreeMap<DocPath, SnapshotDoc> = server
+        .iter()
+        .map(|d| {
+            (
+                d.path.clone(),
+                SnapshotDoc {
+                    doc: d.clone(),
+                    pending: false,
+                },
+            )
+        })
+        .collect();
+    for w in relevant {
+        let current = docs.get(&w.path).map(|d| &d.doc);
+        match apply_write(current, w, now) {
+            Ok(Some(fields)) => {
+                let doc = Document {
+                    path: w.path.clone(),
+                    fields,
+                    create_time: current.map(|d| d.create_time).unwrap_or(now),
+                    update_time: now,
+                    version: current.map(|d| d.version).unwrap_or(0),
+                };
+                docs.insert(w.path.clone(), SnapshotDoc { doc, pending: true });
+            }
+            Ok(None) => {
+                docs.remove(&w.path);
+            }
+            // The server will reject it too; nothing to show.
+            Err(_) => {}
+        }
+    }
+    match target {
+        Target::Doc(path) => docs.remove(path).into_iter().collect(),
+        Target::Query(q) => {
+            let order = q.normalized_order();
+            let mut list: Vec<SnapshotDoc> = docs
+                .into_values()
+                .filter(|d| q.matches_with_order(&d.doc, &order))
+                .collect();
+            list.sort_by(|a, b| hearth_protocol::query::compare_in_order(&order, &a.doc, &b.doc));
+            if let Some(limit) = q.limit {
+                let limit = limit as usize;
+                if q.limit_to_last {
+                    let skip = list.len().saturating_sub(limit);
+                    list.drain(..skip);
+                } else {
+                    list.truncate(limit);
+                }
+            }
+            list
+        }
+    }
+}
+
+/// Whether a write to `path` can affect the target's result.
+fn touches(target: &Target, path: &DocPath) -> bool {
+    match target {
+        Target::Doc(p) => p == path,
+        Target::Query(q) => q.source.contains(path),
+    }
+}
+
+/// The changes from `old` to `new`: removals (by old position), then
+/// additions and modifications in the new order.
+pub fn diff(old: &[SnapshotDoc], new: &[SnapshotDoc]) -> Vec<DocChange> {
+    let old_pos: BTreeMap<&DocPath, usize> = old
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (&d.doc.path, i))
+        .collect();
+    let new_paths: std::collections::BTreeSet<&DocPath> = new.iter().map(|d| &d.doc.path).collect();
+    let mut changes = Vec::new();
+    for (i, d) in old.iter().enumerate() {
+        if !new_paths.contains(&d.doc.path) {
+            changes.push(DocChange {
+                kind: DocChangeKind::Removed,
+                doc: d.doc.clone(),
+                old_index: Some(i),
+                new_index: None,
+                pending: false,
+            });
+        }
+    }
+    for (i, d) in new.iter().enumerate() {
+        match old_pos.get(&d.doc.path) {
+            None => changes.push(DocChange {
+                kind: DocChangeKind::Added,
+                doc: d.doc.clone(),
+                old_index: None,
+                new_index: Some(i),
+                pending: d.pending,
+            }),
+            Some(&j) => {
+                let before = &old[j];
+                let same = before.pending == d.pending
+                    && before.doc.version == d.doc.version
+                    && before.doc.update_time == d.doc.update_time
+                    && identical_fields(&before.doc, &d.doc);
+                if !same {
+                    changes.push(DocChange {
+                        kind: DocChangeKind::Modified,
+                        doc: d.doc.clone(),
+                        old_index: Some(j),
+                        new_index: Some(i),
+                        pending: d.pending,
+                    });
+                }
+            }
+        }
+    }
+    changes
+}
+
+fn identical_fields(a: &Document, b: &Document) -> bool {
+    a.fields.len() == b.fields.len()
+        && a.fields
+            .iter()
+            .zip(&b.fields)
+            .all(|((ka, va), (kb, vb))| ka == kb && va.is_identical(vb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::{CollectionPath, Direction, Map, Op, Query, Value};
+
+    fn doc(id: &str, n: i64, version: u64) -> Document {
+        let mut fields = Map::new();
+        fields.insert("n".into(), Value::Integer(n));
+        Document {
+            path: DocPath::parse(&format!("items/{id}")).unwrap(),
+            fields,
+            create_time: Timestamp(1),
+            update_time: Timestamp(version as i64),
+            version,
+        }
+    }
+
+    fn query() -> Target {
+        Target::Query(
+            Query::collection(CollectionPath::parse("items").unwrap()).order("n", Direction::Asc),
+        )
+    }
+
+    fn change(kind: ChangeKind, d: Document, old: Option<usize>, new: Option<usize>) -> WireChange {
+        WireChange {
+            kind,
+            doc: d,
+            old_index: old,
+            new_index: new,
+        }
+    }
+
+    fn ids(view: &ServerView) -> Vec<String> {
+        view.docs.iter().map(|d| d.path.id().to_string()).collect()
+    }
+
+    #[test]
+    fn changes_apply_in_sequence_with_indices_relative_to_the_running_list() {
+        let mut view = ServerView::default();
+        view.replace(vec![doc("a", 1, 1), doc("b", 2, 2), doc("c", 3, 3)]);
+        // One commit: b moves to the end, a is removed, d is added first.
+        let frame = vec![
+            change(ChangeKind::Modified, doc("b", 9, 4), Some(1), Some(2)),
+            change(ChangeKind::Removed, doc("a", 1, 1), Some(0), None),
+            change(ChangeKind::Added, doc("d", 0, 4), None, Some(0)),
+        ];
+        view.apply(&query(), &frame).unwrap();
+        assert_eq!(ids(&view), ["d", "c", "b"]);
+        assert_eq!(view.docs[2].version, 4);
+    }
+
+    #[test]
+    fn a_limit_window_shift_removes_the_last_and_adds_the_next() {
+        let mut view = ServerView::default();
+        view.replace(vec![doc("a", 1, 1), doc("b", 2, 2)]);
+        let frame = vec![
+            change(ChangeKind::Removed, doc("a", 1, 1), Some(0), None),
+            change(ChangeKind::Added, doc("c", 3, 3), None, Some(1)),
+        ];
+        view.apply(&query(), &frame).unwrap();
+        assert_eq!(ids(&view), ["b", "c"]);
+    }
+
+    #[test]
+    fn wrong_indices_are_repaired_by_path_and_reported() {
+        let mut view = ServerView::default();
+        view.replace(vec![doc("a", 1, 1), doc("b", 2, 2)]);
+        let frame = vec![change(
+            ChangeKind::Modified,
+            doc("a", 5, 3),
+            Some(1),
+            Some(1),
+        )];
+        assert!(view.apply(&query(), &frame).is_err());
+        assert_eq!(ids(&view), ["b", "a"]);
+        assert_eq!(view.docs[1].version, 3);
+    }
+
+    #[test]
+    fn pending_writes_are_applied_locally_and_flagged() {
+        let server = vec![doc("a", 1, 1), doc("b", 2, 2)];
+        let mut data = Map::new();
+        data.insert("n".into(), Value::Integer(0));
+        let writes = vec![
+            Write::set(DocPath::parse("items/z").unwrap(), data),
+            Write::delete(DocPath::parse("items/b").unwrap()),
+            // Outside the collection: ignored by this view.
+            Write::delete(DocPath::parse("other/a").unwrap()),
+        ];
+        let local = local_view(&query(), &server, [writes.as_slice()], Timestamp(50));
+        let got: Vec<(&str, bool)> = local.iter().map(|d| (d.doc.path.id(), d.pending)).collect();
+        assert_eq!(got, [("z", true), ("a", false)]);
+    }
+
+    #[test]
+    fn a_pending_write_that_leaves_the_filter_removes_the_document_locally() {
+        let target = Target::Query(
+            Query::collection(CollectionPath::parse("items").unwrap()).filter("n", Op::Lt, 5),
+        );
+        let server = vec![doc("a", 1, 1)];
+        let mut fields = BTreeMap::new();
+        fields.insert(
+            hearth_protocol::FieldPath::parse("n").unwrap(),
+            Value::Integer(7),
+        );
+        let writes = vec![Write::update(DocPath::parse("items/a").unwrap(), fields)];
+        assert!(local_view(&target, &server, [writes.as_slice()], Timestamp(2)).is_empty());
+    }
+
+    #[test]
+    fn diff_reports_each_kind_with_old_and_new_positions() {
+        let plain = |d: Document| SnapshotDoc {
+            doc: d,
+            pending: false,
+        };
+        let old = vec![
+            plain(doc("a", 1, 1)),
+            plain(doc("b", 2, 2)),
+            plain(doc("c", 3, 3)),
+        ];
+        let new = vec![
+            plain(doc("c", 3, 3)),
+            plain(doc("b", 7, 4)),
+            plain(doc("d", 8, 5)),
+        ];
+        let changes = diff(&old, &new);
+        let got: Vec<(DocChangeKind, &str, Option<usize>, Option<usize>)> = changes
+            .iter()
+            .map(|c| (c.kind, c.doc.path.id(), c.old_index, c.new_index))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (DocChangeKind::Removed, "a", Some(0), None),
+                (DocChangeKind::Modified, "b", Some(1), Some(1)),
+                (DocChangeKind::Added, "d", None, Some(2)),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn confirming_a_pending_write_is_a_modification_of_its_flag() {
+        let pending = vec![SnapshotDoc {
+            doc: doc("a", 1, 1),
+            pending: true,
+        }];
+        let confirmed = vec![SnapshotDoc {
+            doc: doc("a", 1, 1),
+            pending: false,
+        }];
+        let changes = diff(&pending, &confirmed);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, DocChangeKind::Modified);
+        assert!(!changes[0].pending);
+    }
+
+    #[test]
+    fn doc_targets_show_zero_or_one_document() {
+        let target = Target::Doc(DocPath::parse("items/a").unwrap());
+        let writes = vec![Write::delete(DocPath::parse("items/a").unwrap())];
+        assert!(local_view(
+            &target,
+            &[doc("a", 1, 1)],
+            [writes.as_slice()],
+            Timestamp(3)
+        )
+        .is_empty());
+        assert_eq!(
+            local_view(&target, &[doc("a", 1, 1)], [], Timestamp(3)).len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! hearth-conformance (work in progress)
