@@ -31,7 +31,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
-use crate::wire::{self, ClientFrame, Limits, ServerFrame, Target};
+use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage};
+
+use crate::wire::{self, Limits, Target};
 use crate::{ClientConfig, ClientError, ConnectionState};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -126,7 +128,7 @@ pub(crate) struct Driver {
     requests: HashMap<u64, Request>,
     token_waiters: Vec<oneshot::Sender<Result<(), ClientError>>>,
     next_id: u64,
-    limits: Limits,
+    limits: Option<Limits>,
     connected: bool,
     outbox: Vec<String>,
     rng: rand::rngs::StdRng,
@@ -150,7 +152,7 @@ impl Driver {
             requests: HashMap::new(),
             token_waiters: Vec::new(),
             next_id: 1,
-            limits: Limits::default(),
+            limits: None,
             connected: false,
             outbox: Vec::new(),
             rng: rand::rngs::StdRng::from_entropy(),
@@ -176,12 +178,14 @@ impl Driver {
             }
             self.state_tx
                 .send_replace(ConnectionState::Connecting { attempt });
-            let hello = ClientFrame::Hello {
-                client_name: &self.config.client_name,
-                client_version: &self.config.client_version,
-                token: self.token.as_deref(),
-            }
-            .encode();
+            let hello = wire::encode(&ClientMessage::Hello {
+                protocol: wire::PROTOCOL_VERSION,
+                client: ClientInfo {
+                    name: self.config.client_name.clone(),
+                    version: self.config.client_version.clone(),
+                },
+                token: self.token.clone(),
+            });
             let connect = handshake(
                 self.config.ws_url.clone(),
                 hello,
@@ -268,7 +272,7 @@ impl Driver {
 
     async fn session(&mut self, mut socket: Socket, welcome: Welcome) -> Disconnect {
         self.connected = true;
-        self.limits = welcome.limits;
+        self.limits = Some(welcome.limits);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         self.state_tx.send_replace(ConnectionState::Connected {
             session_id: welcome.session_id,
@@ -276,8 +280,8 @@ impl Driver {
         for waiter in self.token_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
         }
-        let heartbeat = welcome.heartbeat.unwrap_or(DEFAULT_HEARTBEAT);
-        let idle_timeout = welcome.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let heartbeat = non_zero(welcome.heartbeat).unwrap_or(DEFAULT_HEARTBEAT);
+        let idle_timeout = non_zero(welcome.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let subs: Vec<String> = self.subs.keys().cloned().collect();
         for sub in subs {
             self.send_subscribe(&sub);
@@ -330,7 +334,7 @@ impl Driver {
                     }
                     if last_sent.elapsed() > heartbeat {
                         let id = self.request(Request::Ping);
-                        self.outbox.push(ClientFrame::Ping { id }.encode());
+                        self.outbox.push(wire::encode(&ClientMessage::Ping { id }));
                     }
                     self.prune_acked();
                 }
@@ -362,14 +366,12 @@ impl Driver {
         }
         let id = self.request(Request::Subscribe(sub.to_string()));
         if let Some(entry) = self.subs.get(sub) {
-            let frame = ClientFrame::Subscribe {
+            self.outbox.push(wire::encode(&ClientMessage::Subscribe {
                 id,
-                sub,
-                target: &entry.target,
-                resume: entry.resume.as_deref(),
-            }
-            .encode();
-            self.outbox.push(frame);
+                sub: sub.to_string(),
+                target: entry.target.clone(),
+                resume: entry.resume.clone(),
+            }));
         }
     }
 
@@ -380,8 +382,7 @@ impl Driver {
         }
         let limit = self
             .limits
-            .max_inflight_writes
-            .map(|l| l.max(1) as usize)
+            .map(|l| l.max_inflight_writes.max(1) as usize)
             .unwrap_or(DEFAULT_MAX_INFLIGHT);
         let mut in_flight = self
             .writes
@@ -400,14 +401,11 @@ impl Driver {
             let id = self.request(Request::Write(mutation_id.clone()));
             let w = &mut self.writes[i];
             w.in_flight = Some(id);
-            self.outbox.push(
-                ClientFrame::Write {
-                    id,
-                    mutation_id: &mutation_id,
-                    writes: &w.writes,
-                }
-                .encode(),
-            );
+            self.outbox.push(wire::encode(&ClientMessage::Write {
+                id,
+                mutation_id,
+                writes: w.writes.clone(),
+            }));
             in_flight += 1;
         }
     }
@@ -435,7 +433,7 @@ impl Driver {
                 if self.subs.remove(&sub).is_some() && self.connected {
                     let id = self.request(Request::Unsubscribe);
                     self.outbox
-                        .push(ClientFrame::Unsubscribe { id, sub: &sub }.encode());
+                        .push(wire::encode(&ClientMessage::Unsubscribe { id, sub }));
                 }
             }
             Command::Write {
@@ -459,7 +457,10 @@ impl Driver {
                 match (&token, self.connected) {
                     (Some(token), true) => {
                         let id = self.request(Request::Auth);
-                        self.outbox.push(ClientFrame::Auth { id, token }.encode());
+                        self.outbox.push(wire::encode(&ClientMessage::Auth {
+                            id,
+                            token: token.clone(),
+                        }));
                         self.token_waiters.push(reply);
                     }
                     // Used by the next hello.
@@ -471,15 +472,16 @@ impl Driver {
     }
 
     fn on_frame(&mut self, text: &str) -> Result<(), Disconnect> {
-        let frame = match ServerFrame::decode(text) {
-            Ok(frame) => frame,
+        let frame = match wire::decode(text) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable frame from the server; reconnecting");
                 return Err(Disconnect::Retry(format!("bad frame: {e}")));
             }
         };
         match frame {
-            ServerFrame::Snapshot {
+            ServerMessage::Snapshot {
                 sub,
                 resume,
                 reset,
@@ -494,7 +496,7 @@ impl Driver {
                     self.emit(&sub, true, reset);
                 }
             }
-            ServerFrame::Changes {
+            ServerMessage::Changes {
                 sub,
                 resume,
                 changes,
@@ -514,14 +516,13 @@ impl Driver {
                     self.emit(&sub, true, false);
                 }
             }
-            ServerFrame::WriteOk {
+            ServerMessage::WriteOk {
                 id,
                 mutation_id,
                 result,
+                ..
             } => {
-                if let Some(id) = id {
-                    self.requests.remove(&id);
-                }
+                self.requests.remove(&id);
                 if let Some(w) = self
                     .writes
                     .iter_mut()
@@ -537,11 +538,12 @@ impl Driver {
                 self.send_writes();
                 self.emit_all();
             }
-            ServerFrame::Error {
+            ServerMessage::Error {
                 id,
                 sub,
                 code,
                 message,
+                ..
             } => {
                 let request = id.and_then(|id| self.requests.remove(&id));
                 let sub = sub.or(match &request {
@@ -566,32 +568,24 @@ impl Driver {
                     _ => tracing::warn!(%code, %message, "error from the server"),
                 }
             }
-            ServerFrame::AuthOk { id } => {
-                if let Some(id) = id {
-                    self.requests.remove(&id);
-                }
+            ServerMessage::AuthOk { id, .. } => {
+                self.requests.remove(&id);
                 for waiter in self.token_waiters.drain(..) {
                     let _ = waiter.send(Ok(()));
                 }
             }
-            ServerFrame::Unsubscribed { id, .. } => {
-                if let Some(id) = id {
-                    self.requests.remove(&id);
-                }
+            ServerMessage::Unsubscribed { id, .. } => {
+                self.requests.remove(&id);
             }
-            ServerFrame::Ping { id } => {
-                self.outbox.push(
-                    ClientFrame::Pong {
-                        id: id.unwrap_or(0),
-                    }
-                    .encode(),
-                );
+            ServerMessage::Ping { id } => {
+                self.outbox.push(wire::encode(&ClientMessage::Pong { id }));
             }
-            ServerFrame::Pong => {}
-            ServerFrame::Welcome { .. } => {
+            ServerMessage::Pong { id } => {
+                self.requests.remove(&id);
+            }
+            ServerMessage::Welcome { .. } => {
                 return Err(Disconnect::Retry("unexpected second welcome".into()))
             }
-            ServerFrame::Unknown(kind) => tracing::debug!(kind, "ignoring unknown frame type"),
         }
         Ok(())
     }
@@ -689,11 +683,9 @@ impl Driver {
 }
 
 impl SubEntry {
-    fn set_resume(&mut self, resume: Option<String>) {
-        if let Some(token) = resume {
-            self.position = wire::resume_position(&token);
-            self.resume = Some(token);
-        }
+    fn set_resume(&mut self, token: String) {
+        self.position = wire::parse_resume_token(&token);
+        self.resume = Some(token);
     }
 
     fn overlay_applies(&self, w: &PendingWrite) -> bool {
@@ -723,9 +715,13 @@ fn close_to_disconnect(code: u16, reason: String) -> Disconnect {
 
 struct Welcome {
     session_id: String,
-    heartbeat: Option<Duration>,
-    idle_timeout: Option<Duration>,
+    heartbeat: Duration,
+    idle_timeout: Duration,
     limits: Limits,
+}
+
+fn non_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 enum HandshakeError {
@@ -765,24 +761,25 @@ async fn handshake(
             .map_err(|e| HandshakeError::Other(format!("send hello: {e}")))?;
         loop {
             match socket.next().await {
-                Some(Ok(Message::Text(text))) => match ServerFrame::decode(text.as_str()) {
-                    Ok(ServerFrame::Welcome {
+                Some(Ok(Message::Text(text))) => match wire::decode(text.as_str()) {
+                    Ok(Some(ServerMessage::Welcome {
                         session_id,
                         heartbeat_ms,
                         idle_timeout_ms,
                         limits,
-                    }) => {
+                        ..
+                    })) => {
                         return Ok((
                             socket,
                             Welcome {
                                 session_id,
-                                heartbeat: heartbeat_ms.map(Duration::from_millis),
-                                idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+                                heartbeat: Duration::from_millis(heartbeat_ms),
+                                idle_timeout: Duration::from_millis(idle_timeout_ms),
                                 limits,
                             },
                         ))
                     }
-                    Ok(ServerFrame::Error { code, message, .. }) => {
+                    Ok(Some(ServerMessage::Error { code, message, .. })) => {
                         return Err(match code {
                             ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => {
                                 HandshakeError::Auth(message)

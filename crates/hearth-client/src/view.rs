@@ -103,40 +103,45 @@ impl ServerView {
         }
     }
 
+    /// Indices are absolute (protocol): `old_index` is the position in the
+    /// view before the frame, `new_index` the position after it.
     fn apply_by_index(&mut self, changes: &[WireChange]) -> Result<(), String> {
+        let mut leaving = vec![false; self.docs.len()];
         for c in changes {
-            match c.kind {
-                ChangeKind::Added if c.old_index.is_some() => {
-                    return Err(format!("added {} has an old_index", c.doc.path))
-                }
-                ChangeKind::Removed if c.new_index.is_some() => {
-                    return Err(format!("removed {} has a new_index", c.doc.path))
-                }
-                _ => {}
+            match (c.kind, c.old_index, c.new_index) {
+                (ChangeKind::Added, None, Some(_))
+                | (ChangeKind::Modified, Some(_), Some(_))
+                | (ChangeKind::Removed, Some(_), None) => {}
+                _ => return Err(format!("{:?} {} has the wrong indices", c.kind, c.doc.path)),
             }
-            match c.old_index {
-                Some(i) => match self.docs.get(i) {
-                    Some(d) if d.path == c.doc.path => {
-                        self.docs.remove(i);
-                    }
+            if let Some(i) = c.old_index {
+                let i = i as usize;
+                match self.docs.get(i) {
+                    Some(d) if d.path == c.doc.path && !leaving[i] => leaving[i] = true,
                     _ => return Err(format!("{} is not at old_index {i}", c.doc.path)),
-                },
-                None => {
-                    if self.docs.iter().any(|d| d.path == c.doc.path) {
-                        return Err(format!("{} added but already in the view", c.doc.path));
-                    }
                 }
-            }
-            if c.kind != ChangeKind::Removed {
-                let i = c
-                    .new_index
-                    .ok_or_else(|| format!("{} has no new_index", c.doc.path))?;
-                if i > self.docs.len() {
-                    return Err(format!("new_index {i} is past the end"));
-                }
-                self.docs.insert(i, c.doc.clone());
+            } else if self.docs.iter().any(|d| d.path == c.doc.path) {
+                return Err(format!("{} added but already in the view", c.doc.path));
             }
         }
+        let mut kept: Vec<Document> = std::mem::take(&mut self.docs)
+            .into_iter()
+            .zip(leaving)
+            .filter(|(_, leaving)| !leaving)
+            .map(|(d, _)| d)
+            .collect();
+        let mut entering: Vec<(usize, &Document)> = changes
+            .iter()
+            .filter_map(|c| c.new_index.map(|i| (i as usize, &c.doc)))
+            .collect();
+        entering.sort_by_key(|(i, _)| *i);
+        for (i, doc) in entering {
+            if i > kept.len() {
+                return Err(format!("new_index {i} is past the end"));
+            }
+            kept.insert(i, doc.clone());
+        }
+        self.docs = kept;
         Ok(())
     }
 
@@ -326,7 +331,7 @@ mod tests {
         )
     }
 
-    fn change(kind: ChangeKind, d: Document, old: Option<usize>, new: Option<usize>) -> WireChange {
+    fn change(kind: ChangeKind, d: Document, old: Option<u32>, new: Option<u32>) -> WireChange {
         WireChange {
             kind,
             doc: d,
@@ -340,10 +345,11 @@ mod tests {
     }
 
     #[test]
-    fn changes_apply_in_sequence_with_indices_relative_to_the_running_list() {
+    fn changes_apply_with_absolute_old_and_new_indices() {
         let mut view = ServerView::default();
         view.replace(vec![doc("a", 1, 1), doc("b", 2, 2), doc("c", 3, 3)]);
         // One commit: b moves to the end, a is removed, d is added first.
+        // Indices are absolute: before the frame [a b c], after it [d c b].
         let frame = vec![
             change(ChangeKind::Modified, doc("b", 9, 4), Some(1), Some(2)),
             change(ChangeKind::Removed, doc("a", 1, 1), Some(0), None),
@@ -362,6 +368,7 @@ mod tests {
             change(ChangeKind::Removed, doc("a", 1, 1), Some(0), None),
             change(ChangeKind::Added, doc("c", 3, 3), None, Some(1)),
         ];
+        // [a b] → [b c]
         view.apply(&query(), &frame).unwrap();
         assert_eq!(ids(&view), ["b", "c"]);
     }
