@@ -660,7 +660,7 @@ impl Driver {
         let changes = diff(&entry.emitted, &local);
         let has_pending = local.iter().any(|d| d.pending);
         let had_pending = entry.emitted.iter().any(|d| d.pending);
-        if !(force || !entry.emitted_once || !changes.is_empty() || has_pending != had_pending) {
+        if !force && entry.emitted_once && changes.is_empty() && has_pending == had_pending {
             return;
         }
         let snapshot = QuerySnapshot {

@@ -37,6 +37,8 @@
 //! Invariant: this crate depends on `hearth-protocol` and generic async/network
 //! crates only, never on the server's crates.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod backoff;
 mod driver;
 mod error;
