@@ -1,0 +1,529 @@
+//! End-to-end behaviour of writes, transactions, durability, export/import and backup.
+
+mod common;
+
+use common::*;
+use hearth_protocol::{ErrorCode, Precondition, Transform, Value, Write};
+use hearth_store::{Store, StoreConfig, StoreError};
+use serde_json::json;
+
+#[tokio::test]
+async fn set_get_and_version_is_the_commit_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let r = store
+        .commit(vec![set("rooms/r1", json!({"name": "Lobby"}))])
+        .await
+        .unwrap();
+    assert_eq!(r.seq, 1);
+    let doc = store.get(&path("rooms/r1")).unwrap().unwrap();
+    assert_eq!(doc.version, 1);
+    assert_eq!(doc.fields, map(json!({"name": "Lobby"})));
+    let r2 = store
+        .commit(vec![set("rooms/r1", json!({"name": "Hall"}))])
+        .await
+        .unwrap();
+    let doc2 = store.get(&path("rooms/r1")).unwrap().unwrap();
+    assert_eq!(doc2.version, r2.seq);
+    assert_eq!(
+        doc2.create_time, doc.create_time,
+        "create_time survives updates"
+    );
+    assert!(doc2.update_time > doc.update_time);
+    assert_eq!(store.head_seq(), 2);
+}
+
+#[tokio::test]
+async fn each_write_kind_behaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // create
+    store
+        .commit(vec![Write::create(path("a/1"), map(json!({"x": 1})))])
+        .await
+        .unwrap();
+    let e = store
+        .commit(vec![Write::create(path("a/1"), map(json!({"x": 2})))])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AlreadyExists);
+    // update merges and fails when missing
+    store
+        .commit(vec![update("a/1", &[("y.z", json!(true))])])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&path("a/1")).unwrap().unwrap().fields,
+        map(json!({"x": 1, "y": {"z": true}}))
+    );
+    let e = store
+        .commit(vec![update("a/2", &[("y", json!(1))])])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    // merge upserts
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(field("k"), Value::from("v"));
+    store
+        .commit(vec![Write::merge(path("a/2"), fields)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&path("a/2")).unwrap().unwrap().fields,
+        map(json!({"k": "v"}))
+    );
+    // set replaces
+    store
+        .commit(vec![set("a/1", json!({"only": 1}))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&path("a/1")).unwrap().unwrap().fields,
+        map(json!({"only": 1}))
+    );
+    // delete, also of a missing doc
+    store
+        .commit(vec![Write::delete(path("a/1"))])
+        .await
+        .unwrap();
+    assert!(store.get(&path("a/1")).unwrap().is_none());
+    store
+        .commit(vec![Write::delete(path("a/1"))])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn transforms_apply_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .commit(vec![set(
+            "c/1",
+            json!({"n": 1, "tags": ["a", "b"], "gone": 1}),
+        )])
+        .await
+        .unwrap();
+    let w = update("c/1", &[("other", json!(0))])
+        .with_transform(
+            field("n"),
+            Transform::Increment {
+                value: Value::Integer(2),
+            },
+        )
+        .with_transform(field("t"), Transform::ServerTimestamp)
+        .with_transform(
+            field("tags"),
+            Transform::ArrayUnion {
+                values: vec!["c".into(), "a".into()],
+            },
+        )
+        .with_transform(field("gone"), Transform::Delete);
+    let r = store.commit(vec![w]).await.unwrap();
+    let d = store.get(&path("c/1")).unwrap().unwrap();
+    assert_eq!(d.fields.get("n"), Some(&Value::Integer(3)));
+    assert_eq!(d.fields.get("t"), Some(&Value::Timestamp(r.commit_time)));
+    assert_eq!(d.fields.get("tags"), Some(&val(json!(["a", "b", "c"]))));
+    assert!(!d.fields.contains_key("gone"));
+    let w = update("c/1", &[("other", json!(1))]).with_transform(
+        field("tags"),
+        Transform::ArrayRemove {
+            values: vec!["a".into()],
+        },
+    );
+    store.commit(vec![w]).await.unwrap();
+    assert_eq!(
+        store.get(&path("c/1")).unwrap().unwrap().fields.get("tags"),
+        Some(&val(json!(["b", "c"])))
+    );
+}
+
+#[tokio::test]
+async fn preconditions_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let e = store
+        .commit(vec![
+            set("p/1", json!({})).with_precondition(Precondition::Exists(true))
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    let r = store
+        .commit(vec![
+            set("p/1", json!({})).with_precondition(Precondition::Exists(false))
+        ])
+        .await
+        .unwrap();
+    let e = store
+        .commit(vec![
+            set("p/1", json!({})).with_precondition(Precondition::Exists(false))
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AlreadyExists);
+    let e = store
+        .commit(vec![
+            set("p/1", json!({"a": 1})).with_precondition(Precondition::Version(r.seq + 5))
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    store
+        .commit(vec![
+            set("p/1", json!({"a": 1})).with_precondition(Precondition::Version(r.seq))
+        ])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_write_fails_the_whole_batch_and_consumes_no_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.commit(vec![set("b/0", json!({}))]).await.unwrap();
+    let e = store
+        .commit(vec![
+            set("b/1", json!({"x": 1})),
+            update("b/missing", &[("x", json!(1))]),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    assert!(
+        store.get(&path("b/1")).unwrap().is_none(),
+        "no partial batch"
+    );
+    let r = store.commit(vec![set("b/2", json!({}))]).await.unwrap();
+    assert_eq!(r.seq, 2, "failed commit consumed no seq");
+    let records = store.changelog().read_from(0, 10).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+#[tokio::test]
+async fn commit_limits_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let e = store.commit(vec![]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    let many: Vec<Write> = (0..501)
+        .map(|i| set(&format!("m/{i}"), json!({})))
+        .collect();
+    assert_eq!(
+        store.commit(many).await.unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    let twice = vec![set("m/1", json!({})), set("m/1", json!({"a": 1}))];
+    assert_eq!(
+        store.commit(twice).await.unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    let big = "x".repeat(1024 * 1024);
+    let e = store
+        .commit(vec![set("m/big", json!({ "b": big }))])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    let ok: Vec<Write> = (0..500)
+        .map(|i| set(&format!("m/{i}"), json!({"i": i})))
+        .collect();
+    store.commit(ok).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_commits_get_gap_free_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for j in 0..10 {
+                // every third commit fails validation
+                let w = if j % 3 == 0 {
+                    update(&format!("none/{i}-{j}"), &[("x", json!(1))])
+                } else {
+                    set(&format!("w/{i}-{j}"), json!({"i": i}))
+                };
+                if let Ok(r) = s.commit(vec![w]).await {
+                    seqs.push(r.seq);
+                }
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<u64> = (1..=all.len() as u64).collect();
+    assert_eq!(all, expected);
+    assert_eq!(store.head_seq(), all.len() as u64);
+}
+
+#[tokio::test]
+async fn transaction_conflict_aborts_and_clean_transaction_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .commit(vec![set("rooms/r1", json!({"n": 1}))])
+        .await
+        .unwrap();
+    let tx = store.transaction();
+    let d = tx.get(&path("rooms/r1")).unwrap().unwrap();
+    store
+        .commit(vec![set("rooms/r1", json!({"n": 5}))])
+        .await
+        .unwrap();
+    let e = tx
+        .commit(vec![set(
+            "rooms/r1",
+            json!({"n": d.fields["n"].as_i64().unwrap() + 1}),
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Aborted);
+    assert_eq!(
+        e.to_string(),
+        "transaction conflict: rooms/r1 changed since it was read; retry"
+    );
+    // missing doc read, then created by someone else
+    let tx = store.transaction();
+    assert!(tx.get(&path("rooms/r2")).unwrap().is_none());
+    store
+        .commit(vec![set("rooms/r2", json!({}))])
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.commit(vec![set("rooms/r3", json!({}))])
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::Aborted
+    );
+    // a clean one
+    let tx = store.transaction();
+    let d = tx.get(&path("rooms/r1")).unwrap().unwrap();
+    tx.commit(vec![set(
+        "rooms/r1",
+        json!({"n": d.fields["n"].as_i64().unwrap() + 1}),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        store.get(&path("rooms/r1")).unwrap().unwrap().fields["n"],
+        Value::Integer(6)
+    );
+}
+
+#[tokio::test]
+async fn transaction_query_conflict_when_a_new_document_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .commit(vec![set("q/1", json!({"open": true}))])
+        .await
+        .unwrap();
+    let q =
+        hearth_protocol::Query::collection(coll("q")).filter("open", hearth_protocol::Op::Eq, true);
+    let tx = store.transaction();
+    assert_eq!(tx.query(&q).unwrap().documents.len(), 1);
+    store
+        .commit(vec![set("q/2", json!({"open": true}))])
+        .await
+        .unwrap();
+    let e = tx.commit(vec![set("q/3", json!({}))]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Aborted);
+    assert!(e.to_string().contains("q/2"), "{e}");
+    // unrelated change does not conflict
+    let tx = store.transaction();
+    tx.query(&q).unwrap();
+    store
+        .commit(vec![set("q/9", json!({"open": false}))])
+        .await
+        .unwrap();
+    tx.commit(vec![set("q/3", json!({}))]).await.unwrap();
+}
+
+#[tokio::test]
+async fn reopen_after_drop_without_shutdown_keeps_data_changelog_and_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 0..50 {
+            store
+                .commit(vec![set(
+                    &format!("k/{i:02}"),
+                    json!({"n": i, "tags": [i % 3]}),
+                )])
+                .await
+                .unwrap();
+        }
+        store
+            .commit(vec![Write::delete(path("k/07"))])
+            .await
+            .unwrap();
+        // dropped here without shutdown
+    }
+    let store = open(dir.path());
+    assert_eq!(store.head_seq(), 51);
+    assert!(store.get(&path("k/07")).unwrap().is_none());
+    let q = hearth_protocol::Query::collection(coll("k"))
+        .order("n", hearth_protocol::Direction::Desc)
+        .limit(3);
+    assert_eq!(
+        ids(&store.query(&q).unwrap().documents),
+        vec!["k49", "k48", "k47"]
+            .iter()
+            .map(|s| s.replace('k', ""))
+            .map(|s| format!("{s}"))
+            .collect::<Vec<_>>()
+    );
+    let q = hearth_protocol::Query::collection(coll("k")).filter(
+        "tags",
+        hearth_protocol::Op::ArrayContains,
+        1,
+    );
+    assert_eq!(store.query(&q).unwrap().documents.len(), 16); // 1,4,..,49 minus 7
+    let log = store.changelog().read_from(0, 1000).unwrap();
+    assert_eq!(log.len(), 51);
+    assert!(log.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let r = store.commit(vec![set("k/new", json!({}))]).await.unwrap();
+    assert_eq!(r.seq, 52, "numbering resumes after restart");
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_commits_with_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.commit(vec![set("s/1", json!({}))]).await.unwrap();
+    store.shutdown().await.unwrap();
+    let e = store.commit(vec![set("s/2", json!({}))]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable);
+    assert!(store.get(&path("s/1")).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn export_import_round_trip_keeps_documents_and_create_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .commit(vec![
+            set("a/1", json!({"x": 1})),
+            set("a/1/sub/s", json!({"y": [1, {"z": 2}]})),
+            set("__users__/u1", json!({"email": "a@b"})),
+        ])
+        .await
+        .unwrap();
+    store
+        .commit(vec![set(
+            "a/0",
+            json!({"t": {"$timestamp": "2024-01-01T00:00:00Z"}}),
+        )])
+        .await
+        .unwrap();
+    let exported: Vec<_> = store.export().collect::<Result<_, _>>().unwrap();
+    assert_eq!(exported.len(), 4);
+    let mut sorted = exported.clone();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(sorted, exported, "export is in path order");
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    assert_eq!(other.import(exported.clone()).await.unwrap(), 4);
+    let again: Vec<_> = other.export().collect::<Result<_, _>>().unwrap();
+    for (a, b) in exported.iter().zip(&again) {
+        assert_eq!(a.path, b.path);
+        assert_eq!(a.fields, b.fields);
+        assert_eq!(a.create_time, b.create_time);
+    }
+    // imported documents are indexed and in the changelog
+    let q = hearth_protocol::Query::collection(coll("a")).filter("x", hearth_protocol::Op::Eq, 1);
+    assert_eq!(other.query(&q).unwrap().documents.len(), 1);
+    assert_eq!(
+        other.changelog().read_from(0, 10).unwrap()[0].changes.len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn backup_while_running_restores_by_opening_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..20 {
+        store
+            .commit(vec![set(&format!("b/{i}"), json!({"i": i}))])
+            .await
+            .unwrap();
+    }
+    let backup = tempfile::tempdir().unwrap();
+    let target = backup.path().join("snap");
+    let info = store.backup_to(&target).unwrap();
+    assert_eq!(info.seq, 20);
+    assert_eq!(info.documents, 20);
+    store.commit(vec![set("b/after", json!({}))]).await.unwrap();
+    let restored = Store::open(StoreConfig::new(&target)).unwrap();
+    assert_eq!(restored.head_seq(), 20);
+    assert!(restored.get(&path("b/after")).unwrap().is_none());
+    let q = hearth_protocol::Query::collection(coll("b")).filter("i", hearth_protocol::Op::Ge, 15);
+    assert_eq!(restored.query(&q).unwrap().documents.len(), 5);
+    assert_eq!(restored.changelog().read_from(0, 100).unwrap().len(), 20);
+    assert!(matches!(
+        store.backup_to(&target),
+        Err(StoreError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn list_pages_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let writes: Vec<Write> = (0..25)
+        .map(|i| set(&format!("l/{i:02}"), json!({})))
+        .collect();
+    store.commit(writes).await.unwrap();
+    store
+        .commit(vec![set("l/05/sub/x", json!({}))])
+        .await
+        .unwrap();
+    let mut token = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list(&coll("l"), 10, token.as_deref()).unwrap();
+        seen.extend(ids(&page.documents));
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..25).map(|i| format!("{i:02}")).collect::<Vec<_>>());
+    assert_eq!(
+        store.list(&coll("l"), 0, None).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn relaxed_durability_commits_and_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_with(dir.path(), |c| {
+            c.durability = hearth_store::Durability::Relaxed {
+                flush_interval: std::time::Duration::from_millis(20),
+            }
+        });
+        for i in 0..10 {
+            store
+                .commit(vec![set(&format!("r/{i}"), json!({}))])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let store = open(dir.path());
+    assert_eq!(store.head_seq(), 10);
+}
