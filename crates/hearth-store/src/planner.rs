@@ -660,7 +660,10 @@ pub(crate) fn load(engine: &dyn Engine, path: &DocPath) -> Result<Option<Documen
 /// Runs a query (no locking; the caller provides a consistent view).
 pub(crate) fn execute(ctx: &Ctx<'_>, query: &Query) -> Result<Vec<Document>, StoreError> {
     query.validate().map_err(|e| invalid(e.message))?;
-    let mut order = query.normalized_order();
+    // `full_order` decides membership (a document needs every ordered field);
+    // keys only follow the order up to `__name__`, which is unique.
+    let full_order = query.normalized_order();
+    let mut order = full_order.clone();
     if let Some(pos) = order.iter().position(|o| o.field.is_document_id()) {
         order.truncate(pos + 1);
     }
@@ -683,7 +686,7 @@ pub(crate) fn execute(ctx: &Ctx<'_>, query: &Query) -> Result<Vec<Document>, Sto
     let mut iters: Vec<(Option<Document>, DocIter<'_>)> = Vec::with_capacity(specs.len());
     for spec in specs {
         let reverse = spec.key_desc != backwards;
-        let mut it = scan_docs(ctx, spec, reverse, query, &order);
+        let mut it = scan_docs(ctx, spec, reverse, query, &full_order);
         let head = it.next().transpose()?;
         iters.push((head, it));
     }
