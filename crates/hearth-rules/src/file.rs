@@ -60,9 +60,11 @@ impl RulesFile {
         interval: Duration,
     ) -> RulesFile {
         let path = path.into();
+        // The content the file has now counts as applied (the caller loaded
+        // it with `load`); read it before returning, not when the task
+        // first runs, so that an edit right after `watch` is not missed.
+        let mut last: Option<Vec<u8>> = std::fs::read(&path).ok();
         let task = tokio::spawn(async move {
-            // The content the server started with counts as applied.
-            let mut last: Option<Vec<u8>> = tokio::fs::read(&path).await.ok();
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

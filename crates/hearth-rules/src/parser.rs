@@ -705,11 +705,35 @@ impl Parser {
     }
 
     fn parse_or(&mut self) -> PResult<Expr> {
-        self.chain(&[("||", BinOp::Or)], Parser::parse_and)
+        self.assoc_chain("||", BinOp::Or, Parser::parse_and)
     }
 
     fn parse_and(&mut self) -> PResult<Expr> {
-        self.chain(&[("&&", BinOp::And)], Parser::parse_rel)
+        self.assoc_chain("&&", BinOp::And, Parser::parse_rel)
+    }
+
+    /// `&&` and `||` chains are built as balanced trees: the operators are
+    /// associative (errors included, see the evaluator), so a rule with a
+    /// hundred conditions costs log2(100) levels of nesting, not a hundred.
+    /// Operands stay in source order, so short-circuiting is unchanged.
+    fn assoc_chain(
+        &mut self,
+        sym: &'static str,
+        op: BinOp,
+        next: fn(&mut Parser) -> PResult<Expr>,
+    ) -> PResult<Expr> {
+        let mut operands = vec![next(self)?];
+        while self.peek_sym(sym)? {
+            self.next()?;
+            operands.push(next(self)?);
+        }
+        let (_, at, _) = self.lex()?;
+        let levels = usize::BITS - (operands.len() - 1).leading_zeros();
+        for _ in 0..levels {
+            self.enter(at)?;
+        }
+        self.leave(levels as usize);
+        Ok(balanced(op, operands))
     }
 
     fn parse_rel(&mut self) -> PResult<Expr> {
@@ -1007,7 +1031,22 @@ impl Parser {
     }
 }
 
+fn balanced(op: BinOp, mut operands: Vec<Expr>) -> Expr {
+    if operands.len() == 1 {
+        return operands.remove(0);
+    }
+    let right = operands.split_off(operands.len() / 2);
+    let left = balanced(op, operands);
+    let right = balanced(op, right);
+    let pos = left.pos;
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+        pos,
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1189,6 +1228,12 @@ service cloud.firestore {
         assert!(err(&deep).2.contains("nesting"));
         let chain = format!("match /a {{ allow read: if 1{}; }}", " + 1".repeat(10_000));
         assert!(err(&chain).2.contains("nesting"));
+        // Long && / || chains are balanced, so realistic rules fit easily.
+        let conds = format!(
+            "match /a {{ allow read: if true{}; }}",
+            " && true".repeat(1000)
+        );
+        assert!(Parser::new(&conds).parse_file().is_ok());
         let nots = format!("match /a {{ allow read: if {}true; }}", "!".repeat(10_000));
         assert!(err(&nots).2.contains("nesting"));
         let members = format!("match /a {{ allow read: if x{}; }}", ".y".repeat(10_000));

@@ -104,7 +104,11 @@ enum Seg<'p> {
     Unknown,
 }
 
-type Funcs<'r> = Vec<&'r HashMap<String, Arc<FunctionDef>>>;
+type Scope = HashMap<String, Arc<FunctionDef>>;
+type Funcs<'r> = Vec<&'r Scope>;
+/// Called for each matching `allow` with the path variables and function
+/// scopes in force; returns true to stop (allowed).
+type Visitor<'r, 'f> = dyn FnMut(&'r Allow, &[(String, RVal)], &[&'r Scope]) -> bool + 'f;
 
 impl Ruleset {
     /// Parses a rules file. Errors carry line and column.
@@ -219,15 +223,7 @@ impl Ruleset {
 
     /// Calls `f` for each `allow` whose block matches `path`, innermost
     /// scopes last; stops and returns true as soon as `f` does.
-    fn visit<'r>(
-        &'r self,
-        path: &[Seg<'_>],
-        f: &mut dyn FnMut(
-            &'r Allow,
-            &[(String, RVal)],
-            &[&'r HashMap<String, Arc<FunctionDef>>],
-        ) -> bool,
-    ) -> bool {
+    fn visit<'r>(&'r self, path: &[Seg<'_>], f: &mut Visitor<'r, '_>) -> bool {
         let mut vars = Vec::new();
         let mut funcs: Funcs<'r> = Vec::new();
         visit_block(&self.root, path, &mut vars, &mut funcs, f)
@@ -239,11 +235,7 @@ fn visit_block<'r>(
     rest: &[Seg<'_>],
     vars: &mut Vec<(String, RVal)>,
     funcs: &mut Funcs<'r>,
-    f: &mut dyn FnMut(
-        &'r Allow,
-        &[(String, RVal)],
-        &[&'r HashMap<String, Arc<FunctionDef>>],
-    ) -> bool,
+    f: &mut Visitor<'r, '_>,
 ) -> bool {
     let saved = vars.len();
     for (name, value) in &block.fixed {
@@ -317,7 +309,7 @@ fn decide(
     allow: &Allow,
     method: Method,
     vars: &[(String, RVal)],
-    funcs: &[&HashMap<String, Arc<FunctionDef>>],
+    funcs: &[&Scope],
     errors: &mut Vec<String>,
 ) -> bool {
     if allow.methods & method.bit() == 0 {
