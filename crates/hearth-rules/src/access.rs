@@ -181,6 +181,22 @@ impl AccessControl {
         new_fields: Option<&Map>,
         lookup: &dyn DocumentLookup,
     ) -> Result<(), AccessError> {
+        self.check_write_at(p, write, existing, new_fields, Timestamp::now(), lookup)
+    }
+
+    /// [`Self::check_write`] with an explicit `request.time`. Pass the same
+    /// time given to `apply_write` to compute `new_fields`, so that a rule
+    /// such as `request.resource.data.sent_at == request.time` accepts a
+    /// server-timestamp transform, as in Firestore.
+    pub fn check_write_at(
+        &self,
+        p: &Principal,
+        write: &Write,
+        existing: Option<&Document>,
+        new_fields: Option<&Map>,
+        time: Timestamp,
+        lookup: &dyn DocumentLookup,
+    ) -> Result<(), AccessError> {
         let method = match (&write.kind, existing) {
             (WriteKind::Delete, _) => Method::Delete,
             (WriteKind::Create { .. }, _) => Method::Create,
@@ -193,7 +209,7 @@ impl AccessControl {
         } else {
             new_fields
         };
-        self.check(p, method, &write.path, existing, new_fields, lookup)
+        self.check_at(p, method, &write.path, existing, new_fields, time, lookup)
     }
 
     /// The general form of the checks above, for callers that already know
@@ -205,6 +221,29 @@ impl AccessControl {
         path: &DocPath,
         existing: Option<&Document>,
         new_fields: Option<&Map>,
+        lookup: &dyn DocumentLookup,
+    ) -> Result<(), AccessError> {
+        self.check_at(
+            p,
+            method,
+            path,
+            existing,
+            new_fields,
+            Timestamp::now(),
+            lookup,
+        )
+    }
+
+    /// [`Self::check`] with an explicit `request.time`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_at(
+        &self,
+        p: &Principal,
+        method: Method,
+        path: &DocPath,
+        existing: Option<&Document>,
+        new_fields: Option<&Map>,
+        time: Timestamp,
         lookup: &dyn DocumentLookup,
     ) -> Result<(), AccessError> {
         if path.is_system() && !p.is_admin() {
@@ -219,7 +258,7 @@ impl AccessControl {
             path,
             resource: existing,
             new_data: new_fields,
-            time: Timestamp::now(),
+            time,
         };
         let eval = self.ruleset().evaluate(&req, lookup);
         if eval.allowed {

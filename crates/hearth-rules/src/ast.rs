@@ -222,6 +222,8 @@ pub(crate) enum ExprKind {
     Ident(String),
     Member(Box<Expr>, String),
     Index(Box<Expr>, Box<Expr>),
+    /// `list[from:to]`
+    Slice(Box<Expr>, Box<Expr>, Box<Expr>),
     /// `name(args)`: a user function or a global builtin (`get`, `int`, ...).
     Call(String, Vec<Expr>),
     /// `target.name(args)`: a method, or a namespaced builtin (`math.abs`).

@@ -13,7 +13,8 @@
 //! Work is bounded so that a hostile rules file or document cannot hang the
 //! server: at most [`MAX_DOC_LOOKUPS`] distinct documents read by
 //! `get`/`exists` per evaluation, [`MAX_CALL_DEPTH`] nested function calls
-//! (and no recursion), and a budget of [`MAX_STEPS`] units of work, where
+//! (and no recursion), [`MAX_EVAL_DEPTH`] nested evaluations (which bounds
+//! the stack), and a budget of [`MAX_STEPS`] units of work, where
 //! each expression node costs one and bulk operations (`hasAll`, `diff`,
 //! `split`, ...) cost their size.
 //!
@@ -40,6 +41,8 @@ pub const MAX_DOC_LOOKUPS: u32 = 20;
 pub const MAX_CALL_DEPTH: usize = 20;
 /// Units of work allowed in one evaluation.
 pub const MAX_STEPS: u64 = 200_000;
+/// Nested expression evaluations allowed, counted across function calls.
+pub const MAX_EVAL_DEPTH: u32 = 256;
 /// Regexes longer than this are refused.
 const MAX_REGEX_BYTES: usize = 1024;
 
@@ -157,6 +160,7 @@ pub(crate) struct Evaluator<'a> {
     own_after: Option<RVal>,
     lookups: Cell<u32>,
     steps: Cell<u64>,
+    depth: Cell<u32>,
     stack: RefCell<Vec<usize>>,
     doc_cache: RefCell<HashMap<Vec<String>, RVal>>,
     regexes: RefCell<HashMap<String, Rc<regex::Regex>>>,
@@ -196,6 +200,7 @@ impl<'a> Evaluator<'a> {
             own_after,
             lookups: Cell::new(0),
             steps: Cell::new(0),
+            depth: Cell::new(0),
             stack: RefCell::new(Vec::new()),
             doc_cache: RefCell::new(HashMap::new()),
             regexes: RefCell::new(HashMap::new()),
@@ -225,8 +230,27 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Evaluates one expression. Nesting is bounded across function calls
+    /// by [`MAX_EVAL_DEPTH`], so the stack a hostile file can use is bounded
+    /// too; the big `match` lives in [`Self::eval_kind`] and its larger arms
+    /// in helpers, to keep each recursion frame small.
     pub fn eval(&self, e: &Expr, env: &Env<'_>) -> EResult<RVal> {
         self.charge(1, e.pos)?;
+        let depth = self.depth.get() + 1;
+        if depth > MAX_EVAL_DEPTH {
+            return fail(
+                e.pos,
+                format!("expressions and calls nested deeper than {MAX_EVAL_DEPTH} levels"),
+            );
+        }
+        self.depth.set(depth);
+        let result = self.eval_kind(e, env);
+        self.depth.set(depth - 1);
+        result
+    }
+
+    #[inline(never)]
+    fn eval_kind(&self, e: &Expr, env: &Env<'_>) -> EResult<RVal> {
         let pos = e.pos;
         match &e.kind {
             ExprKind::Null => Ok(RVal::Null),
@@ -234,20 +258,8 @@ impl<'a> Evaluator<'a> {
             ExprKind::Int(i) => Ok(RVal::Int(*i)),
             ExprKind::Float(f) => Ok(RVal::Float(*f)),
             ExprKind::Str(s) => Ok(RVal::str(s)),
-            ExprKind::List(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(self.eval(item, env)?);
-                }
-                Ok(RVal::List(Rc::new(out)))
-            }
-            ExprKind::Map(entries) => {
-                let mut out = RMap::new();
-                for (k, v) in entries {
-                    out.insert(k.clone(), self.eval(v, env)?);
-                }
-                Ok(RVal::map(out))
-            }
+            ExprKind::List(items) => self.eval_list(items, env),
+            ExprKind::Map(entries) => self.eval_map(entries, env),
             ExprKind::Ident(name) => self.variable(name, env, pos),
             ExprKind::Member(target, name) => {
                 let t = self.eval(target, env)?;
@@ -258,57 +270,12 @@ impl<'a> Evaluator<'a> {
                 let i = self.eval(index, env)?;
                 index_value(&t, &i, pos)
             }
+            ExprKind::Slice(target, from, to) => self.eval_slice(target, from, to, env, pos),
             ExprKind::Call(name, args) => self.call(name, args, env, pos),
-            ExprKind::Method(target, name, args) => {
-                if let ExprKind::Ident(ns) = &target.kind {
-                    if NAMESPACES.contains(&ns.as_str()) && !is_bound(ns, env) {
-                        let vals = self.eval_args(args, env)?;
-                        return self.namespaced(ns, name, &vals, pos);
-                    }
-                }
-                let t = self.eval(target, env)?;
-                let vals = self.eval_args(args, env)?;
-                self.method(&t, name, &vals, pos)
-            }
-            ExprKind::Unary(op, inner) => {
-                let v = self.eval(inner, env)?;
-                match (op, v) {
-                    (UnOp::Not, RVal::Bool(b)) => Ok(RVal::Bool(!b)),
-                    (UnOp::Neg, RVal::Int(i)) => match i.checked_neg() {
-                        Some(n) => Ok(RVal::Int(n)),
-                        None => fail(pos, "integer overflow"),
-                    },
-                    (UnOp::Neg, RVal::Float(f)) => Ok(RVal::Float(-f)),
-                    (UnOp::Neg, RVal::Duration(d)) => match d.checked_neg() {
-                        Some(n) => Ok(RVal::Duration(n)),
-                        None => fail(pos, "duration overflow"),
-                    },
-                    (UnOp::Not, v) => fail(pos, format!("'!' needs a bool, got {}", v.type_name())),
-                    (UnOp::Neg, v) => {
-                        fail(pos, format!("'-' needs a number, got {}", v.type_name()))
-                    }
-                }
-            }
-            ExprKind::Binary(BinOp::And, l, r) => {
-                match self.eval(l, env).and_then(|v| as_bool(v, l.pos)) {
-                    Ok(false) => Ok(RVal::Bool(false)),
-                    Ok(true) => Ok(RVal::Bool(self.condition(r, env)?)),
-                    Err(err) => match self.condition(r, env) {
-                        Ok(false) => Ok(RVal::Bool(false)),
-                        _ => Err(err),
-                    },
-                }
-            }
-            ExprKind::Binary(BinOp::Or, l, r) => {
-                match self.eval(l, env).and_then(|v| as_bool(v, l.pos)) {
-                    Ok(true) => Ok(RVal::Bool(true)),
-                    Ok(false) => Ok(RVal::Bool(self.condition(r, env)?)),
-                    Err(err) => match self.condition(r, env) {
-                        Ok(true) => Ok(RVal::Bool(true)),
-                        _ => Err(err),
-                    },
-                }
-            }
+            ExprKind::Method(target, name, args) => self.eval_method(target, name, args, env, pos),
+            ExprKind::Unary(op, inner) => self.eval_unary(*op, inner, env, pos),
+            ExprKind::Binary(BinOp::And, l, r) => self.eval_and(l, r, env),
+            ExprKind::Binary(BinOp::Or, l, r) => self.eval_or(l, r, env),
             ExprKind::Binary(op, l, r) => {
                 let a = self.eval(l, env)?;
                 let b = self.eval(r, env)?;
@@ -325,36 +292,152 @@ impl<'a> Evaluator<'a> {
                 let v = self.eval(inner, env)?;
                 Ok(RVal::Bool(is_type(&v, *ty, pos)?))
             }
-            ExprKind::Path(parts) => {
-                let mut segments = Vec::new();
-                for part in parts {
-                    match part {
-                        PathPart::Lit(s) => segments.push(s.clone()),
-                        PathPart::Interp(e) => {
-                            let v = self.eval(e, env)?;
-                            match v {
-                                RVal::Path(p) => segments.extend(p.iter().cloned()),
-                                RVal::Unknown => return fail(e.pos, "value is not known yet"),
-                                other => {
-                                    // A string is one segment: a client-controlled
-                                    // value must not be able to add segments and
-                                    // point get() at another document.
-                                    let text = to_string(&other, e.pos)?;
-                                    if text.is_empty() || text.contains('/') {
-                                        return fail(
-                                            e.pos,
-                                            format!("{text:?} is not a valid path segment"),
-                                        );
-                                    }
-                                    segments.push(text);
-                                }
-                            }
-                        }
+            ExprKind::Path(parts) => self.eval_path(parts, env),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_list(&self, items: &[Expr], env: &Env<'_>) -> EResult<RVal> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.eval(item, env)?);
+        }
+        Ok(RVal::List(Rc::new(out)))
+    }
+
+    #[inline(never)]
+    fn eval_map(&self, entries: &[(String, Expr)], env: &Env<'_>) -> EResult<RVal> {
+        let mut out = RMap::new();
+        for (k, v) in entries {
+            out.insert(k.clone(), self.eval(v, env)?);
+        }
+        Ok(RVal::map(out))
+    }
+
+    #[inline(never)]
+    fn eval_slice(
+        &self,
+        target: &Expr,
+        from: &Expr,
+        to: &Expr,
+        env: &Env<'_>,
+        pos: Pos,
+    ) -> EResult<RVal> {
+        let t = self.eval(target, env)?;
+        let from = self.eval(from, env)?;
+        let to = self.eval(to, env)?;
+        match (&t, &from, &to) {
+            (RVal::List(items), RVal::Int(a), RVal::Int(b)) => {
+                let (a, b) = (usize::try_from(*a), usize::try_from(*b));
+                match (a, b) {
+                    (Ok(a), Ok(b)) if a <= b && b <= items.len() => {
+                        self.charge((b - a) as u64, pos)?;
+                        Ok(RVal::List(Rc::new(items[a..b].to_vec())))
                     }
+                    _ => fail(pos, "slice bounds out of range"),
                 }
-                Ok(RVal::Path(Rc::new(normalize_path(segments))))
+            }
+            (RVal::Unknown, _, _) => fail(pos, "value is not known yet"),
+            _ => fail(
+                pos,
+                format!(
+                    "cannot slice {} with {} and {}",
+                    t.type_name(),
+                    from.type_name(),
+                    to.type_name()
+                ),
+            ),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_method(
+        &self,
+        target: &Expr,
+        name: &str,
+        args: &[Expr],
+        env: &Env<'_>,
+        pos: Pos,
+    ) -> EResult<RVal> {
+        if let ExprKind::Ident(ns) = &target.kind {
+            if NAMESPACES.contains(&ns.as_str()) && !is_bound(ns, env) {
+                let vals = self.eval_args(args, env)?;
+                return self.namespaced(ns, name, &vals, pos);
             }
         }
+        let t = self.eval(target, env)?;
+        let vals = self.eval_args(args, env)?;
+        self.method(&t, name, &vals, pos)
+    }
+
+    #[inline(never)]
+    fn eval_unary(&self, op: UnOp, inner: &Expr, env: &Env<'_>, pos: Pos) -> EResult<RVal> {
+        let v = self.eval(inner, env)?;
+        match (op, v) {
+            (UnOp::Not, RVal::Bool(b)) => Ok(RVal::Bool(!b)),
+            (UnOp::Neg, RVal::Int(i)) => match i.checked_neg() {
+                Some(n) => Ok(RVal::Int(n)),
+                None => fail(pos, "integer overflow"),
+            },
+            (UnOp::Neg, RVal::Float(f)) => Ok(RVal::Float(-f)),
+            (UnOp::Neg, RVal::Duration(d)) => match d.checked_neg() {
+                Some(n) => Ok(RVal::Duration(n)),
+                None => fail(pos, "duration overflow"),
+            },
+            (UnOp::Not, v) => fail(pos, format!("'!' needs a bool, got {}", v.type_name())),
+            (UnOp::Neg, v) => fail(pos, format!("'-' needs a number, got {}", v.type_name())),
+        }
+    }
+
+    /// `l && r`: false if either side is false, even if the other is an error.
+    #[inline(never)]
+    fn eval_and(&self, l: &Expr, r: &Expr, env: &Env<'_>) -> EResult<RVal> {
+        match self.eval(l, env).and_then(|v| as_bool(v, l.pos)) {
+            Ok(false) => Ok(RVal::Bool(false)),
+            Ok(true) => Ok(RVal::Bool(self.condition(r, env)?)),
+            Err(err) => match self.condition(r, env) {
+                Ok(false) => Ok(RVal::Bool(false)),
+                _ => Err(err),
+            },
+        }
+    }
+
+    /// `l || r`: true if either side is true, even if the other is an error.
+    #[inline(never)]
+    fn eval_or(&self, l: &Expr, r: &Expr, env: &Env<'_>) -> EResult<RVal> {
+        match self.eval(l, env).and_then(|v| as_bool(v, l.pos)) {
+            Ok(true) => Ok(RVal::Bool(true)),
+            Ok(false) => Ok(RVal::Bool(self.condition(r, env)?)),
+            Err(err) => match self.condition(r, env) {
+                Ok(true) => Ok(RVal::Bool(true)),
+                _ => Err(err),
+            },
+        }
+    }
+
+    #[inline(never)]
+    fn eval_path(&self, parts: &[PathPart], env: &Env<'_>) -> EResult<RVal> {
+        let mut segments = Vec::new();
+        for part in parts {
+            match part {
+                PathPart::Lit(s) => segments.push(s.clone()),
+                PathPart::Interp(e) => match self.eval(e, env)? {
+                    RVal::Path(p) => segments.extend(p.iter().cloned()),
+                    RVal::Unknown => return fail(e.pos, "value is not known yet"),
+                    other => {
+                        // A string is one segment: a client-controlled value
+                        // must not be able to add segments and point get()
+                        // at another document.
+                        let text = to_string(&other, e.pos)?;
+                        if text.is_empty() || text.contains('/') {
+                            return fail(e.pos, format!("{text:?} is not a valid path segment"));
+                        }
+                        segments.push(text);
+                    }
+                },
+            }
+        }
+        Ok(RVal::Path(Rc::new(normalize_path(segments))))
     }
 
     fn eval_args(&self, args: &[Expr], env: &Env<'_>) -> EResult<Vec<RVal>> {
@@ -839,6 +922,13 @@ impl<'a> Evaluator<'a> {
                 .and_then(|x| x.checked_add(*ns))
                 .map(Duration)
                 .map_or_else(|| fail(pos, "duration overflow"), Ok),
+            ("timestamp", "date", [Int(y), Int(m), Int(d)])
+                if (1..=12).contains(m) && (1..=31).contains(d) && (1678..=2261).contains(y) =>
+            {
+                Ok(Timestamp(hearth_protocol::Timestamp(
+                    days_from_civil(*y, *m, *d) * 86_400_000_000_000,
+                )))
+            }
             ("timestamp", "value", [Int(ms)]) => {
                 Ok(Timestamp(hearth_protocol::Timestamp::from_millis(*ms)))
             }
@@ -869,6 +959,9 @@ impl<'a> Evaluator<'a> {
                 ("upper", []) => Ok(RVal::str(&s.to_uppercase())),
                 ("trim", []) => Ok(RVal::str(s.trim())),
                 ("matches", [Str(re)]) => {
+                    // Validate the pattern alone first, so that an unbalanced
+                    // pattern cannot escape the anchoring group below.
+                    self.regex(re, pos)?;
                     let full = format!("^(?:{re})$");
                     let r = self.regex(&full, pos)?;
                     self.charge(s.len() as u64 / 8, pos)?;
@@ -881,7 +974,10 @@ impl<'a> Evaluator<'a> {
                 }
                 ("replace", [Str(re), Str(sub)]) => {
                     let r = self.regex(re, pos)?;
-                    self.charge(s.len() as u64 / 4, pos)?;
+                    // Charge the largest possible output up front: an empty
+                    // pattern matches between every two characters.
+                    let worst = (s.len() as u64 + 1).saturating_mul(sub.len() as u64 + 1);
+                    self.charge(worst / 16 + s.len() as u64 / 4, pos)?;
                     Ok(RVal::str(&r.replace_all(s, &**sub)))
                 }
                 ("toUtf8", []) => Ok(Bytes(Rc::new(s.as_bytes().to_vec()))),
@@ -897,7 +993,8 @@ impl<'a> Evaluator<'a> {
                 ("hasAll", [other]) => Ok(Bool(self.all_in(elements(other, pos)?, items, pos)?)),
                 ("hasOnly", [other]) => Ok(Bool(self.all_in(items, elements(other, pos)?, pos)?)),
                 ("join", [Str(sep)]) => {
-                    self.charge(items.len() as u64, pos)?;
+                    let worst = (items.len() as u64).saturating_mul(sep.len() as u64 + 1);
+                    self.charge(items.len() as u64 + worst / 16, pos)?;
                     let mut parts = Vec::with_capacity(items.len());
                     for item in items.iter() {
                         match item {
@@ -1063,12 +1160,30 @@ impl<'a> Evaluator<'a> {
                 }
                 Ok(Set(Rc::new(out)))
             }
-            Timestamp(ts) => match (name, args) {
-                ("toMillis", []) => Ok(Int(ts.millis())),
-                ("seconds", []) => Ok(Int(ts.seconds())),
-                ("nanos", []) => Ok(Int(ts.0.rem_euclid(1_000_000_000))),
-                _ => wrong(),
-            },
+            Timestamp(ts) => {
+                let secs = ts.seconds();
+                let days = secs.div_euclid(86_400);
+                let of_day = secs.rem_euclid(86_400);
+                let (y, m, d) = civil_from_days(days);
+                match (name, args) {
+                    ("toMillis", []) => Ok(Int(ts.millis())),
+                    ("year", []) => Ok(Int(y)),
+                    ("month", []) => Ok(Int(m)),
+                    ("day", []) => Ok(Int(d)),
+                    ("hours", []) => Ok(Int(of_day / 3600)),
+                    ("minutes", []) => Ok(Int(of_day % 3600 / 60)),
+                    ("seconds", []) => Ok(Int(of_day % 60)),
+                    ("nanos", []) => Ok(Int(ts.0.rem_euclid(1_000_000_000))),
+                    // ISO: Monday is 1; 1970-01-01 was a Thursday.
+                    ("dayOfWeek", []) => Ok(Int((days + 3).rem_euclid(7) + 1)),
+                    ("dayOfYear", []) => Ok(Int(days - days_from_civil(y, 1, 1) + 1)),
+                    ("date", []) => Ok(Timestamp(hearth_protocol::Timestamp(
+                        days.saturating_mul(86_400_000_000_000),
+                    ))),
+                    ("time", []) => Ok(Duration(ts.0 - days.saturating_mul(86_400_000_000_000))),
+                    _ => wrong(),
+                }
+            }
             Duration(d) => match (name, args) {
                 ("seconds", []) => Ok(Int(d.div_euclid(1_000_000_000))),
                 ("nanos", []) => Ok(Int(d.rem_euclid(1_000_000_000))),
@@ -1081,6 +1196,31 @@ impl<'a> Evaluator<'a> {
             _ => wrong(),
         }
     }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Days since 1970-01-01 of a civil date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 fn is_bound(name: &str, env: &Env<'_>) -> bool {

@@ -15,7 +15,7 @@
 //! rel       := add (("=="|"!="|"<"|"<="|">"|">="|"in") add | "is" TYPE)*
 //! add       := mul (("+"|"-") mul)*      mul := unary (("*"|"/"|"%") unary)*
 //! unary     := ("!"|"-") unary | postfix
-//! postfix   := primary ("." NAME ("(" args ")")? | "[" expr "]" | "(" args ")")*
+//! postfix   := primary ("." NAME ("(" args ")")? | "[" expr (":" expr)? "]" | "(" args ")")*
 //! primary   := literal | NAME | "(" expr ")" | "[" list "]" | "{" map "}" | PATH
 //! ```
 //!
@@ -863,7 +863,17 @@ impl Parser {
                     self.enter(at)?;
                     added += 1;
                     let index = self.parse_expr()?;
-                    self.expect_sym("]", "to close the index")?;
+                    if self.eat_sym(":")? {
+                        let to = self.parse_expr()?;
+                        self.expect_sym("]", "to close the slice")?;
+                        let pos = e.pos;
+                        e = Expr {
+                            kind: ExprKind::Slice(Box::new(e), Box::new(index), Box::new(to)),
+                            pos,
+                        };
+                        continue;
+                    }
+                    self.expect_sym("]", "or ':' to close the index")?;
                     let pos = e.pos;
                     e = Expr {
                         kind: ExprKind::Index(Box::new(e), Box::new(index)),

@@ -237,12 +237,36 @@ fn numeric_conversions_math_time_and_durations_work() {
         "duration.value(90, 'm') == duration.time(1, 30, 0, 0)",
         "duration.value(2, 's').seconds() == 2",
         "timestamp.value(1500).toMillis() == 1500",
-        "resource.data.ts.seconds() == 1714564800",
+        // ts is 2024-05-01T12:00:00Z, a Wednesday.
+        "resource.data.ts.toMillis() == 1714564800000",
+        "resource.data.ts.year() == 2024 && resource.data.ts.month() == 5 && resource.data.ts.day() == 1",
+        "resource.data.ts.hours() == 12 && resource.data.ts.minutes() == 0 && resource.data.ts.seconds() == 0",
+        "resource.data.ts.dayOfWeek() == 3",
+        "resource.data.ts.dayOfYear() == 122",
+        "resource.data.ts.date() == timestamp.date(2024, 5, 1)",
+        "resource.data.ts.time() == duration.value(12, 'h')",
+        "timestamp.date(2000, 2, 29).dayOfYear() == 60",
+        "timestamp.date(1969, 12, 31).year() == 1969",
+        "[1, 2, 3, 4][1:3] == [2, 3]",
+        "resource.data.tags[0:0] == []",
         "resource.data.ts < request.time",
     ] {
         assert_allows(cond);
     }
     assert_errors("int('forty') == 40");
+    assert_errors("[1, 2][1:5] == [2]");
+    assert_errors("[1, 2][2:1] == []");
+    assert_errors("timestamp.date(2024, 13, 1) == request.time");
+    // Output-size bombs are refused before any allocation: an empty pattern
+    // would put the 3000-byte replacement between each of 3000 characters.
+    let s = "x".repeat(3000);
+    assert_errors(&format!("'{s}'.replace('', '{s}') == ''"));
+    let items = vec!["'x'"; 3000].join(", ");
+    let e = eval(&format!("[{items}].join('{s}') == ''"));
+    assert!(
+        !e.allowed && e.errors.iter().any(|m| m.contains("budget")),
+        "join bomb not refused"
+    );
     assert_errors("duration.value(1, 'fortnight') > duration.value(0, 's')");
 }
 
@@ -442,4 +466,52 @@ fn bulk_operations_on_large_lists_are_charged_to_the_budget() {
     let started = Instant::now();
     assert_errors(&format!("{list}.hasAll({list})"));
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn eval_nested_calls(levels: usize, nots: usize, stack: usize) -> hearth_rules::Evaluation {
+    let nots = "!".repeat(nots);
+    let mut text = String::from("function f0(x) { return x == 1; }\n");
+    for i in 1..levels {
+        text.push_str(&format!(
+            "function f{i}(x) {{ return {nots}f{p}(x); }}\n",
+            p = i - 1
+        ));
+    }
+    text.push_str(&format!(
+        "match /a/{{b}} {{ allow get: if f{}(1); }}",
+        levels - 1
+    ));
+    let rules = hearth_rules::Ruleset::parse(&text).unwrap();
+    std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(move || {
+            let d = doc("a/b", serde_json::json!({}));
+            rules.evaluate(
+                &hearth_rules::RuleRequest {
+                    principal: &alice(),
+                    method: hearth_rules::Method::Get,
+                    path: &d.path,
+                    resource: Some(&d),
+                    new_data: None,
+                    time: hearth_protocol::Timestamp(0),
+                },
+                &lookup(),
+            )
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn nesting_across_calls_is_bounded_so_the_stack_is_too() {
+    // Twenty nested calls each nested 56 deep would need over a thousand
+    // frames: refused with an error, on a 2 MiB stack (tokio's worker
+    // default), in a debug build.
+    let e = eval_nested_calls(20, 56, 2 * 1024 * 1024);
+    assert!(!e.allowed);
+    assert!(e.errors[0].contains("nested deeper"), "{:?}", e.errors);
+    // Just under the limit evaluates fine on the same stack.
+    let e = eval_nested_calls(20, 10, 2 * 1024 * 1024);
+    assert!(e.allowed, "{:?}", e.errors);
 }
