@@ -112,8 +112,31 @@ type Visitor<'r, 'f> = dyn FnMut(&'r Allow, &[(String, RVal)], &[&'r Scope]) -> 
 
 impl Ruleset {
     /// Parses a rules file. Errors carry line and column.
+    ///
+    /// Parsing runs on a helper thread with a large stack: the parser is
+    /// recursive, and a file nested up to the limits needs more stack than a
+    /// small worker thread has in a debug build. Parsing is rare (start-up,
+    /// reload, `rules test`), so the thread costs nothing that matters.
     pub fn parse(text: &str) -> Result<Ruleset, RulesError> {
-        let root = Parser::new(text).parse_file()?;
+        const PARSER_STACK: usize = 32 * 1024 * 1024;
+        let parsed = std::thread::scope(|scope| {
+            let handle = std::thread::Builder::new()
+                .name("hearth-rules-parser".into())
+                .stack_size(PARSER_STACK)
+                .spawn_scoped(scope, || Parser::new(text).parse_file());
+            match handle {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(RulesError::syntax(
+                        1,
+                        1,
+                        "internal error while parsing the rules",
+                    ))
+                }),
+                // No thread to be had: parse here (fine for ordinary files).
+                Err(_) => Parser::new(text).parse_file(),
+            }
+        });
+        let root = parsed?;
         Ok(Ruleset {
             root: Arc::new(root),
         })

@@ -149,3 +149,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn deepest_nesting_is_refused_without_overflowing_a_small_caller_stack() {
+    let cases = [
+        format!(
+            "match /a {{ allow read: if {}true{}; }}",
+            "(".repeat(200),
+            ")".repeat(200)
+        ),
+        format!("match /a {{ allow read: if {}true; }}", "!".repeat(200)),
+        format!(
+            "match /a {{ allow read: if {}1{}; }}",
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+        format!(
+            "match /a {{ allow read: if f({}1{}); }}",
+            "g(".repeat(200),
+            ")".repeat(200)
+        ),
+        format!(
+            "match /a {{ allow read: if get(/a/$({}1{})); }}",
+            "get(/b/$(".repeat(100),
+            "))".repeat(100)
+        ),
+    ];
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            for text in cases {
+                let err = Ruleset::parse(&text).unwrap_err();
+                assert!(err.message().contains("nesting"), "{err}");
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
