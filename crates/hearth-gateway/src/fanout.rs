@@ -1,0 +1,397 @@
+//! The fan-out engine: one task reads the changelog and moves every
+//! affected subscription's view forward.
+//!
+//! ## Finding candidates without scanning (reverse query matching)
+//! Subscriptions are indexed by their source: a document path, a collection
+//! path or a collection-group id. Within a source, a query whose filter has a
+//! top-level equality conjunct (`room == "k"`, alone or inside an `and`) is
+//! filed under that (field, value); other queries are in the source's `all`
+//! set. For a change to `rooms/r1/messages/m1` the engine looks at three
+//! buckets (the document, its collection, its collection id) and, in each,
+//! at `all` plus one map lookup per indexed field with the field's old and
+//! new values. Values are compared with the total order of values, so
+//! `room == 1` finds a document whose `room` is `1.0`, as the query would.
+//! Only those candidates are evaluated (`Query::matches_with_order` with the
+//! precomputed order, then the access check).
+//!
+//! ## Per commit
+//! Candidates are collected for the whole commit, so a subscription touched
+//! by several documents of one commit gets one frame. Documents are wrapped
+//! in `Arc` once per commit and frames are encoded once per distinct content
+//! (see `encode`). Limited queries whose window may change are re-run against
+//! the store, once per distinct query per commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use futures::StreamExt;
+use hearth_protocol::ws::ServerMessage;
+use hearth_protocol::{
+    DocPath, Document, ErrorBody, FieldPath, Filter, Op, Query, QuerySource, Value,
+};
+use hearth_store::{ChangelogError, CommitRecord};
+
+use crate::backend;
+use crate::encode::{self, FrameCache};
+use crate::subscription::{window_edge, Subscription};
+use crate::view::{apply_incremental, diff, Step, Target};
+use crate::Inner;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SourceKey {
+    Doc(DocPath),
+    Collection(String),
+    Group(String),
+}
+
+#[derive(Default)]
+struct Bucket {
+    all: HashMap<u64, Arc<Subscription>>,
+    by_eq: BTreeMap<FieldPath, BTreeMap<Value, HashMap<u64, Arc<Subscription>>>>,
+}
+
+impl Bucket {
+    fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.by_eq.is_empty()
+    }
+}
+
+/// The subscription index (see the module docs).
+#[derive(Default)]
+pub(crate) struct SubIndex {
+    buckets: DashMap<SourceKey, Bucket>,
+}
+
+fn source_key(target: &Target) -> SourceKey {
+    match target {
+        Target::Doc(p) => SourceKey::Doc(p.clone()),
+        Target::Query { query, .. } => match &query.source {
+            QuerySource::Collection(c) => SourceKey::Collection(c.as_string()),
+            QuerySource::CollectionGroup(id) => SourceKey::Group(id.clone()),
+        },
+    }
+}
+
+/// The equality conjunct a query is filed under, if any.
+fn eq_key(query: &Query) -> Option<(FieldPath, Value)> {
+    let usable = |f: &Filter| match f {
+        Filter::Field(ff)
+            if ff.op == Op::Eq && !ff.field.is_document_id() && !ff.value.is_nan() =>
+        {
+            Some((ff.field.clone(), ff.value.clone()))
+        }
+        _ => None,
+    };
+    match query.filter.as_ref()? {
+        Filter::And(parts) => parts.iter().find_map(usable),
+        other => usable(other),
+    }
+}
+
+impl SubIndex {
+    pub(crate) fn insert(&self, sub: &Arc<Subscription>) {
+        let mut bucket = self.buckets.entry(source_key(&sub.target)).or_default();
+        let eq = match &sub.target {
+            Target::Query { query, .. } => eq_key(query),
+            Target::Doc(_) => None,
+        };
+        match eq {
+            Some((field, value)) => {
+                bucket
+                    .by_eq
+                    .entry(field)
+                    .or_default()
+                    .entry(value)
+                    .or_default()
+                    .insert(sub.uid, Arc::clone(sub));
+            }
+            None => {
+                bucket.all.insert(sub.uid, Arc::clone(sub));
+            }
+        }
+    }
+
+    pub(crate) fn remove(&self, sub: &Subscription) {
+        let key = source_key(&sub.target);
+        let empty = {
+            let Some(mut bucket) = self.buckets.get_mut(&key) else {
+                return;
+            };
+            let eq = match &sub.target {
+                Target::Query { query, .. } => eq_key(query),
+                Target::Doc(_) => None,
+            };
+            match eq {
+                Some((field, value)) => {
+                    if let Some(values) = bucket.by_eq.get_mut(&field) {
+                        if let Some(set) = values.get_mut(&value) {
+                            set.remove(&sub.uid);
+                            if set.is_empty() {
+                                values.remove(&value);
+                            }
+                        }
+                        if values.is_empty() {
+                            bucket.by_eq.remove(&field);
+                        }
+                    }
+                }
+                None => {
+                    bucket.all.remove(&sub.uid);
+                }
+            }
+            bucket.is_empty()
+        };
+        if empty {
+            self.buckets.remove_if(&key, |_, b| b.is_empty());
+        }
+    }
+
+    /// Calls `f` for every subscription that may be affected by a change of
+    /// the document at `path` from `old` to `new`.
+    fn candidates(
+        &self,
+        path: &DocPath,
+        old: Option<&Document>,
+        new: Option<&Document>,
+        mut f: impl FnMut(&Arc<Subscription>),
+    ) {
+        let keys = [
+            SourceKey::Doc(path.clone()),
+            SourceKey::Collection(path.parent().as_string()),
+            SourceKey::Group(path.collection_id().to_string()),
+        ];
+        for key in &keys {
+            let Some(bucket) = self.buckets.get(key) else {
+                continue;
+            };
+            bucket.all.values().for_each(&mut f);
+            for (field, values) in &bucket.by_eq {
+                let vo = old.and_then(|d| d.get(field));
+                let vn = new.and_then(|d| d.get(field));
+                if let Some(v) = &vo {
+                    if let Some(set) = values.get(v) {
+                        set.values().for_each(&mut f);
+                    }
+                }
+                if let Some(v) = &vn {
+                    if vo.as_ref() != Some(v) {
+                        if let Some(set) = values.get(v) {
+                            set.values().for_each(&mut f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every subscription (engine restart after a changelog gap).
+    fn all(&self) -> Vec<Arc<Subscription>> {
+        let mut out = Vec::new();
+        for b in self.buckets.iter() {
+            out.extend(b.all.values().cloned());
+            for values in b.by_eq.values() {
+                for set in values.values() {
+                    out.extend(set.values().cloned());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The engine task: consumes the changelog until the gateway shuts down.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let changelog = inner.store.changelog();
+    let mut after = changelog.head();
+    loop {
+        let mut stream = Box::pin(changelog.subscribe(after));
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = inner.shutdown.notified() => return,
+            };
+            match item {
+                Some(Ok(rec)) => {
+                    after = rec.seq;
+                    inner.stats.head.store(rec.seq, AtomicOrdering::Relaxed);
+                    process_commit(&inner, &rec);
+                }
+                Some(Err(ChangelogError::TooOld { oldest })) => {
+                    // We fell behind retention: every view may be stale.
+                    // Rebuild them all from the store and carry on from now.
+                    tracing::warn!(after, oldest, "fan-out engine lagged past changelog retention; rebuilding every subscription");
+                    for sub in inner.index.all() {
+                        let mut st = sub.state.lock();
+                        st.dirty = true;
+                        st.skipped_max = u64::MAX;
+                        if let Some(conn) = sub.conn.upgrade() {
+                            conn.mark_dirty();
+                        }
+                    }
+                    after = changelog.head();
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "changelog read failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    break;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// Delivers one commit to every affected subscription.
+pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
+    let mut cands: HashMap<u64, (Arc<Subscription>, Vec<usize>)> = HashMap::new();
+    for (i, ch) in rec.changes.iter().enumerate() {
+        inner
+            .index
+            .candidates(&ch.path, ch.old.as_ref(), ch.new.as_ref(), |s| {
+                cands
+                    .entry(s.uid)
+                    .or_insert_with(|| (Arc::clone(s), Vec::new()))
+                    .1
+                    .push(i);
+            });
+    }
+    if cands.is_empty() {
+        return;
+    }
+    // Each new document version is shared by every view that takes it.
+    let new_docs: Vec<Option<Arc<Document>>> = rec
+        .changes
+        .iter()
+        .map(|ch| ch.new.clone().map(Arc::new))
+        .collect();
+    let mut cache = FrameCache::default();
+    let mut requeries: HashMap<String, Result<(u64, Vec<Arc<Document>>), ErrorBody>> =
+        HashMap::new();
+    for (sub, idxs) in cands.into_values() {
+        let Some(conn) = sub.conn.upgrade() else {
+            continue;
+        };
+        let principal = conn.principal();
+        let mut st = sub.state.lock();
+        if st.closed || st.seq >= rec.seq {
+            continue;
+        }
+        if st.dirty {
+            st.skipped_max = st.skipped_max.max(rec.seq);
+            continue;
+        }
+        let readable = |d: &Document| {
+            backend::readable(&inner.store, &inner.access, &principal, &sub.target, d)
+        };
+        let (next, changes, seq, edge) = if let Some((_, to_last)) = sub.target.limit() {
+            let affected = idxs.iter().any(|&i| {
+                let ch = &rec.changes[i];
+                let was_in = ch.old.as_ref().is_some_and(|o| {
+                    crate::view::position(&st.view, &sub.target, Some(o), &ch.path).is_some()
+                        || st.edge.as_ref().is_some_and(|e| e.path == ch.path)
+                        || sub.target.matches(o)
+                            && ranks_inside(&sub.target, o, st.edge.as_deref(), to_last)
+                });
+                let enters = ch.new.as_ref().is_some_and(|n| {
+                    sub.target.matches(n)
+                        && ranks_inside(&sub.target, n, st.edge.as_deref(), to_last)
+                });
+                was_in || enters
+            });
+            if !affected {
+                st.seq = rec.seq;
+                continue;
+            }
+            let Target::Query { query, .. } = &sub.target else {
+                continue;
+            };
+            let key = serde_json::to_string(query).unwrap_or_default();
+            let result = requeries
+                .entry(key)
+                .or_insert_with(|| backend::run_query(&inner.store, query));
+            match result {
+                Ok((seq, unfiltered)) => {
+                    let edge = window_edge(&sub.target, unfiltered);
+                    let now: Vec<Arc<Document>> =
+                        unfiltered.iter().filter(|d| readable(d)).cloned().collect();
+                    let changes = diff(&st.view, &now);
+                    (now, changes, *seq, edge)
+                }
+                Err(e) => {
+                    st.closed = true;
+                    conn.push(encode::message(&ServerMessage::error(
+                        None,
+                        Some(sub.name.to_string()),
+                        e.clone(),
+                    )));
+                    continue;
+                }
+            }
+        } else {
+            let steps: Vec<Step<'_>> = idxs
+                .iter()
+                .map(|&i| {
+                    let ch = &rec.changes[i];
+                    let new_visible = new_docs[i]
+                        .as_ref()
+                        .filter(|n| sub.target.matches(n) && readable(n))
+                        .cloned();
+                    Step {
+                        path: &ch.path,
+                        old: ch.old.as_ref(),
+                        new_visible,
+                    }
+                })
+                .collect();
+            let (next, changes) = apply_incremental(&st.view, &sub.target, steps);
+            (next, changes, rec.seq, None)
+        };
+        if changes.is_empty() {
+            st.view = next;
+            st.seq = seq;
+            st.edge = edge;
+            continue;
+        }
+        if conn.congested() {
+            // Coalesce: keep the view the client will have; the writer
+            // rebuilds this subscription once the queue has drained.
+            st.dirty = true;
+            st.skipped_max = st.skipped_max.max(seq);
+            inner.stats.coalesced.fetch_add(1, AtomicOrdering::Relaxed);
+            conn.mark_dirty();
+            continue;
+        }
+        let frame = cache.changes(&sub.name, seq, &changes);
+        st.view = next;
+        st.seq = seq;
+        st.edge = edge;
+        conn.push(frame);
+    }
+    inner
+        .stats
+        .frames_encoded
+        .fetch_add(cache.encoded, AtomicOrdering::Relaxed);
+    inner
+        .stats
+        .frames_shared
+        .fetch_add(cache.shared, AtomicOrdering::Relaxed);
+}
+
+/// Whether `doc` ranks inside a limit window whose far edge is `edge`
+/// (`None`: the window is not full, everything that matches is inside).
+fn ranks_inside(target: &Target, doc: &Document, edge: Option<&Document>, to_last: bool) -> bool {
+    match edge {
+        None => true,
+        Some(e) => {
+            let ord = target.cmp(doc, e);
+            if to_last {
+                ord != std::cmp::Ordering::Less
+            } else {
+                ord != std::cmp::Ordering::Greater
+            }
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! One connection: handshake, the request loop, heartbeats, token expiry,
+//! and the writer that drains the connection's outbox.
+//!
+//! The socket is split in two halves driven by two futures inside the same
+//! task (no second task per connection): the *reader* handles client frames
+//! and timers and queues every reply in the outbox; the *writer* sends what
+//! is queued and, once the queue is empty, rebuilds coalesced
+//! subscriptions. A third branch waits for a close request (slow consumer,
+//! revocation, shutdown, expiry, protocol error). Whatever ends first, the
+//! connection then flushes what it can (briefly), sends its close frame and
+//! unregisters its subscriptions.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use hearth_protocol::ws::{
+    close_code, parse_resume_token, ClientMessage, ServerMessage, SubscribeTarget, PROTOCOL_VERSION,
+};
+use hearth_protocol::{ErrorBody, ErrorCode, Timestamp};
+use rand::RngCore;
+use serde::Deserialize;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::conn::{CloseReason, ConnShared};
+use crate::encode;
+use crate::subscription::{build, Build, Subscription};
+use crate::view::Target;
+use crate::{backend, bad_frame, writes, Authenticated, Inner};
+
+/// Longest `sub` name accepted.
+pub const MAX_SUB_NAME_BYTES: usize = 128;
+/// How long a closing connection may spend flushing queued frames.
+const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = timeout(CLOSE_FLUSH, sink.send(Message::Close(Some(frame)))).await;
+}
+
+fn error_frame(id: Option<u64>, sub: Option<&str>, body: ErrorBody) -> Utf8Bytes {
+    encode::message(&ServerMessage::error(id, sub.map(str::to_string), body))
+}
+
+fn instant_of(ts: Timestamp) -> Instant {
+    let remaining_ns = ts.nanos().saturating_sub(Timestamp::now().nanos()).max(0);
+    Instant::now() + Duration::from_nanos(remaining_ns as u64)
+}
+
+/// Reads the request id of a frame that could not be decoded, if it has one.
+fn salvage_id(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id)
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    if inner.shutting_down.load(Ordering::SeqCst) {
+        close_now(&mut sink, close_code::GOING_AWAY, "server shutting down").await;
+        return;
+    }
+    if inner.conns.len() >= inner.config.max_connections {
+        close_now(
+            &mut sink,
+            close_code::TOO_MANY_CONNECTIONS,
+            "too many connections",
+        )
+        .await;
+        return;
+    }
+    let Some((auth, hello_ok)) = handshake(&inner, &mut sink, &mut stream).await else {
+        return;
+    };
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let conn = Arc::new(ConnShared::new(
+        id,
+        auth.principal,
+        inner.config.max_pending_events as usize,
+        inner.config.max_queued_bytes as usize,
+    ));
+    inner.conns.insert(id, Arc::clone(&conn));
+    conn.push(hello_ok);
+    let mut reader = Reader {
+        inner: &inner,
+        conn: &conn,
+        expires_at: auth.expires_at,
+        last_recv: Instant::now(),
+        next_ping: 1,
+    };
+    tokio::select! {
+        _ = reader.run(&mut stream) => {}
+        _ = writer(&inner, &conn, &mut sink) => {}
+        _ = conn.kill.notified() => {}
+    }
+    let reason = conn.close_reason().unwrap_or(CloseReason {
+        code: close_code::NORMAL,
+        reason: "",
+    });
+    if reason.code == close_code::SLOW_CONSUMER {
+        inner
+            .stats
+            .slow_consumer_closes
+            .fetch_add(1, Ordering::Relaxed);
+    } else {
+        // Flush what is queued (an error frame explaining the close, say).
+        let _ = timeout(CLOSE_FLUSH, async {
+            while let Some(f) = conn.pop() {
+                if sink.feed(Message::Text(f)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.flush().await;
+        })
+        .await;
+    }
+    close_now(&mut sink, reason.code, reason.reason).await;
+    let subs: Vec<Arc<Subscription>> = conn.subs.lock().drain().map(|(_, s)| s).collect();
+    for s in subs {
+        s.state.lock().closed = true;
+        inner.index.remove(&s);
+    }
+    inner.conns.remove(&id);
+    tracing::debug!(conn = conn.id, code = reason.code, "connection closed");
+}
+
+/// Waits for `hello`, authenticates, and returns the welcome frame to send.
+async fn handshake(
+    inner: &Inner,
+    sink: &mut Sink,
+    stream: &mut Stream,
+) -> Option<(Authenticated, Utf8Bytes)> {
+    let first = timeout(inner.config.hello_timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let text = match first {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(_) => {
+            close_now(sink, close_code::PROTOCOL_ERROR, "no hello in time").await;
+            return None;
+        }
+    };
+    let (protocol, token) = match serde_json::from_str::<ClientMessage>(&text) {
+        Ok(ClientMessage::Hello {
+            protocol, token, ..
+        }) => (protocol, token),
+        _ => {
+            let body = bad_frame("the first frame must be hello");
+            let _ = sink
+                .send(Message::Text(error_frame(None, None, body)))
+                .await;
+            close_now(
+                sink,
+                close_code::PROTOCOL_ERROR,
+                "the first frame must be hello",
+            )
+            .await;
+            return None;
+        }
+    };
+    if protocol != PROTOCOL_VERSION {
+        let body = ErrorBody::new(
+            ErrorCode::FailedPrecondition,
+            format!("protocol {protocol} is not supported; this server speaks {PROTOCOL_VERSION}"),
+        )
+        .with_details(serde_json::json!({ "supported": [PROTOCOL_VERSION] }));
+        let _ = sink
+            .send(Message::Text(error_frame(None, None, body)))
+            .await;
+        close_now(
+            sink,
+            close_code::PROTOCOL_ERROR,
+            "unsupported protocol version",
+        )
+        .await;
+        return None;
+    }
+    let auth = match inner.auth.authenticate(token.as_deref()) {
+        Ok(a) if a.expires_at.is_some_and(|t| t <= Timestamp::now()) => {
+            let body = ErrorBody::new(ErrorCode::Unauthenticated, "the token has expired");
+            let _ = sink
+                .send(Message::Text(error_frame(None, None, body)))
+                .await;
+            close_now(sink, close_code::UNAUTHENTICATED, "token expired").await;
+            return None;
+        }
+        Ok(a) => a,
+        Err(body) => {
+            let _ = sink
+                .send(Message::Text(error_frame(None, None, body)))
+                .await;
+            close_now(sink, close_code::UNAUTHENTICATED, "unauthenticated").await;
+            return None;
+        }
+    };
+    let mut session_id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut session_id);
+    let (uid, admin) = principal_fields(&auth.principal);
+    let welcome = encode::message(&ServerMessage::Welcome {
+        session_id: hex::encode(session_id),
+        server_time: Timestamp::now(),
+        protocol: PROTOCOL_VERSION,
+        heartbeat_ms: inner.config.heartbeat.as_millis() as u64,
+        idle_timeout_ms: inner.config.idle_timeout.as_millis() as u64,
+        limits: inner.config.limits(),
+        uid,
+        admin,
+        expires_at: auth.expires_at,
+    });
+    Some((auth, welcome))
+}
+
+fn principal_fields(p: &hearth_rules::Principal) -> (Option<String>, bool) {
+    match p {
+        hearth_rules::Principal::Admin => (None, true),
+        hearth_rules::Principal::User { uid, .. } => (Some(uid.clone()), false),
+        hearth_rules::Principal::Unauthenticated => (None, false),
+    }
+}
+
+/// Sends queued frames; rebuilds coalesced subscriptions when the queue is empty.
+async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut Sink) {
+    loop {
+        let mut sent = false;
+        while let Some(frame) = conn.pop() {
+            if sink.feed(Message::Text(frame)).await.is_err() {
+                return;
+            }
+            sent = true;
+        }
+        if sent && sink.flush().await.is_err() {
+            return;
+        }
+        if sent {
+            continue;
+        }
+        if conn.has_dirty.swap(false, Ordering::AcqRel) {
+            let dirty: Vec<Arc<Subscription>> = conn
+                .subs
+                .lock()
+                .values()
+                .filter(|s| s.state.lock().dirty)
+                .cloned()
+                .collect();
+            for s in dirty {
+                if let Err(e) = build(inner, conn, &s, Build::Coalesced) {
+                    conn.push(error_frame(None, Some(&s.name), e));
+                }
+            }
+            continue;
+        }
+        conn.wake.notified().await;
+    }
+}
+
+struct Reader<'a> {
+    inner: &'a Arc<Inner>,
+    conn: &'a Arc<ConnShared>,
+    expires_at: Option<Timestamp>,
+    last_recv: Instant,
+    next_ping: u64,
+}
+
+impl Reader<'_> {
+    async fn run(&mut self, stream: &mut Stream) {
+        let heartbeat = self.inner.config.heartbeat;
+        let mut next_tick = Instant::now() + heartbeat;
+        loop {
+            let expiry = self.expires_at.map(instant_of);
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return };
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let text = e.to_string();
+                            if text.contains("too long") || text.contains("Space limit") {
+                                self.conn.close(CloseReason { code: close_code::FRAME_TOO_LARGE, reason: "frame too large" });
+                            }
+                            return;
+                        }
+                    };
+                    self.last_recv = Instant::now();
+                    match msg {
+                        Message::Text(t) => self.handle_text(&t),
+                        Message::Binary(_) => self.conn.push(error_frame(None, None, bad_frame(
+                            "binary frames are not part of hearth.v1; send JSON text frames"))),
+                        Message::Close(_) => return,
+                        Message::Ping(_) | Message::Pong(_) => true,
+                    };
+                }
+                _ = sleep_until(next_tick) => {
+                    if self.last_recv.elapsed() >= self.inner.config.idle_timeout {
+                        self.conn.close(CloseReason { code: close_code::IDLE_TIMEOUT, reason: "idle timeout" });
+                        return;
+                    }
+                    let id = self.next_ping;
+                    self.next_ping += 1;
+                    self.conn.push(encode::message(&ServerMessage::Ping { id }));
+                    next_tick = Instant::now() + heartbeat;
+                }
+                _ = async { match expiry { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
+                    self.conn.push(error_frame(None, None, ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        "the access token expired; send auth with a fresh token before expires_at",
+                    )));
+                    self.conn.close(CloseReason { code: close_code::UNAUTHENTICATED, reason: "token expired" });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame; returns whether the frame was understood.
+    fn handle_text(&mut self, text: &str) -> bool {
+        let max = self.inner.config.max_frame_bytes as usize;
+        if text.len() > max {
+            self.conn.push(error_frame(
+                salvage_id(text),
+                None,
+                ErrorBody::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "frame of {} bytes exceeds max_frame_bytes ({max})",
+                        text.len()
+                    ),
+                ),
+            ));
+            return false;
+        }
+        let msg: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.conn.push(error_frame(
+                    salvage_id(text),
+                    None,
+                    bad_frame(format!("bad frame: {e}")),
+                ));
+                return false;
+            }
+        };
+        match msg {
+            ClientMessage::Hello { .. } => {
+                self.conn.push(error_frame(
+                    None,
+                    None,
+                    bad_frame("hello was already received"),
+                ));
+            }
+            ClientMessage::Auth { id, token } => {
+                self.refresh(id, &token);
+            }
+            ClientMessage::Subscribe {
+                id,
+                sub,
+                target,
+                resume,
+            } => {
+                if let Err(e) = self.subscribe(&sub, target, resume.as_deref()) {
+                    self.conn.push(error_frame(Some(id), Some(&sub), e));
+                }
+            }
+            ClientMessage::Unsubscribe { id, sub } => {
+                let removed = self.conn.subs.lock().remove(sub.as_str());
+                match removed {
+                    Some(s) => {
+                        s.state.lock().closed = true;
+                        self.inner.index.remove(&s);
+                        self.conn
+                            .push(encode::message(&ServerMessage::Unsubscribed { id, sub }));
+                    }
+                    None => {
+                        self.conn.push(error_frame(
+                            Some(id),
+                            Some(&sub),
+                            ErrorBody::new(
+                                ErrorCode::NotFound,
+                                format!("no subscription named {sub:?}"),
+                            ),
+                        ));
+                    }
+                }
+            }
+            ClientMessage::Write {
+                id,
+                mutation_id,
+                writes,
+            } => {
+                self.write(id, mutation_id, vec![], writes);
+            }
+            ClientMessage::Transaction {
+                id,
+                mutation_id,
+                reads,
+                writes,
+            } => {
+                self.write(id, mutation_id, reads, writes);
+            }
+            ClientMessage::Ping { id } => {
+                self.conn.push(encode::message(&ServerMessage::Pong { id }));
+            }
+            ClientMessage::Pong { .. } => {}
+        }
+        true
+    }
+
+    fn refresh(&mut self, id: u64, token: &str) -> bool {
+        match self.inner.auth.authenticate(Some(token)) {
+            Ok(a) => {
+                let current = self.conn.principal();
+                let same = match (&*current, &a.principal) {
+                    (
+                        hearth_rules::Principal::User { uid: x, .. },
+                        hearth_rules::Principal::User { uid: y, .. },
+                    ) => x == y,
+                    (hearth_rules::Principal::Unauthenticated, _) => true,
+                    (c, n) => std::mem::discriminant(c) == std::mem::discriminant(n),
+                };
+                if !same {
+                    return self.conn.push(error_frame(
+                        Some(id),
+                        None,
+                        ErrorBody::new(
+                            ErrorCode::InvalidArgument,
+                            "auth must keep the same user; reconnect to switch users",
+                        ),
+                    ));
+                }
+                if a.expires_at.is_some_and(|t| t <= Timestamp::now()) {
+                    return self.conn.push(error_frame(
+                        Some(id),
+                        None,
+                        ErrorBody::new(ErrorCode::Unauthenticated, "the token has expired"),
+                    ));
+                }
+                let (uid, admin) = principal_fields(&a.principal);
+                self.conn.set_principal(a.principal);
+                self.expires_at = a.expires_at;
+                self.conn.push(encode::message(&ServerMessage::AuthOk {
+                    id,
+                    uid,
+                    admin,
+                    expires_at: a.expires_at,
+                }))
+            }
+            // The current credential stays in force until it expires.
+            Err(body) => self.conn.push(error_frame(Some(id), None, body)),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        name: &str,
+        target: SubscribeTarget,
+        resume: Option<&str>,
+    ) -> Result<(), ErrorBody> {
+        if name.is_empty() || name.len() > MAX_SUB_NAME_BYTES {
+            return Err(bad_frame(format!(
+                "sub must be 1 to {MAX_SUB_NAME_BYTES} bytes"
+            )));
+        }
+        let how = match resume {
+            None => Build::Initial,
+            Some(token) => Build::Resume(
+                parse_resume_token(token)
+                    .ok_or_else(|| bad_frame(format!("{token:?} is not a resume token")))?,
+            ),
+        };
+        {
+            let subs = self.conn.subs.lock();
+            if subs.contains_key(name) {
+                return Err(bad_frame(format!(
+                    "a subscription named {name:?} is already live"
+                )));
+            }
+            if subs.len() >= self.inner.config.max_subscriptions as usize {
+                return Err(ErrorBody::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "at most {} subscriptions per connection",
+                        self.inner.config.max_subscriptions
+                    ),
+                ));
+            }
+        }
+        let target = match target {
+            SubscribeTarget::Doc(p) => Target::Doc(p),
+            SubscribeTarget::Query(q) => Target::query(q),
+        };
+        let principal = self.conn.principal();
+        backend::check_subscribe(&self.inner.store, &self.inner.access, &principal, &target)?;
+        let uid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscription::new(uid, name, target, self.conn));
+        self.conn.subs.lock().insert(name.into(), Arc::clone(&sub));
+        self.inner.index.insert(&sub);
+        if let Err(e) = build(self.inner, self.conn, &sub, how) {
+            self.conn.subs.lock().remove(name);
+            sub.state.lock().closed = true;
+            self.inner.index.remove(&sub);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        id: u64,
+        mutation_id: String,
+        reads: Vec<hearth_protocol::ws::TransactionRead>,
+        batch: Vec<hearth_protocol::Write>,
+    ) -> bool {
+        let max = self.inner.config.max_inflight_writes;
+        if self.conn.inflight_writes.fetch_add(1, Ordering::AcqRel) >= max {
+            self.conn.inflight_writes.fetch_sub(1, Ordering::AcqRel);
+            return self.conn.push(error_frame(
+                Some(id),
+                None,
+                ErrorBody::new(
+                    ErrorCode::ResourceExhausted,
+                    format!("at most {max} writes in flight per connection; wait for write_ok"),
+                ),
+            ));
+        }
+        let inner = Arc::clone(self.inner);
+        let conn = Arc::clone(self.conn);
+        let principal = conn.principal();
+        tokio::spawn(async move {
+            let result = writes::apply_once(
+                &inner.store,
+                &inner.access,
+                &principal,
+                &mutation_id,
+                &reads,
+                batch,
+            )
+            .await;
+            conn.inflight_writes.fetch_sub(1, Ordering::AcqRel);
+            let frame = match result {
+                Ok((result, duplicate)) => encode::message(&ServerMessage::WriteOk {
+                    id,
+                    mutation_id,
+                    result,
+                    duplicate,
+                }),
+                Err(e) => error_frame(Some(id), None, e),
+            };
+            conn.push(frame);
+        });
+        true
+    }
+}

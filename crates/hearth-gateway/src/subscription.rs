@@ -1,0 +1,226 @@
+//! One live subscription: its target, its view, and how it is (re)built.
+//!
+//! A subscription's state is guarded by one small mutex shared by the
+//! fan-out engine (which moves the view commit by commit) and the
+//! connection task (which builds it: initial snapshot, resume, coalescing).
+//!
+//! ## Building a view without missing a commit
+//! A subscription is registered in the fan-out index *dirty* before its
+//! first query runs. While dirty, the engine does not touch its view but
+//! records in `skipped_max` the newest commit it skipped for it. The builder
+//! runs the query (result at position `R`), then takes the lock: if the
+//! engine skipped a commit newer than `R` it runs the query again, otherwise
+//! it installs the view at `R` and clears `dirty`. From then on the engine
+//! applies every commit newer than `seq` and ignores older ones. So each
+//! commit is reflected exactly once, and the engine never waits for a query.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use axum::extract::ws::Utf8Bytes;
+use hearth_protocol::{DocPath, Document, ErrorBody};
+use parking_lot::Mutex;
+
+use crate::backend;
+use crate::conn::ConnShared;
+use crate::encode::FrameCache;
+use crate::view::{diff, Target};
+use crate::Inner;
+
+pub(crate) struct SubState {
+    /// What the client holds (or will hold once the queued frames are read).
+    pub view: Vec<Arc<Document>>,
+    /// The changelog position `view` reflects.
+    pub seq: u64,
+    /// The view must be rebuilt by the connection task (new, or coalesced).
+    pub dirty: bool,
+    /// Newest commit the engine skipped because the subscription was dirty.
+    pub skipped_max: u64,
+    /// Unsubscribed: deliver nothing more.
+    pub closed: bool,
+    /// Limited queries: the last document of the unfiltered window when the
+    /// window is full (a change ranking after it cannot enter the window).
+    pub edge: Option<Arc<Document>>,
+}
+
+pub(crate) struct Subscription {
+    /// Gateway-wide unique id (index key).
+    pub uid: u64,
+    /// The client's name for it.
+    pub name: Box<str>,
+    pub target: Target,
+    pub conn: Weak<ConnShared>,
+    pub state: Mutex<SubState>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        uid: u64,
+        name: &str,
+        target: Target,
+        conn: &Arc<ConnShared>,
+    ) -> Subscription {
+        Subscription {
+            uid,
+            name: name.into(),
+            target,
+            conn: Arc::downgrade(conn),
+            state: Mutex::new(SubState {
+                view: Vec::new(),
+                seq: 0,
+                dirty: true,
+                skipped_max: 0,
+                closed: false,
+                edge: None,
+            }),
+        }
+    }
+}
+
+/// How a (re)build is delivered to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Build {
+    /// First frame of a new subscription: `snapshot`, reset false.
+    Initial,
+    /// Resume from a changelog position: `changes` since then (unlimited
+    /// targets) or a replacing `snapshot` (limited queries, too many commits).
+    Resume(u64),
+    /// The subscription was coalesced: `changes` from the client's view to now.
+    Coalesced,
+}
+
+/// The window of a limited query's unfiltered result, for `SubState::edge`.
+pub(crate) fn window_edge(target: &Target, unfiltered: &[Arc<Document>]) -> Option<Arc<Document>> {
+    let (limit, to_last) = target.limit()?;
+    if unfiltered.len() < limit as usize {
+        return None;
+    }
+    if to_last {
+        unfiltered.first().cloned()
+    } else {
+        unfiltered.last().cloned()
+    }
+}
+
+/// Builds (or rebuilds) a subscription's view and queues its frame.
+pub(crate) fn build(
+    inner: &Inner,
+    conn: &ConnShared,
+    sub: &Subscription,
+    how: Build,
+) -> Result<(), ErrorBody> {
+    let principal = conn.principal();
+    let store = &inner.store;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (seq, unfiltered) = backend::run_target(store, &sub.target)?;
+        let edge = window_edge(&sub.target, &unfiltered);
+        let now: Vec<Arc<Document>> = unfiltered
+            .into_iter()
+            .filter(|d| backend::readable(store, &inner.access, &principal, &sub.target, d))
+            .collect();
+        // For a resume of an unlimited target: the view at the token.
+        let mut frame_plan = match how {
+            Build::Initial => Plan::Snapshot { reset: false },
+            Build::Coalesced => Plan::DiffFromCurrent,
+            Build::Resume(from) => resume_plan(inner, &principal, sub, from, seq, &now)?,
+        };
+        let mut st = sub.state.lock();
+        if st.closed {
+            return Ok(());
+        }
+        if st.skipped_max > seq && attempt < 8 {
+            // The engine skipped a commit our result does not include: again.
+            continue;
+        }
+        if st.skipped_max > seq {
+            // Persistent races (a very busy store): fall back to a snapshot
+            // at our position; the engine's commits after it still apply.
+            frame_plan = Plan::Snapshot { reset: false };
+        }
+        let mut cache = FrameCache::default();
+        let frame: Option<Utf8Bytes> = match frame_plan {
+            Plan::Snapshot { reset } => Some(cache.snapshot(&sub.name, seq, reset, &now)),
+            Plan::DiffFromCurrent => {
+                // Nothing the client holds changed: no frame needed.
+                let changes = diff(&st.view, &now);
+                (!changes.is_empty()).then(|| cache.changes(&sub.name, seq, &changes))
+            }
+            Plan::DiffFrom(then) => Some(cache.changes(&sub.name, seq, &diff(&then, &now))),
+        };
+        st.view = now;
+        st.seq = seq;
+        st.edge = edge;
+        st.dirty = false;
+        st.skipped_max = 0;
+        if let Some(frame) = frame {
+            conn.push(frame);
+        }
+        inner
+            .stats
+            .builds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(());
+    }
+}
+
+enum Plan {
+    Snapshot { reset: bool },
+    DiffFromCurrent,
+    DiffFrom(Vec<Arc<Document>>),
+}
+
+/// Reconstructs the view at position `from` for an unlimited target: the
+/// current view without the documents changed in (from, seq], plus those
+/// documents as they were at `from` (the `old` of their first change after
+/// it) when they belonged to the target then.
+fn resume_plan(
+    inner: &Inner,
+    principal: &hearth_rules::Principal,
+    sub: &Subscription,
+    from: u64,
+    seq: u64,
+    now: &[Arc<Document>],
+) -> Result<Plan, ErrorBody> {
+    if from > seq {
+        // A token from the future (another server, a restored backup).
+        return Ok(Plan::Snapshot { reset: true });
+    }
+    let commits =
+        match backend::commits_between(&inner.store, from, seq, inner.config.resume_max_commits) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(Plan::Snapshot { reset: false }),
+            Err(hearth_store::ChangelogError::TooOld { .. }) => {
+                return Ok(Plan::Snapshot { reset: true })
+            }
+            Err(e) => return Err(backend::changelog_error(e)),
+        };
+    if sub.target.limit().is_some() {
+        // A limit window cannot be rolled back from the changed documents
+        // alone; PROTOCOL.md: the client replaces its view.
+        return Ok(Plan::Snapshot { reset: false });
+    }
+    let mut first_old: HashMap<&DocPath, Option<&Document>> = HashMap::new();
+    for rec in &commits {
+        for ch in &rec.changes {
+            if sub.target.covers_path(&ch.path) {
+                first_old.entry(&ch.path).or_insert(ch.old.as_ref());
+            }
+        }
+    }
+    let mut then: Vec<Arc<Document>> = now
+        .iter()
+        .filter(|d| !first_old.contains_key(&d.path))
+        .cloned()
+        .collect();
+    for old in first_old.values().flatten() {
+        if sub.target.matches(old)
+            && backend::readable(&inner.store, &inner.access, principal, &sub.target, old)
+        {
+            then.push(Arc::new((*old).clone()));
+        }
+    }
+    then.sort_by(|a, b| sub.target.cmp(a, b));
+    Ok(Plan::DiffFrom(then))
+}

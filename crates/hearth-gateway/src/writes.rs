@@ -1,0 +1,294 @@
+//! Writes over the socket, applied at most once per mutation id.
+//!
+//! A `write` or `transaction` frame carries a client-chosen `mutation_id`.
+//! The gateway commits, in the *same* store commit as the client's writes, a
+//! system document `__mutations__/<sha256(principal key, mutation id)>` with
+//! a must-not-exist precondition. The record is therefore durable exactly
+//! when the writes are, survives reconnects and restarts, and a retry either
+//! finds it (answered with the original result, `duplicate: true`) or fails
+//! its precondition in the commit (then we read it and answer the same way).
+//! The original [`CommitResult`] is rebuilt from the record: its commit seq
+//! is the record's `version`, its commit time the record's `update_time`,
+//! and the record lists the written paths and which were deletes.
+//!
+//! Every write is checked by `AccessControl::check_write` against the state
+//! it will be applied to (earlier writes of the same batch included), inside
+//! a store transaction so a concurrent change between check and commit
+//! aborts and retries instead of slipping past the rules.
+
+use std::collections::HashMap;
+
+use hearth_protocol::write::MAX_WRITES_PER_COMMIT;
+use hearth_protocol::ws::TransactionRead;
+use hearth_protocol::{
+    apply_write, CollectionPath, CommitResult, DocPath, Document, ErrorBody, ErrorCode, Map,
+    Timestamp, Value, Write, WriteKind, WriteResult,
+};
+use hearth_rules::{AccessControl, Principal};
+use hearth_store::{Store, StoreError};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{access_error, store_error, StoreLookup};
+
+/// The system collection holding mutation records.
+pub const MUTATIONS_COLLECTION: &str = "__mutations__";
+/// Longest accepted mutation id, in bytes.
+pub const MAX_MUTATION_ID_BYTES: usize = 128;
+/// Writes per frame (one slot of the store's commit limit is the record).
+pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT - 1;
+const MAX_ATTEMPTS: usize = 5;
+
+fn principal_key(p: &Principal) -> String {
+    match p {
+        Principal::Admin => "admin".into(),
+        Principal::User { uid, .. } => format!("user:{uid}"),
+        Principal::Unauthenticated => "anonymous".into(),
+    }
+}
+
+/// Where the record of `mutation_id` for `p` lives.
+pub fn mutation_record_path(p: &Principal, mutation_id: &str) -> DocPath {
+    let mut h = Sha256::new();
+    h.update(principal_key(p).as_bytes());
+    h.update([0u8]);
+    h.update(mutation_id.as_bytes());
+    let id = hex::encode(h.finalize());
+    CollectionPath::parse(MUTATIONS_COLLECTION)
+        .and_then(|c| c.doc(&id))
+        .expect("a hex id in a fixed collection is a valid path")
+}
+
+fn record_fields(p: &Principal, mutation_id: &str, writes: &[Write]) -> Map {
+    let mut m = Map::new();
+    m.insert("principal".into(), Value::from(principal_key(p)));
+    m.insert("mutation_id".into(), Value::from(mutation_id));
+    m.insert(
+        "paths".into(),
+        Value::Array(
+            writes
+                .iter()
+                .map(|w| Value::from(w.path.as_string()))
+                .collect(),
+        ),
+    );
+    m.insert(
+        "deletes".into(),
+        Value::Array(
+            writes
+                .iter()
+                .map(|w| Value::Bool(matches!(w.kind, WriteKind::Delete)))
+                .collect(),
+        ),
+    );
+    m
+}
+
+/// Rebuilds the original result from a mutation record.
+fn result_from_record(record: &Document) -> Result<CommitResult, ErrorBody> {
+    let bad = || {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("malformed mutation record {}", record.path),
+        )
+    };
+    let paths = record
+        .fields
+        .get("paths")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?;
+    let deletes = record
+        .fields
+        .get("deletes")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?;
+    let mut results = Vec::with_capacity(paths.len());
+    for (p, d) in paths.iter().zip(deletes) {
+        let path = p
+            .as_str()
+            .and_then(|s| DocPath::parse(s).ok())
+            .ok_or_else(bad)?;
+        let deleted = d.as_bool().ok_or_else(bad)?;
+        results.push(WriteResult {
+            path,
+            version: if deleted { None } else { Some(record.version) },
+            update_time: record.update_time,
+        });
+    }
+    Ok(CommitResult {
+        seq: record.version,
+        commit_time: record.update_time,
+        results,
+    })
+}
+
+/// Validates the frame's shape before any store work.
+pub(crate) fn validate(mutation_id: &str, writes: &[Write]) -> Result<(), ErrorBody> {
+    if mutation_id.is_empty() || mutation_id.len() > MAX_MUTATION_ID_BYTES {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgument,
+            format!("mutation_id must be 1 to {MAX_MUTATION_ID_BYTES} bytes"),
+        ));
+    }
+    if writes.is_empty() {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgument,
+            "writes must not be empty",
+        ));
+    }
+    if writes.len() > MAX_WRITES_PER_FRAME {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "at most {MAX_WRITES_PER_FRAME} writes per frame, got {}",
+                writes.len()
+            ),
+        ));
+    }
+    for w in writes {
+        w.validate()
+            .map_err(|e| ErrorBody::new(e.code(), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Applies a write or transaction frame once. Returns the result and
+/// whether it was a duplicate.
+pub(crate) async fn apply_once(
+    store: &Store,
+    access: &AccessControl,
+    p: &Principal,
+    mutation_id: &str,
+    reads: &[TransactionRead],
+    writes: Vec<Write>,
+) -> Result<(CommitResult, bool), ErrorBody> {
+    validate(mutation_id, &writes)?;
+    let record_path = mutation_record_path(p, mutation_id);
+    if let Some(record) = store.get(&record_path).map_err(store_error)? {
+        return Ok((result_from_record(&record)?, true));
+    }
+    let mut all = writes.clone();
+    all.push(Write::create(
+        record_path.clone(),
+        record_fields(p, mutation_id, &writes),
+    ));
+    let mut last_abort = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let tx = store.transaction();
+        for r in reads {
+            let current = tx.get(&r.path).map_err(store_error)?;
+            if current.as_ref().map(|d| d.version) != r.version {
+                return Err(ErrorBody::new(
+                    ErrorCode::Aborted,
+                    format!(
+                        "transaction read {} at version {:?} but it is now at {:?}; re-read and retry",
+                        r.path,
+                        r.version,
+                        current.map(|d| d.version)
+                    ),
+                ));
+            }
+        }
+        check_writes(store, access, p, &tx, &writes)?;
+        match tx.commit(all.clone()).await {
+            Ok(mut result) => {
+                // The record's own result is ours, not the client's.
+                result.results.truncate(writes.len());
+                return Ok((result, false));
+            }
+            Err(StoreError::AlreadyExists(path)) if path == record_path => {
+                let record = store
+                    .get(&record_path)
+                    .map_err(store_error)?
+                    .ok_or_else(|| {
+                        ErrorBody::new(ErrorCode::Internal, "mutation record vanished")
+                    })?;
+                return Ok((result_from_record(&record)?, true));
+            }
+            Err(StoreError::Aborted(msg)) => last_abort = Some(msg),
+            Err(e) => {
+                // A concurrent retry of the same mutation may have won.
+                if let Ok(Some(record)) = store.get(&record_path) {
+                    return Ok((result_from_record(&record)?, true));
+                }
+                return Err(store_error(e));
+            }
+        }
+    }
+    Err(ErrorBody::new(
+        ErrorCode::Aborted,
+        format!(
+            "too much contention, retry later ({})",
+            last_abort.unwrap_or_default()
+        ),
+    ))
+}
+
+/// Access checks for every write, each against the state the earlier writes
+/// of the batch leave.
+fn check_writes(
+    store: &Store,
+    access: &AccessControl,
+    p: &Principal,
+    tx: &hearth_store::Transaction,
+    writes: &[Write],
+) -> Result<(), ErrorBody> {
+    let lookup = StoreLookup(store);
+    let now = Timestamp::now();
+    let mut pending: HashMap<&DocPath, Option<Document>> = HashMap::new();
+    for w in writes {
+        let existing = match pending.get(&w.path) {
+            Some(d) => d.clone(),
+            None => tx.get(&w.path).map_err(store_error)?,
+        };
+        let new_fields = apply_write(existing.as_ref(), w, now)
+            .map_err(|e| ErrorBody::new(e.code(), e.to_string()))?;
+        access
+            .check_write(p, w, existing.as_ref(), new_fields.as_ref(), &lookup)
+            .map_err(access_error)?;
+        let next = new_fields.map(|fields| Document {
+            path: w.path.clone(),
+            fields,
+            create_time: existing.as_ref().map(|d| d.create_time).unwrap_or(now),
+            update_time: now,
+            version: existing.as_ref().map(|d| d.version + 1).unwrap_or(1),
+        });
+        pending.insert(&w.path, next);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_paths_separate_principals_and_ids() {
+        let a = mutation_record_path(&Principal::user("u1"), "m1");
+        assert_eq!(a, mutation_record_path(&Principal::user("u1"), "m1"));
+        assert_ne!(a, mutation_record_path(&Principal::user("u2"), "m1"));
+        assert_ne!(a, mutation_record_path(&Principal::user("u1"), "m2"));
+        assert_ne!(a, mutation_record_path(&Principal::Admin, "m1"));
+        assert!(a.is_system());
+    }
+
+    #[test]
+    fn a_record_rebuilds_the_commit_result() {
+        let writes = vec![
+            Write::set(DocPath::parse("c/a").expect("path"), Map::new()),
+            Write::delete(DocPath::parse("c/b").expect("path")),
+        ];
+        let p = Principal::user("u");
+        let record = Document {
+            path: mutation_record_path(&p, "m"),
+            fields: record_fields(&p, "m", &writes),
+            create_time: Timestamp(5),
+            update_time: Timestamp(5),
+            version: 12,
+        };
+        let r = result_from_record(&record).expect("rebuilds");
+        assert_eq!(r.seq, 12);
+        assert_eq!(r.results[0].version, Some(12));
+        assert_eq!(r.results[1].version, None);
+        assert_eq!(r.results[1].update_time, Timestamp(5));
+    }
+}
