@@ -13,14 +13,19 @@ pub const MAX_EMAIL_BYTES: usize = 254;
 /// Trims, lowercases and validates an address.
 pub fn normalize_email(raw: &str) -> Result<String, AuthError> {
     let email = raw.trim().to_lowercase();
-    let invalid = || AuthError::InvalidArgument(format!("{:?} is not a valid email address", truncate(raw)));
+    let invalid =
+        || AuthError::InvalidArgument(format!("{:?} is not a valid email address", truncate(raw)));
     if email.is_empty() || email.len() > MAX_EMAIL_BYTES {
         return Err(invalid());
     }
-    if email
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';' | '\\' | '(' | ')' | '[' | ']'))
-    {
+    if email.chars().any(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '<' | '>' | '"' | ',' | ';' | '\\' | '(' | ')' | '[' | ']'
+            )
+    }) {
         return Err(invalid());
     }
     let mut parts = email.split('@');
@@ -106,7 +111,10 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_and_lowercased() {
-        assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,10 +68,16 @@ pub fn router(auth: AuthService, is_admin_key: AdminKeyChecker) -> Router {
         .route("/v1/auth/verify-email/send", post(verify_email_send))
         .route("/v1/auth/verify-email/confirm", post(verify_email_confirm))
         .route("/v1/auth/password-reset/send", post(password_reset_send))
-        .route("/v1/auth/password-reset/confirm", post(password_reset_confirm))
+        .route(
+            "/v1/auth/password-reset/confirm",
+            post(password_reset_confirm),
+        )
         .route("/v1/auth/email-change/send", post(email_change_send))
         .route("/v1/auth/email-change/confirm", post(email_change_confirm))
-        .route("/v1/admin/users", get(admin_list_users).post(admin_create_user))
+        .route(
+            "/v1/admin/users",
+            get(admin_list_users).post(admin_create_user),
+        )
         .route(
             "/v1/admin/users/{uid}",
             get(admin_get_user)
@@ -100,8 +106,8 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "auth request failed");
         }
         let body = self.0.to_body();
-        let status =
-            StatusCode::from_u16(body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(body.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(ErrorEnvelope { error: body })).into_response();
         if let AuthError::RateLimited { retry_after } = &self.0 {
             response.headers_mut().insert(
@@ -110,10 +116,9 @@ impl IntoResponse for ApiError {
             );
         }
         if matches!(self.0.code(), hearth_protocol::ErrorCode::Unauthenticated) {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -138,7 +143,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn client_info(state: &AppState, headers: &HeaderMap, connect: Option<&ConnectInfo<SocketAddr>>) -> ClientInfo {
+fn client_info(
+    state: &AppState,
+    headers: &HeaderMap,
+    connect: Option<&ConnectInfo<SocketAddr>>,
+) -> ClientInfo {
     if state.auth.config().trust_forwarded_for {
         if let Some(ip) = headers
             .get("x-forwarded-for")
@@ -186,7 +195,9 @@ impl Caller {
     /// The caller's verified access token (account endpoints).
     fn user(&self, state: &AppState) -> Result<VerifiedToken, AuthError> {
         let token = bearer(&self.headers).ok_or_else(|| {
-            AuthError::InvalidToken("sign in first: send Authorization: Bearer <access token>".into())
+            AuthError::InvalidToken(
+                "sign in first: send Authorization: Bearer <access token>".into(),
+            )
         })?;
         state.auth.verify(token)
     }
@@ -212,7 +223,8 @@ impl Caller {
                 "the admin API needs the admin key or a user with the admin claim".into(),
             )),
             Principal::Unauthenticated => Err(AuthError::InvalidToken(
-                "the admin API needs Authorization: Bearer <admin key or admin user's token>".into(),
+                "the admin API needs Authorization: Bearer <admin key or admin user's token>"
+                    .into(),
             )),
         }
     }
@@ -236,13 +248,19 @@ struct Credentials {
 
 async fn signup(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let c: Credentials = body(&raw)?;
-    let tokens = s.auth.sign_up(&c.email, &c.password.0, &caller.client(&s)).await?;
+    let tokens = s
+        .auth
+        .sign_up(&c.email, &c.password.0, &caller.client(&s))
+        .await?;
     Ok((StatusCode::OK, Json(tokens)).into_response())
 }
 
 async fn login(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let c: Credentials = body(&raw)?;
-    let tokens = s.auth.sign_in(&c.email, &c.password.0, &caller.client(&s)).await?;
+    let tokens = s
+        .auth
+        .sign_in(&c.email, &c.password.0, &caller.client(&s))
+        .await?;
     Ok(Json(tokens).into_response())
 }
 
@@ -259,7 +277,10 @@ struct RefreshBody {
 
 async fn refresh(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let b: RefreshBody = body(&raw)?;
-    let tokens = s.auth.refresh(&b.refresh_token.0, &caller.client(&s)).await?;
+    let tokens = s
+        .auth
+        .refresh(&b.refresh_token.0, &caller.client(&s))
+        .await?;
     Ok(Json(tokens).into_response())
 }
 
@@ -286,7 +307,10 @@ async fn logout(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiRes
 async fn link(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let user = caller.user(&s)?;
     let c: Credentials = body(&raw)?;
-    let tokens = s.auth.link_email_password(&user, &c.email, &c.password.0).await?;
+    let tokens = s
+        .auth
+        .link_email_password(&user, &c.email, &c.password.0)
+        .await?;
     Ok(Json(tokens).into_response())
 }
 
@@ -318,9 +342,15 @@ struct EmailBody {
     email: String,
 }
 
-async fn password_reset_send(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
+async fn password_reset_send(
+    State(s): State<AppState>,
+    caller: Caller,
+    raw: Bytes,
+) -> ApiResult<Response> {
     let b: EmailBody = body(&raw)?;
-    s.auth.send_password_reset(&b.email, &caller.client(&s)).await?;
+    s.auth
+        .send_password_reset(&b.email, &caller.client(&s))
+        .await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -333,7 +363,9 @@ struct ResetConfirmBody {
 
 async fn password_reset_confirm(State(s): State<AppState>, raw: Bytes) -> ApiResult<Response> {
     let b: ResetConfirmBody = body(&raw)?;
-    s.auth.confirm_password_reset(&b.token.0, &b.password.0).await?;
+    s.auth
+        .confirm_password_reset(&b.token.0, &b.password.0)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -343,7 +375,11 @@ struct EmailChangeBody {
     new_email: String,
 }
 
-async fn email_change_send(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
+async fn email_change_send(
+    State(s): State<AppState>,
+    caller: Caller,
+    raw: Bytes,
+) -> ApiResult<Response> {
     let user = caller.user(&s)?;
     let b: EmailChangeBody = body(&raw)?;
     s.auth.send_email_change(&user, &b.new_email).await?;
@@ -377,7 +413,11 @@ async fn admin_list_users(
     Ok(Json(page).into_response())
 }
 
-async fn admin_create_user(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
+async fn admin_create_user(
+    State(s): State<AppState>,
+    caller: Caller,
+    raw: Bytes,
+) -> ApiResult<Response> {
     caller.admin(&s)?;
     let new: NewUser = body(&raw)?;
     Ok((StatusCode::CREATED, Json(s.auth.create_user(new).await?)).into_response())

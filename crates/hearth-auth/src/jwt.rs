@@ -329,7 +329,13 @@ mod tests {
     }
 
     fn ring() -> KeyRing {
-        KeyRing::new(vec![SigningKey::generate(now()).unwrap()], "hearth", "hearth", 0).unwrap()
+        KeyRing::new(
+            vec![SigningKey::generate(now()).unwrap()],
+            "hearth",
+            "hearth",
+            0,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -348,7 +354,9 @@ mod tests {
         let ring = ring();
         let old_token = ring.sign(&claims(now(), now() + 60)).unwrap();
         let old_kid = ring.signer_kid();
-        let retired = ring.rotate(SigningKey::generate(now()).unwrap(), now()).unwrap();
+        let retired = ring
+            .rotate(SigningKey::generate(now()).unwrap(), now())
+            .unwrap();
         assert_eq!(retired.unwrap().kid, old_kid);
         assert_ne!(ring.signer_kid(), old_kid);
         assert!(ring.verify(&old_token).is_ok());
@@ -361,7 +369,10 @@ mod tests {
     #[test]
     fn token_from_another_ring_is_rejected() {
         let token = ring().sign(&claims(now(), now() + 60)).unwrap();
-        assert!(matches!(ring().verify(&token), Err(AuthError::InvalidToken(_))));
+        assert!(matches!(
+            ring().verify(&token),
+            Err(AuthError::InvalidToken(_))
+        ));
     }
 
     #[test]

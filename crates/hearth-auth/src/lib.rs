@@ -15,6 +15,8 @@
 //!
 //! Token handling for SDK authors is specified in `sdk-spec/AUTH.md`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod config;
 pub mod email;
 pub mod error;
@@ -33,6 +35,6 @@ pub use http::{router, AdminKeyChecker};
 pub use jwt::AccessClaims;
 pub use records::{Provider, UserView};
 pub use service::{
-    AuthService, ClientInfo, NewUser, Revocation, RevocationReason, TokenResponse, UserPatch,
-    UserPage, VerifiedToken,
+    AuthService, ClientInfo, NewUser, Revocation, RevocationReason, TokenResponse, UserPage,
+    UserPatch, VerifiedToken,
 };

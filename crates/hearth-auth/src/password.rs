@@ -209,14 +209,20 @@ mod tests {
     #[test]
     fn default_hash_uses_owasp_parameters() {
         let h = PasswordHasher::new(&PasswordConfig::default()).unwrap();
-        assert!(h.inner.dummy_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(h
+            .inner
+            .dummy_hash
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
     }
 
     #[test]
     fn policy_enforces_min_characters_and_max_bytes() {
         let h = PasswordHasher::new(&cheap(8)).unwrap();
         assert!(h.check_policy("short").is_err());
-        assert!(h.check_policy("ééééééé").is_err(), "7 chars even if 14 bytes");
+        assert!(
+            h.check_policy("ééééééé").is_err(),
+            "7 chars even if 14 bytes"
+        );
         assert!(h.check_policy("long enough").is_ok());
         assert!(h.check_policy(&"a".repeat(1025)).is_err());
         assert!(h.check_policy(&"a".repeat(1024)).is_ok());

@@ -41,7 +41,8 @@ pub fn doc_path(collection: &str, id: &str) -> Result<DocPath, AuthError> {
 }
 
 pub fn collection_path(collection: &str) -> CollectionPath {
-    CollectionPath::parse(collection).unwrap_or_else(|_| unreachable!("constant collection ids are valid"))
+    CollectionPath::parse(collection)
+        .unwrap_or_else(|_| unreachable!("constant collection ids are valid"))
 }
 
 /// Document id of the email index entry.
@@ -94,7 +95,10 @@ impl fmt::Debug for UserRecord {
         f.debug_struct("UserRecord")
             .field("uid", &self.uid)
             .field("email", &self.email)
-            .field("password_hash", &self.password_hash.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
             .field("provider", &self.provider)
             .field("email_verified", &self.email_verified)
             .field("disabled", &self.disabled)
@@ -111,11 +115,17 @@ fn opt_ts(v: Option<Timestamp>) -> Value {
 }
 
 pub fn get_str(doc: &Document, name: &str) -> Option<String> {
-    doc.fields.get(name).and_then(Value::as_str).map(str::to_owned)
+    doc.fields
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 pub fn get_bool(doc: &Document, name: &str) -> bool {
-    doc.fields.get(name).and_then(Value::as_bool).unwrap_or(false)
+    doc.fields
+        .get(name)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 pub fn get_ts(doc: &Document, name: &str) -> Option<Timestamp> {
@@ -130,11 +140,20 @@ impl UserRecord {
         let mut m = Map::new();
         m.insert("uid".into(), Value::String(self.uid.clone()));
         m.insert("email".into(), opt_string(self.email.as_ref()));
-        m.insert("password_hash".into(), opt_string(self.password_hash.as_ref()));
-        m.insert("provider".into(), Value::String(self.provider.as_str().into()));
+        m.insert(
+            "password_hash".into(),
+            opt_string(self.password_hash.as_ref()),
+        );
+        m.insert(
+            "provider".into(),
+            Value::String(self.provider.as_str().into()),
+        );
         m.insert("email_verified".into(), Value::Bool(self.email_verified));
         m.insert("disabled".into(), Value::Bool(self.disabled));
-        m.insert("custom_claims".into(), Value::Map(self.custom_claims.clone()));
+        m.insert(
+            "custom_claims".into(),
+            Value::Map(self.custom_claims.clone()),
+        );
         m.insert("created_at".into(), Value::Timestamp(self.created_at));
         m.insert("last_sign_in_at".into(), opt_ts(self.last_sign_in_at));
         m

@@ -86,13 +86,10 @@ impl VerifiedToken {
     /// The principal rules see: `request.auth.uid` and every claim as
     /// `request.auth.token`.
     pub fn principal(&self) -> Principal {
-        let claims = match serde_json::to_value(&self.claims)
+        let claims: BTreeMap<String, Value> = serde_json::to_value(&self.claims)
             .ok()
             .and_then(|json| hearth_protocol::value::map_from_json(&json).ok())
-        {
-            Some(map) => map,
-            None => BTreeMap::new(),
-        };
+            .unwrap_or_default();
         Principal::User {
             uid: self.uid.clone(),
             claims,
@@ -279,7 +276,8 @@ fn update(path: hearth_protocol::DocPath, pairs: Vec<(&str, Value)>) -> Write {
 }
 
 fn query(json: serde_json::Value) -> Result<Query, AuthError> {
-    serde_json::from_value(json).map_err(|e| AuthError::Internal(format!("bad internal query: {e}")))
+    serde_json::from_value(json)
+        .map_err(|e| AuthError::Internal(format!("bad internal query: {e}")))
 }
 
 /// Validates custom claims set by an administrator.
@@ -475,10 +473,15 @@ impl AuthService {
         if self.inner.hasher.needs_rehash(&phc) {
             // Best effort: a concurrent change (version precondition) wins.
             let new_hash = self.inner.hasher.hash(password).await?;
-            let w = update(path.clone(), vec![("password_hash", Value::String(new_hash))])
-                .with_precondition(Precondition::Version(user.version));
+            let w = update(
+                path.clone(),
+                vec![("password_hash", Value::String(new_hash))],
+            )
+            .with_precondition(Precondition::Version(user.version));
             match self.inner.store.commit(vec![w]).await {
-                Ok(_) => tracing::info!(uid = %user.uid, "password rehashed with current parameters"),
+                Ok(_) => {
+                    tracing::info!(uid = %user.uid, "password rehashed with current parameters")
+                }
                 Err(e) if is_conflict(&e) => {}
                 Err(e) => return Err(store_err(e)),
             }
@@ -492,7 +495,10 @@ impl AuthService {
         Ok(response)
     }
 
-    pub async fn sign_in_anonymously(&self, client: &ClientInfo) -> Result<TokenResponse, AuthError> {
+    pub async fn sign_in_anonymously(
+        &self,
+        client: &ClientInfo,
+    ) -> Result<TokenResponse, AuthError> {
         self.inner.limiter.check_ip(Action::Anonymous, &client.ip)?;
         let now = Timestamp::now();
         let user = UserRecord {
@@ -543,7 +549,10 @@ impl AuthService {
                 vec![
                     ("email", Value::String(email.clone())),
                     ("password_hash", Value::String(hash)),
-                    ("provider", Value::String(Provider::Password.as_str().into())),
+                    (
+                        "provider",
+                        Value::String(Provider::Password.as_str().into()),
+                    ),
                 ],
             )
             .with_precondition(Precondition::Version(user.version)),
@@ -726,7 +735,11 @@ impl AuthService {
     }
 
     /// Signs out the caller's session, or all of the user's sessions.
-    pub async fn sign_out(&self, caller: &VerifiedToken, everywhere: bool) -> Result<(), AuthError> {
+    pub async fn sign_out(
+        &self,
+        caller: &VerifiedToken,
+        everywhere: bool,
+    ) -> Result<(), AuthError> {
         if everywhere {
             self.revoke_user_sessions(&caller.uid, RevocationReason::SignOutEverywhere)
                 .await
@@ -762,7 +775,11 @@ impl AuthService {
 
     /// Revokes one session: its refresh token stops working and its access
     /// tokens are refused from now on.
-    pub async fn revoke_session(&self, sid: &str, reason: RevocationReason) -> Result<(), AuthError> {
+    pub async fn revoke_session(
+        &self,
+        sid: &str,
+        reason: RevocationReason,
+    ) -> Result<(), AuthError> {
         let path = doc_path(SESSIONS, sid)?;
         let Some(session) = self.inner.store.get(&path).map_err(store_err)? else {
             return Ok(());
@@ -849,7 +866,9 @@ impl AuthService {
         let Some(uid) = index.as_ref().and_then(|d| get_str(d, "uid")) else {
             return Ok(None);
         };
-        Ok(self.user(&uid)?.filter(|u| u.email.as_deref() == Some(email)))
+        Ok(self
+            .user(&uid)?
+            .filter(|u| u.email.as_deref() == Some(email)))
     }
 
     /// The caller's own account.
@@ -971,7 +990,8 @@ impl AuthService {
             .get(&path)
             .map_err(store_err)?
             .ok_or(AuthError::InvalidEmailToken)?;
-        let ok_purpose = get_str(&doc, "purpose").and_then(|p| EmailPurpose::parse(&p)) == Some(purpose);
+        let ok_purpose =
+            get_str(&doc, "purpose").and_then(|p| EmailPurpose::parse(&p)) == Some(purpose);
         let expired = get_ts(&doc, "expires_at").is_none_or(|t| t < Timestamp::now());
         if !ok_purpose || expired {
             return Err(AuthError::InvalidEmailToken);
@@ -990,8 +1010,11 @@ impl AuthService {
         }
         let writes = vec![
             Write::delete(doc.path.clone()).with_precondition(Precondition::Version(doc.version)),
-            update(doc_path(USERS, &uid)?, vec![("email_verified", Value::Bool(true))])
-                .with_precondition(Precondition::Version(user.version)),
+            update(
+                doc_path(USERS, &uid)?,
+                vec![("email_verified", Value::Bool(true))],
+            )
+            .with_precondition(Precondition::Version(user.version)),
         ];
         self.commit_consuming(writes).await?;
         user.email_verified = true;
@@ -1014,7 +1037,11 @@ impl AuthService {
     /// Sends a password-reset mail if the address has an account. Answers
     /// the same either way, immediately: the lookup and the mail happen in
     /// the background.
-    pub async fn send_password_reset(&self, email: &str, client: &ClientInfo) -> Result<(), AuthError> {
+    pub async fn send_password_reset(
+        &self,
+        email: &str,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         self.inner.limiter.check_ip(Action::Reset, &client.ip)?;
         let email = normalize_email(email)?;
         self.inner.limiter.check_account(Action::Reset, &email)?;
@@ -1033,7 +1060,11 @@ impl AuthService {
 
     /// Consumes a reset token and sets a new password. Every session of the
     /// user is revoked; the address counts as verified.
-    pub async fn confirm_password_reset(&self, token: &str, new_password: &str) -> Result<(), AuthError> {
+    pub async fn confirm_password_reset(
+        &self,
+        token: &str,
+        new_password: &str,
+    ) -> Result<(), AuthError> {
         self.inner.hasher.check_policy(new_password)?;
         let (doc, uid, email) = self.email_token(token, EmailPurpose::PasswordReset)?;
         let user = self.user(&uid)?.ok_or(AuthError::InvalidEmailToken)?;
@@ -1058,7 +1089,11 @@ impl AuthService {
     }
 
     /// Sends a confirmation mail to the new address of the caller.
-    pub async fn send_email_change(&self, caller: &VerifiedToken, new_email: &str) -> Result<(), AuthError> {
+    pub async fn send_email_change(
+        &self,
+        caller: &VerifiedToken,
+        new_email: &str,
+    ) -> Result<(), AuthError> {
         let new_email = normalize_email(new_email)?;
         self.inner
             .limiter
@@ -1162,12 +1197,12 @@ impl AuthService {
         let mut docs = self.inner.store.query(&q).map_err(store_err)?.documents;
         let more = docs.len() > page_size;
         docs.truncate(page_size);
-        let users: Vec<UserView> = docs.iter().map(|d| UserRecord::from_doc(d).view()).collect();
+        let users: Vec<UserView> = docs
+            .iter()
+            .map(|d| UserRecord::from_doc(d).view())
+            .collect();
         let next_page_token = if more {
-            users
-                .last()
-                .and_then(|u| u.email.as_ref())
-                .map(hex::encode)
+            users.last().and_then(|u| u.email.as_ref()).map(hex::encode)
         } else {
             None
         };
@@ -1191,7 +1226,11 @@ impl AuthService {
             (Some(email), Some(password)) => {
                 let email = normalize_email(email)?;
                 self.inner.hasher.check_policy(&password.0)?;
-                (Some(email), Some(self.inner.hasher.hash(&password.0).await?), Provider::Password)
+                (
+                    Some(email),
+                    Some(self.inner.hasher.hash(&password.0).await?),
+                    Provider::Password,
+                )
             }
             (None, None) => (None, None, Provider::Anonymous),
             _ => {
@@ -1298,7 +1337,10 @@ impl AuthService {
             "where": {"field": "uid", "op": "==", "value": uid},
         }))?;
         let tokens = self.inner.store.query(&q).map_err(store_err)?.documents;
-        let mut writes: Vec<Write> = tokens.iter().map(|d| Write::delete(d.path.clone())).collect();
+        let mut writes: Vec<Write> = tokens
+            .iter()
+            .map(|d| Write::delete(d.path.clone()))
+            .collect();
         writes.push(Write::delete(doc_path(USERS, uid)?));
         if let Some(email) = &user.email {
             writes.push(Write::delete(doc_path(USERS_BY_EMAIL, &email_key(email))?));
@@ -1355,7 +1397,10 @@ impl AuthService {
             doc_path(KEYS, &new.kid)?,
             records::key_to_fields(&new),
         )];
-        writes.push(update(doc_path(KEYS, &old_kid)?, vec![("retired_at", Value::Integer(now))]));
+        writes.push(update(
+            doc_path(KEYS, &old_kid)?,
+            vec![("retired_at", Value::Integer(now))],
+        ));
         self.inner.store.commit(writes).await.map_err(store_err)?;
         self.inner.keys.rotate(new.clone(), now)?;
         tracing::info!(new_kid = %new.kid, %old_kid, "signing key rotated");
@@ -1389,7 +1434,13 @@ impl AuthService {
             (self.inner.config.access_token_ttl + self.inner.config.clock_skew).as_secs(),
         )
         .unwrap_or(i64::MAX / 2);
-        for doc in self.inner.store.query(&revoked).map_err(store_err)?.documents {
+        for doc in self
+            .inner
+            .store
+            .query(&revoked)
+            .map_err(store_err)?
+            .documents
+        {
             let at = get_ts(&doc, "revoked_at").map_or(now_secs(), Timestamp::seconds);
             if at + keep > now_secs() {
                 self.inner
@@ -1401,7 +1452,13 @@ impl AuthService {
             "collection": USERS,
             "where": {"field": "disabled", "op": "==", "value": true},
         }))?;
-        for doc in self.inner.store.query(&disabled).map_err(store_err)?.documents {
+        for doc in self
+            .inner
+            .store
+            .query(&disabled)
+            .map_err(store_err)?
+            .documents
+        {
             self.inner.disabled_uids.insert(doc.path.id().to_owned());
         }
         Ok(())

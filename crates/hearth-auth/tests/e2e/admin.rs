@@ -11,26 +11,41 @@ async fn admin_lists_and_searches_users_with_paging() {
     within(60, async {
         let s = start(test_config()).await;
         for name in ["amy", "ann", "bob", "anna", "carl"] {
-            s.sign_up(&format!("{name}@example.com"), "correct horse").await;
+            s.sign_up(&format!("{name}@example.com"), "correct horse")
+                .await;
         }
         let all = s.get("/v1/admin/users?page_size=2", Some(ADMIN_KEY)).await;
         assert_eq!(all.status, 200, "{}", all.body);
         let mut seen = all.body["users"].as_array().unwrap().len();
         let mut next = all.body["next_page_token"].as_str().map(str::to_string);
         while let Some(t) = next {
-            let page = s.get(&format!("/v1/admin/users?page_size=2&page_token={t}"), Some(ADMIN_KEY)).await;
+            let page = s
+                .get(
+                    &format!("/v1/admin/users?page_size=2&page_token={t}"),
+                    Some(ADMIN_KEY),
+                )
+                .await;
             seen += page.body["users"].as_array().unwrap().len();
             next = page.body["next_page_token"].as_str().map(str::to_string);
         }
         assert_eq!(seen, 5);
 
-        let first = s.get("/v1/admin/users?q=AN&page_size=1", Some(ADMIN_KEY)).await;
+        let first = s
+            .get("/v1/admin/users?q=AN&page_size=1", Some(ADMIN_KEY))
+            .await;
         assert_eq!(first.body["users"][0]["email"], "ann@example.com");
         let t = first.body["next_page_token"].as_str().unwrap().to_string();
-        let second = s.get(&format!("/v1/admin/users?q=an&page_size=1&page_token={t}"), Some(ADMIN_KEY)).await;
+        let second = s
+            .get(
+                &format!("/v1/admin/users?q=an&page_size=1&page_token={t}"),
+                Some(ADMIN_KEY),
+            )
+            .await;
         assert_eq!(second.body["users"][0]["email"], "anna@example.com");
         assert!(second.body["next_page_token"].is_null());
-        let bad = s.get("/v1/admin/users?page_size=abc", Some(ADMIN_KEY)).await;
+        let bad = s
+            .get("/v1/admin/users?page_size=abc", Some(ADMIN_KEY))
+            .await;
         assert_error(&bad, 400, "invalid-argument");
     })
     .await;
@@ -97,11 +112,30 @@ async fn admin_api_refuses_plain_users_and_strangers() {
         let s = start(test_config()).await;
         let t = s.sign_up("ada@example.com", "correct horse").await;
         let access = token(&t, "access_token");
-        assert_error(&s.get("/v1/admin/users", Some(&access)).await, 403, "permission-denied");
-        assert_error(&s.get("/v1/admin/users", None).await, 401, "unauthenticated");
-        assert_error(&s.get("/v1/admin/users", Some("wrong-admin-key")).await, 401, "unauthenticated");
+        assert_error(
+            &s.get("/v1/admin/users", Some(&access)).await,
+            403,
+            "permission-denied",
+        );
+        assert_error(
+            &s.get("/v1/admin/users", None).await,
+            401,
+            "unauthenticated",
+        );
+        assert_error(
+            &s.get("/v1/admin/users", Some("wrong-admin-key")).await,
+            401,
+            "unauthenticated",
+        );
         let uid = token(&t, "uid");
-        let r = s.send(Method::PATCH, &format!("/v1/admin/users/{uid}"), Some(&access), Some(json!({"custom_claims": {"admin": true}}))).await;
+        let r = s
+            .send(
+                Method::PATCH,
+                &format!("/v1/admin/users/{uid}"),
+                Some(&access),
+                Some(json!({"custom_claims": {"admin": true}})),
+            )
+            .await;
         assert_error(&r, 403, "permission-denied");
     })
     .await;

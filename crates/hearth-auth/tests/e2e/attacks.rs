@@ -63,16 +63,24 @@ async fn alg_none_token_is_refused() {
         let s = start(test_config()).await;
         let (access, uid, sid) = valid_session(&s).await;
         let kid = jsonwebtoken::decode_header(&access).unwrap().kid.unwrap();
-        let header = URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": kid}).to_string());
+        let header =
+            URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": kid}).to_string());
         let mut c = claims_for(&uid, &sid);
         c.custom.insert("admin".into(), true.into());
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_string(&c).unwrap());
-        for forged in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+        for forged in [
+            format!("{header}.{payload}."),
+            format!("{header}.{payload}"),
+        ] {
             assert_refused(&s, &forged).await;
         }
         // The admin API is not reachable with it either.
         let forged = format!("{header}.{payload}.");
-        assert_error(&s.get("/v1/admin/users", Some(&forged)).await, 401, "unauthenticated");
+        assert_error(
+            &s.get("/v1/admin/users", Some(&forged)).await,
+            401,
+            "unauthenticated",
+        );
     })
     .await;
 }
@@ -90,7 +98,11 @@ async fn hs256_token_signed_with_the_public_key_is_refused() {
         header.kid = Some(kid);
         let claims = claims_for(&uid, &sid);
         // Both spellings of "the public key" an attacker might try as the HMAC secret.
-        for secret in [raw_public.clone(), x.as_bytes().to_vec(), jwks["keys"][0].to_string().into_bytes()] {
+        for secret in [
+            raw_public.clone(),
+            x.as_bytes().to_vec(),
+            jwks["keys"][0].to_string().into_bytes(),
+        ] {
             let forged = jsonwebtoken::encode(
                 &header,
                 &claims,
@@ -108,7 +120,13 @@ async fn token_with_unknown_kid_is_refused() {
     within(60, async {
         let s = start(test_config()).await;
         let (_, uid, sid) = valid_session(&s).await;
-        let foreign = KeyRing::new(vec![SigningKey::generate(now()).unwrap()], "hearth", "hearth", 0).unwrap();
+        let foreign = KeyRing::new(
+            vec![SigningKey::generate(now()).unwrap()],
+            "hearth",
+            "hearth",
+            0,
+        )
+        .unwrap();
         assert_refused(&s, &foreign.sign(&claims_for(&uid, &sid)).unwrap()).await;
         // A token without any kid.
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
@@ -195,7 +213,9 @@ async fn refresh_token_reuse_revokes_the_whole_session_family() {
         let mut revocations = s.auth.subscribe_revocations();
         let first = s.sign_up("ada@example.com", "correct horse").await;
         let r1 = token(&first, "refresh_token");
-        let second = s.post("/v1/auth/refresh", None, json!({"refresh_token": r1})).await;
+        let second = s
+            .post("/v1/auth/refresh", None, json!({"refresh_token": r1}))
+            .await;
         assert_eq!(second.status, 200, "{}", second.body);
         let r2 = token(&second.body, "refresh_token");
         let a2 = token(&second.body, "access_token");
@@ -203,13 +223,21 @@ async fn refresh_token_reuse_revokes_the_whole_session_family() {
         assert_eq!(s.me(&a2).await.status, 200);
 
         // The attacker replays the already-used r1.
-        let replay = s.post("/v1/auth/refresh", None, json!({"refresh_token": r1})).await;
+        let replay = s
+            .post("/v1/auth/refresh", None, json!({"refresh_token": r1}))
+            .await;
         assert_error(&replay, 401, "unauthenticated");
         // The whole family is dead: the legitimate r2 and the access tokens.
-        let legit = s.post("/v1/auth/refresh", None, json!({"refresh_token": r2})).await;
+        let legit = s
+            .post("/v1/auth/refresh", None, json!({"refresh_token": r2}))
+            .await;
         assert_error(&legit, 401, "unauthenticated");
         assert_error(&s.me(&a2).await, 401, "unauthenticated");
-        assert_error(&s.me(&token(&first, "access_token")).await, 401, "unauthenticated");
+        assert_error(
+            &s.me(&token(&first, "access_token")).await,
+            401,
+            "unauthenticated",
+        );
         let rev = revocations.try_recv().expect("a revocation was broadcast");
         assert_eq!(rev.reason, RevocationReason::RefreshTokenReuse);
         assert_eq!(rev.uid, token(&first, "uid"));
@@ -217,7 +245,11 @@ async fn refresh_token_reuse_revokes_the_whole_session_family() {
 
         // Another session of the same user is unaffected.
         let other = s
-            .post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "correct horse"}),
+            )
             .await;
         assert_eq!(s.me(&token(&other.body, "access_token")).await.status, 200);
     })
@@ -229,7 +261,9 @@ async fn garbage_refresh_tokens_are_refused() {
     within(60, async {
         let s = start(test_config()).await;
         for bad in ["", "short", &"A".repeat(43), &"é".repeat(30)] {
-            let r = s.post("/v1/auth/refresh", None, json!({"refresh_token": bad})).await;
+            let r = s
+                .post("/v1/auth/refresh", None, json!({"refresh_token": bad}))
+                .await;
             assert_error(&r, 401, "unauthenticated");
         }
     })
@@ -245,13 +279,21 @@ async fn login_rate_limit_trips_with_retry_after() {
         s.sign_up("ada@example.com", "correct horse").await;
         for _ in 0..3 {
             let r = s
-                .post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "wrong password"}))
+                .post(
+                    "/v1/auth/login",
+                    None,
+                    json!({"email": "ada@example.com", "password": "wrong password"}),
+                )
                 .await;
             assert_eq!(r.status, 401);
         }
         // Even the right password is refused while limited.
         let r = s
-            .post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "correct horse"}),
+            )
             .await;
         assert_error(&r, 429, "resource-exhausted");
         let retry: u64 = r.retry_after.expect("Retry-After header").parse().unwrap();
@@ -268,19 +310,31 @@ async fn per_account_limit_trips_across_ips_for_one_email() {
         let s = start(config).await;
         for _ in 0..2 {
             let r = s
-                .post("/v1/auth/login", None, json!({"email": "Target@Example.com", "password": "wrong password"}))
+                .post(
+                    "/v1/auth/login",
+                    None,
+                    json!({"email": "Target@Example.com", "password": "wrong password"}),
+                )
                 .await;
             assert_eq!(r.status, 401);
         }
         // Normalization: another spelling of the same address shares the bucket.
         let r = s
-            .post("/v1/auth/login", None, json!({"email": " target@example.COM", "password": "x"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": " target@example.COM", "password": "x"}),
+            )
             .await;
         assert_error(&r, 429, "resource-exhausted");
         assert!(r.retry_after.is_some());
         // Another account is not limited.
         let r = s
-            .post("/v1/auth/login", None, json!({"email": "other@example.com", "password": "wrong password"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "other@example.com", "password": "wrong password"}),
+            )
             .await;
         assert_eq!(r.status, 401);
     })
@@ -296,15 +350,45 @@ async fn signup_refresh_and_reset_are_rate_limited_too() {
         config.rate_limits.reset_per_ip = Some(Rate::new(1, Duration::from_secs(3600)));
         let s = start(config).await;
         let t = s.sign_up("ada@example.com", "correct horse").await;
-        let r = s.post("/v1/auth/signup", None, json!({"email": "bob@example.com", "password": "correct horse"})).await;
+        let r = s
+            .post(
+                "/v1/auth/signup",
+                None,
+                json!({"email": "bob@example.com", "password": "correct horse"}),
+            )
+            .await;
         assert_error(&r, 429, "resource-exhausted");
-        let r1 = s.post("/v1/auth/refresh", None, json!({"refresh_token": token(&t, "refresh_token")})).await;
+        let r1 = s
+            .post(
+                "/v1/auth/refresh",
+                None,
+                json!({"refresh_token": token(&t, "refresh_token")}),
+            )
+            .await;
         assert_eq!(r1.status, 200);
-        let r2 = s.post("/v1/auth/refresh", None, json!({"refresh_token": token(&r1.body, "refresh_token")})).await;
+        let r2 = s
+            .post(
+                "/v1/auth/refresh",
+                None,
+                json!({"refresh_token": token(&r1.body, "refresh_token")}),
+            )
+            .await;
         assert_error(&r2, 429, "resource-exhausted");
-        let p1 = s.post("/v1/auth/password-reset/send", None, json!({"email": "ada@example.com"})).await;
+        let p1 = s
+            .post(
+                "/v1/auth/password-reset/send",
+                None,
+                json!({"email": "ada@example.com"}),
+            )
+            .await;
         assert_eq!(p1.status, 202);
-        let p2 = s.post("/v1/auth/password-reset/send", None, json!({"email": "ada@example.com"})).await;
+        let p2 = s
+            .post(
+                "/v1/auth/password-reset/send",
+                None,
+                json!({"email": "ada@example.com"}),
+            )
+            .await;
         assert_error(&p2, 429, "resource-exhausted");
     })
     .await;
@@ -324,7 +408,11 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
             async move {
                 let started = Instant::now();
                 let r = s
-                    .post("/v1/auth/login", None, json!({"email": email, "password": "wrong password"}))
+                    .post(
+                        "/v1/auth/login",
+                        None,
+                        json!({"email": email, "password": "wrong password"}),
+                    )
                     .await;
                 (r, started.elapsed())
             }
@@ -368,7 +456,13 @@ async fn disabled_user_cannot_refresh_and_is_revoked() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["disabled"], true);
-        let refresh = s.post("/v1/auth/refresh", None, json!({"refresh_token": token(&t, "refresh_token")})).await;
+        let refresh = s
+            .post(
+                "/v1/auth/refresh",
+                None,
+                json!({"refresh_token": token(&t, "refresh_token")}),
+            )
+            .await;
         assert_error(&refresh, 401, "unauthenticated");
         assert_error(&s.me(&access).await, 401, "unauthenticated");
         assert!(matches!(
@@ -376,21 +470,36 @@ async fn disabled_user_cannot_refresh_and_is_revoked() {
             Err(AuthError::UserDisabled | AuthError::InvalidToken(_))
         ));
         let login = s
-            .post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "correct horse"}),
+            )
             .await;
         assert_error(&login, 401, "unauthenticated");
-        let rev = revocations.try_recv().expect("revocation broadcast for the gateway");
+        let rev = revocations
+            .try_recv()
+            .expect("revocation broadcast for the gateway");
         assert_eq!(rev.uid, uid);
         assert_eq!(rev.session_id, None);
         assert_eq!(rev.reason, RevocationReason::UserDisabled);
 
         // Re-enabled: a new sign-in works; the old sessions stay revoked.
         let r = s
-            .send(reqwest::Method::PATCH, &format!("/v1/admin/users/{uid}"), Some(ADMIN_KEY), Some(json!({"disabled": false})))
+            .send(
+                reqwest::Method::PATCH,
+                &format!("/v1/admin/users/{uid}"),
+                Some(ADMIN_KEY),
+                Some(json!({"disabled": false})),
+            )
             .await;
         assert_eq!(r.status, 200);
         let login = s
-            .post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "correct horse"}),
+            )
             .await;
         assert_eq!(login.status, 200);
         assert_error(&s.me(&access).await, 401, "unauthenticated");

@@ -116,7 +116,8 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> Reply {
-        self.send(reqwest::Method::POST, path, bearer, Some(body)).await
+        self.send(reqwest::Method::POST, path, bearer, Some(body))
+            .await
     }
 
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {

@@ -26,7 +26,11 @@ impl Drop for SmtpServer {
 
 /// Starts aiosmtpd, or returns None (with a loud message) when python3 is missing.
 async fn smtp_server() -> Option<SmtpServer> {
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("\n!!!!!!!!!! SKIPPED SMTP test: python3 is missing !!!!!!!!!!\n");
         return None;
     }
@@ -38,7 +42,15 @@ async fn smtp_server() -> Option<SmtpServer> {
         .unwrap()
         .port();
     let child = tokio::process::Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
         .arg(&maildir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -52,11 +64,16 @@ async fn smtp_server() -> Option<SmtpServer> {
         _dir: dir,
     };
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Some(server);
         }
         if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("aiosmtpd exited with {status}: install it with `python3 -m pip install aiosmtpd`");
+            panic!(
+                "aiosmtpd exited with {status}: install it with `python3 -m pip install aiosmtpd`"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -115,9 +132,17 @@ async fn with_smtp() -> Option<(SmtpServer, TestServer)> {
 #[tokio::test]
 async fn password_reset_over_smtp_sets_a_new_password_and_signs_out_everywhere() {
     within(90, async {
-        let Some((smtp, s)) = with_smtp().await else { return };
+        let Some((smtp, s)) = with_smtp().await else {
+            return;
+        };
         let t = s.sign_up("ada@example.com", "correct horse").await;
-        let r = s.post("/v1/auth/password-reset/send", None, json!({"email": "Ada@Example.com"})).await;
+        let r = s
+            .post(
+                "/v1/auth/password-reset/send",
+                None,
+                json!({"email": "Ada@Example.com"}),
+            )
+            .await;
         assert_eq!(r.status, 202);
         let mail = wait_for_mail(&smtp.maildir, 1).await;
         assert!(mail.contains("To: ada@example.com"), "{mail}");
@@ -125,20 +150,60 @@ async fn password_reset_over_smtp_sets_a_new_password_and_signs_out_everywhere()
         let reset = token_in(&mail);
         assert_eq!(reset.len(), 43);
 
-        let weak = s.post("/v1/auth/password-reset/confirm", None, json!({"token": reset, "password": "short"})).await;
+        let weak = s
+            .post(
+                "/v1/auth/password-reset/confirm",
+                None,
+                json!({"token": reset, "password": "short"}),
+            )
+            .await;
         assert_error(&weak, 400, "invalid-argument");
-        let ok = s.post("/v1/auth/password-reset/confirm", None, json!({"token": reset, "password": "battery staple"})).await;
+        let ok = s
+            .post(
+                "/v1/auth/password-reset/confirm",
+                None,
+                json!({"token": reset, "password": "battery staple"}),
+            )
+            .await;
         assert_eq!(ok.status, 204, "{}", ok.body);
         // Single use.
-        let again = s.post("/v1/auth/password-reset/confirm", None, json!({"token": reset, "password": "another pass"})).await;
+        let again = s
+            .post(
+                "/v1/auth/password-reset/confirm",
+                None,
+                json!({"token": reset, "password": "another pass"}),
+            )
+            .await;
         assert_error(&again, 412, "failed-precondition");
 
-        let old = s.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"})).await;
+        let old = s
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "correct horse"}),
+            )
+            .await;
         assert_error(&old, 401, "unauthenticated");
-        let new = s.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "battery staple"})).await;
+        let new = s
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "battery staple"}),
+            )
+            .await;
         assert_eq!(new.status, 200);
-        assert_error(&s.me(&token(&t, "access_token")).await, 401, "unauthenticated");
-        let refresh = s.post("/v1/auth/refresh", None, json!({"refresh_token": token(&t, "refresh_token")})).await;
+        assert_error(
+            &s.me(&token(&t, "access_token")).await,
+            401,
+            "unauthenticated",
+        );
+        let refresh = s
+            .post(
+                "/v1/auth/refresh",
+                None,
+                json!({"refresh_token": token(&t, "refresh_token")}),
+            )
+            .await;
         assert_error(&refresh, 401, "unauthenticated");
     })
     .await;
@@ -147,10 +212,24 @@ async fn password_reset_over_smtp_sets_a_new_password_and_signs_out_everywhere()
 #[tokio::test]
 async fn password_reset_for_an_unknown_email_answers_the_same_and_sends_nothing() {
     within(90, async {
-        let Some((smtp, s)) = with_smtp().await else { return };
+        let Some((smtp, s)) = with_smtp().await else {
+            return;
+        };
         s.sign_up("ada@example.com", "correct horse").await;
-        let known = s.post("/v1/auth/password-reset/send", None, json!({"email": "ada@example.com"})).await;
-        let unknown = s.post("/v1/auth/password-reset/send", None, json!({"email": "nobody@example.com"})).await;
+        let known = s
+            .post(
+                "/v1/auth/password-reset/send",
+                None,
+                json!({"email": "ada@example.com"}),
+            )
+            .await;
+        let unknown = s
+            .post(
+                "/v1/auth/password-reset/send",
+                None,
+                json!({"email": "nobody@example.com"}),
+            )
+            .await;
         assert_eq!(known.status, unknown.status);
         assert_eq!(known.body, unknown.body);
         wait_for_mail(&smtp.maildir, 1).await;
@@ -165,24 +244,55 @@ async fn password_reset_for_an_unknown_email_answers_the_same_and_sends_nothing(
 #[tokio::test]
 async fn email_verification_over_smtp_marks_the_address_verified() {
     within(90, async {
-        let Some((smtp, s)) = with_smtp().await else { return };
+        let Some((smtp, s)) = with_smtp().await else {
+            return;
+        };
         let t = s.sign_up("ada@example.com", "correct horse").await;
         let access = token(&t, "access_token");
-        let r = s.post("/v1/auth/verify-email/send", Some(&access), json!({})).await;
+        let r = s
+            .post("/v1/auth/verify-email/send", Some(&access), json!({}))
+            .await;
         assert_eq!(r.status, 202, "{}", r.body);
         let mail = wait_for_mail(&smtp.maildir, 1).await;
         let verify = token_in(&mail);
         // A verification token is not a reset token.
-        let wrong = s.post("/v1/auth/password-reset/confirm", None, json!({"token": verify, "password": "battery staple"})).await;
+        let wrong = s
+            .post(
+                "/v1/auth/password-reset/confirm",
+                None,
+                json!({"token": verify, "password": "battery staple"}),
+            )
+            .await;
         assert_error(&wrong, 412, "failed-precondition");
-        let ok = s.post("/v1/auth/verify-email/confirm", None, json!({"token": verify})).await;
+        let ok = s
+            .post(
+                "/v1/auth/verify-email/confirm",
+                None,
+                json!({"token": verify}),
+            )
+            .await;
         assert_eq!(ok.status, 200, "{}", ok.body);
         assert_eq!(ok.body["email_verified"], true);
         // The next access token says so.
-        let refreshed = s.post("/v1/auth/refresh", None, json!({"refresh_token": token(&t, "refresh_token")})).await;
-        let v = s.auth.verify(&token(&refreshed.body, "access_token")).unwrap();
+        let refreshed = s
+            .post(
+                "/v1/auth/refresh",
+                None,
+                json!({"refresh_token": token(&t, "refresh_token")}),
+            )
+            .await;
+        let v = s
+            .auth
+            .verify(&token(&refreshed.body, "access_token"))
+            .unwrap();
         assert!(v.claims.email_verified);
-        let again = s.post("/v1/auth/verify-email/confirm", None, json!({"token": verify})).await;
+        let again = s
+            .post(
+                "/v1/auth/verify-email/confirm",
+                None,
+                json!({"token": verify}),
+            )
+            .await;
         assert_error(&again, 412, "failed-precondition");
     })
     .await;
@@ -191,23 +301,55 @@ async fn email_verification_over_smtp_marks_the_address_verified() {
 #[tokio::test]
 async fn email_change_over_smtp_moves_the_account_to_the_new_address() {
     within(90, async {
-        let Some((smtp, s)) = with_smtp().await else { return };
+        let Some((smtp, s)) = with_smtp().await else {
+            return;
+        };
         let t = s.sign_up("ada@example.com", "correct horse").await;
         s.sign_up("taken@example.com", "correct horse").await;
         let access = token(&t, "access_token");
-        let taken = s.post("/v1/auth/email-change/send", Some(&access), json!({"new_email": "taken@example.com"})).await;
+        let taken = s
+            .post(
+                "/v1/auth/email-change/send",
+                Some(&access),
+                json!({"new_email": "taken@example.com"}),
+            )
+            .await;
         assert_error(&taken, 409, "already-exists");
-        let r = s.post("/v1/auth/email-change/send", Some(&access), json!({"new_email": "Ada.New@Example.com"})).await;
+        let r = s
+            .post(
+                "/v1/auth/email-change/send",
+                Some(&access),
+                json!({"new_email": "Ada.New@Example.com"}),
+            )
+            .await;
         assert_eq!(r.status, 202, "{}", r.body);
         let mail = wait_for_mail(&smtp.maildir, 1).await;
         assert!(mail.contains("To: ada.new@example.com"), "{mail}");
-        let ok = s.post("/v1/auth/email-change/confirm", None, json!({"token": token_in(&mail)})).await;
+        let ok = s
+            .post(
+                "/v1/auth/email-change/confirm",
+                None,
+                json!({"token": token_in(&mail)}),
+            )
+            .await;
         assert_eq!(ok.status, 200, "{}", ok.body);
         assert_eq!(ok.body["email"], "ada.new@example.com");
         assert_eq!(ok.body["email_verified"], true);
-        let old = s.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"})).await;
+        let old = s
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "correct horse"}),
+            )
+            .await;
         assert_error(&old, 401, "unauthenticated");
-        let new = s.post("/v1/auth/login", None, json!({"email": "ada.new@example.com", "password": "correct horse"})).await;
+        let new = s
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada.new@example.com", "password": "correct horse"}),
+            )
+            .await;
         assert_eq!(new.body["uid"], t["uid"]);
         // The old address is free again.
         s.sign_up("ada@example.com", "correct horse").await;
@@ -220,7 +362,13 @@ async fn without_smtp_mails_go_to_the_dev_outbox() {
     within(60, async {
         let s = start(test_config()).await;
         s.sign_up("ada@example.com", "correct horse").await;
-        let r = s.post("/v1/auth/password-reset/send", None, json!({"email": "ada@example.com"})).await;
+        let r = s
+            .post(
+                "/v1/auth/password-reset/send",
+                None,
+                json!({"email": "ada@example.com"}),
+            )
+            .await;
         assert_eq!(r.status, 202);
         let mut mails = serde_json::Value::Null;
         for _ in 0..100 {
@@ -233,12 +381,33 @@ async fn without_smtp_mails_go_to_the_dev_outbox() {
         let mail = &mails["mails"][0];
         assert_eq!(mail["to"], "ada@example.com");
         let text = mail["text"].as_str().unwrap();
-        let ok = s.post("/v1/auth/password-reset/confirm", None, json!({"token": token_in(text), "password": "battery staple"})).await;
+        let ok = s
+            .post(
+                "/v1/auth/password-reset/confirm",
+                None,
+                json!({"token": token_in(text), "password": "battery staple"}),
+            )
+            .await;
         assert_eq!(ok.status, 204, "{}", ok.body);
         // The outbox is admin-only.
-        let t = s.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "battery staple"})).await;
-        assert_error(&s.get("/v1/admin/outbox", Some(&token(&t.body, "access_token"))).await, 403, "permission-denied");
-        assert_error(&s.get("/v1/admin/outbox", None).await, 401, "unauthenticated");
+        let t = s
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ada@example.com", "password": "battery staple"}),
+            )
+            .await;
+        assert_error(
+            &s.get("/v1/admin/outbox", Some(&token(&t.body, "access_token")))
+                .await,
+            403,
+            "permission-denied",
+        );
+        assert_error(
+            &s.get("/v1/admin/outbox", None).await,
+            401,
+            "unauthenticated",
+        );
     })
     .await;
 }

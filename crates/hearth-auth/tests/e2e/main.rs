@@ -3,6 +3,8 @@
 //! an independent JWT library (PyJWT). One test binary, several modules, so
 //! the crate links once.
 
+#![allow(clippy::unwrap_used)]
+
 mod admin;
 mod attacks;
 mod common;
