@@ -163,7 +163,36 @@ pub(crate) struct Evaluator<'a> {
     depth: Cell<u32>,
     stack: RefCell<Vec<usize>>,
     doc_cache: RefCell<HashMap<Vec<String>, RVal>>,
-    regexes: RefCell<HashMap<String, Rc<regex::Regex>>>,
+    regexes: &'a RegexCache,
+}
+
+/// Compiled regular expressions shared by every evaluation of one ruleset
+/// (compiling costs far more than matching). Bounded: once full, new
+/// patterns (which could come from documents) are compiled but not kept.
+#[derive(Debug, Default)]
+pub(crate) struct RegexCache {
+    map: parking_lot::Mutex<HashMap<String, Arc<regex::Regex>>>,
+}
+
+const MAX_CACHED_REGEXES: usize = 512;
+
+impl RegexCache {
+    fn get_or_compile(&self, pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+        if let Some(r) = self.map.lock().get(pattern) {
+            return Ok(Arc::clone(r));
+        }
+        let re = Arc::new(
+            regex::RegexBuilder::new(pattern)
+                .size_limit(1 << 20)
+                .dfa_size_limit(1 << 20)
+                .build()?,
+        );
+        let mut map = self.map.lock();
+        if map.len() < MAX_CACHED_REGEXES {
+            map.insert(pattern.to_string(), Arc::clone(&re));
+        }
+        Ok(re)
+    }
 }
 
 /// The `resource` map for a document: `{data, id, __name__}`.
@@ -191,6 +220,7 @@ impl<'a> Evaluator<'a> {
         resource: RVal,
         own_path: Option<Vec<String>>,
         own_after: Option<RVal>,
+        regexes: &'a RegexCache,
     ) -> Evaluator<'a> {
         Evaluator {
             lookup,
@@ -203,7 +233,7 @@ impl<'a> Evaluator<'a> {
             depth: Cell::new(0),
             stack: RefCell::new(Vec::new()),
             doc_cache: RefCell::new(HashMap::new()),
-            regexes: RefCell::new(HashMap::new()),
+            regexes,
         }
     }
 
@@ -430,7 +460,10 @@ impl<'a> Evaluator<'a> {
                         // at another document.
                         let text = to_string(&other, e.pos)?;
                         if text.is_empty() || text.contains('/') {
-                            return fail(e.pos, format!("{text:?} is not a valid path segment"));
+                            return fail(
+                                e.pos,
+                                "an interpolated path segment is empty or contains '/'",
+                            );
                         }
                         segments.push(text);
                     }
@@ -534,7 +567,7 @@ impl<'a> Evaluator<'a> {
                     .trim()
                     .parse::<i64>()
                     .map(RVal::Int)
-                    .or_else(|_| fail(pos, format!("cannot convert {s:?} to int"))),
+                    .or_else(|_| fail(pos, "this string is not an int")),
                 RVal::Bool(b) => Ok(RVal::Int(*b as i64)),
                 RVal::Timestamp(t) => Ok(RVal::Int(t.seconds())),
                 other => fail(pos, format!("cannot convert {} to int", other.type_name())),
@@ -546,7 +579,7 @@ impl<'a> Evaluator<'a> {
                     .trim()
                     .parse::<f64>()
                     .map(RVal::Float)
-                    .or_else(|_| fail(pos, format!("cannot convert {s:?} to float"))),
+                    .or_else(|_| fail(pos, "this string is not a float")),
                 other => fail(
                     pos,
                     format!("cannot convert {} to float", other.type_name()),
@@ -631,27 +664,19 @@ impl<'a> Evaluator<'a> {
         Ok(v)
     }
 
-    fn regex(&self, pattern: &str, pos: Pos) -> EResult<Rc<regex::Regex>> {
-        if let Some(r) = self.regexes.borrow().get(pattern) {
-            return Ok(Rc::clone(r));
-        }
+    fn regex(&self, pattern: &str, pos: Pos) -> EResult<Arc<regex::Regex>> {
         if pattern.len() > MAX_REGEX_BYTES {
             return fail(
                 pos,
                 format!("regular expression longer than {MAX_REGEX_BYTES} bytes"),
             );
         }
+        // Charged whether or not the cache has it, so that a decision never
+        // depends on what other requests compiled before.
         self.charge(pattern.len() as u64 * 10, pos)?;
-        let re = regex::RegexBuilder::new(pattern)
-            .size_limit(1 << 20)
-            .dfa_size_limit(1 << 20)
-            .build()
-            .map(Rc::new)
-            .or_else(|e| fail(pos, format!("invalid regular expression: {e}")))?;
         self.regexes
-            .borrow_mut()
-            .insert(pattern.to_string(), Rc::clone(&re));
-        Ok(re)
+            .get_or_compile(pattern)
+            .or_else(|e| fail(pos, format!("invalid regular expression: {e}")))
     }
 
     fn binary(&self, op: BinOp, a: &RVal, b: &RVal, pos: Pos) -> EResult<RVal> {
@@ -904,12 +929,7 @@ impl<'a> Evaluator<'a> {
                     "s" => 1_000_000_000,
                     "ms" => 1_000_000,
                     "ns" => 1,
-                    other => {
-                        return fail(
-                            pos,
-                            format!("unknown duration unit {other:?}; use w, d, h, m, s, ms or ns"),
-                        )
-                    }
+                    _ => return fail(pos, "unknown duration unit; use w, d, h, m, s, ms or ns"),
                 };
                 n.checked_mul(scale)
                     .map(Duration)

@@ -30,6 +30,8 @@
 //! Module map:
 //! - `parser` (with `ast`): text → tree, errors with line and column;
 //!   nesting and size are bounded.
+//! - `checker`: unknown variables and functions, wrong arities and
+//!   recursion are load-time errors with line and column.
 //! - `eval`: values, operators, methods and builtins; errors deny;
 //!   `get()`/`exists()`, call depth and total work are bounded.
 //! - [`Ruleset`]: `match` resolution and the allow/deny decision.
@@ -44,6 +46,7 @@
 
 mod access;
 mod ast;
+mod checker;
 mod error;
 mod eval;
 mod file;

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use hearth_protocol::{CollectionPath, DocPath, Document, Map, Timestamp, Value};
 
 use crate::ast::{Allow, FunctionDef, MatchBlock, MatchSeg, Method};
+use crate::checker;
 use crate::error::RulesError;
-use crate::eval::{self, Env, Evaluator, RMap, RVal};
+use crate::eval::{self, Env, Evaluator, RMap, RVal, RegexCache};
 use crate::parser::Parser;
 use crate::DocumentLookup;
 
@@ -94,6 +95,7 @@ pub(crate) enum ListPrecheck {
 #[derive(Debug, Clone)]
 pub struct Ruleset {
     root: Arc<MatchBlock>,
+    regexes: Arc<RegexCache>,
 }
 
 /// A document path segment, or one not known yet (the id of a document a
@@ -123,7 +125,7 @@ impl Ruleset {
             let handle = std::thread::Builder::new()
                 .name("hearth-rules-parser".into())
                 .stack_size(PARSER_STACK)
-                .spawn_scoped(scope, || Parser::new(text).parse_file());
+                .spawn_scoped(scope, || parse_and_check(text));
             match handle {
                 Ok(h) => h.join().unwrap_or_else(|_| {
                     Err(RulesError::syntax(
@@ -133,12 +135,13 @@ impl Ruleset {
                     ))
                 }),
                 // No thread to be had: parse here (fine for ordinary files).
-                Err(_) => Parser::new(text).parse_file(),
+                Err(_) => parse_and_check(text),
             }
         });
         let root = parsed?;
         Ok(Ruleset {
             root: Arc::new(root),
+            regexes: Arc::default(),
         })
     }
 
@@ -152,6 +155,7 @@ impl Ruleset {
                 allows: vec![],
                 children: vec![],
             }),
+            regexes: Arc::default(),
         }
     }
 
@@ -188,7 +192,14 @@ impl Ruleset {
             Method::Delete => Some(RVal::Null),
             Method::Get | Method::List => None,
         };
-        let ev = Evaluator::new(lookup, request, resource, Some(own_segments), own_after);
+        let ev = Evaluator::new(
+            lookup,
+            request,
+            resource,
+            Some(own_segments),
+            own_after,
+            &self.regexes,
+        );
         let segs: Vec<Seg<'_>> = req.path.segments().iter().map(|s| Seg::Known(s)).collect();
         let mut errors = Vec::new();
         let allowed = self.visit(&segs, &mut |allow, vars, funcs| {
@@ -206,7 +217,7 @@ impl Ruleset {
         lookup: &dyn DocumentLookup,
     ) -> ListPrecheck {
         let request = request_value(principal, Method::List, RVal::Unknown, time, RVal::Null);
-        let ev = Evaluator::new(lookup, request, RVal::Unknown, None, None);
+        let ev = Evaluator::new(lookup, request, RVal::Unknown, None, None, &self.regexes);
         let mut segs: Vec<Seg<'_>> = collection
             .segments()
             .iter()
@@ -251,6 +262,12 @@ impl Ruleset {
         let mut funcs: Funcs<'r> = Vec::new();
         visit_block(&self.root, path, &mut vars, &mut funcs, f)
     }
+}
+
+fn parse_and_check(text: &str) -> Result<MatchBlock, RulesError> {
+    let root = Parser::new(text).parse_file()?;
+    checker::check(&root)?;
+    Ok(root)
 }
 
 fn visit_block<'r>(
