@@ -77,23 +77,27 @@ pub(crate) fn check_subscribe(
     }
 }
 
+/// A target's result: the changelog position it reflects and the documents.
+pub(crate) type Snapshot = (u64, Vec<Arc<Document>>);
+
 /// The target's full result now, unfiltered by access, with the changelog
 /// position it reflects.
-pub(crate) fn run_target(
-    store: &Store,
-    target: &Target,
-) -> Result<(u64, Vec<Arc<Document>>), ErrorBody> {
+pub(crate) fn run_target(store: &Store, target: &Target) -> Result<Snapshot, ErrorBody> {
     match target {
         Target::Query { query, .. } => run_query(store, query),
         Target::Doc(path) => {
-            // `get` does not report its position: read the head around it and
-            // retry until it did not move (a concurrent commit is then either
-            // fully visible at `head` or not at all).
+            // A point read does not report its position: read the head around
+            // it and retry until it did not move. `get_many` reads under the
+            // store's read lock, so it sees whole commits.
             let changelog = store.changelog();
             let mut last = None;
             for _ in 0..8 {
                 let before = changelog.head();
-                let doc = store.get(path).map_err(store_error)?;
+                let doc = store
+                    .get_many(std::slice::from_ref(path))
+                    .map_err(store_error)?
+                    .pop()
+                    .flatten();
                 let after = changelog.head();
                 last = Some((after, doc));
                 if before == after {
@@ -106,10 +110,7 @@ pub(crate) fn run_target(
     }
 }
 
-pub(crate) fn run_query(
-    store: &Store,
-    query: &Query,
-) -> Result<(u64, Vec<Arc<Document>>), ErrorBody> {
+pub(crate) fn run_query(store: &Store, query: &Query) -> Result<Snapshot, ErrorBody> {
     let result = store.query(query).map_err(store_error)?;
     Ok((
         result.read_seq,

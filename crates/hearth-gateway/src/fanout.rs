@@ -261,6 +261,10 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
     if cands.is_empty() {
         return;
     }
+    inner
+        .stats
+        .candidates
+        .fetch_add(cands.len() as u64, AtomicOrdering::Relaxed);
     // Each new document version is shared by every view that takes it.
     let new_docs: Vec<Option<Arc<Document>>> = rec
         .changes
@@ -268,8 +272,7 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
         .map(|ch| ch.new.clone().map(Arc::new))
         .collect();
     let mut cache = FrameCache::default();
-    let mut requeries: HashMap<String, Result<(u64, Vec<Arc<Document>>), ErrorBody>> =
-        HashMap::new();
+    let mut requeries: HashMap<String, Result<backend::Snapshot, ErrorBody>> = HashMap::new();
     for (sub, idxs) in cands.into_values() {
         let Some(conn) = sub.conn.upgrade() else {
             continue;

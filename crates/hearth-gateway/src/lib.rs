@@ -135,6 +135,7 @@ pub(crate) struct Counters {
     pub frames_encoded: AtomicU64,
     pub frames_shared: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
+    pub candidates: AtomicU64,
 }
 
 /// A snapshot of the gateway's state (see [`Gateway::stats`]).
@@ -152,6 +153,8 @@ pub struct GatewayStats {
     /// Change frames handed to a subscriber from the per-commit cache.
     pub frames_shared: u64,
     pub slow_consumer_closes: u64,
+    /// Subscriptions the fan-out engine evaluated (candidates from the index).
+    pub candidates_evaluated: u64,
     /// The largest outbound queue of any connection, in frames and bytes.
     pub max_queued_frames: usize,
     pub max_queued_bytes: usize,
@@ -262,6 +265,7 @@ impl Gateway {
             frames_encoded: s.frames_encoded.load(Ordering::Relaxed),
             frames_shared: s.frames_shared.load(Ordering::Relaxed),
             slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
+            candidates_evaluated: s.candidates.load(Ordering::Relaxed),
             max_queued_frames,
             max_queued_bytes,
         }

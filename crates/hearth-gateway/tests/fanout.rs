@@ -1,0 +1,209 @@
+//! The fan-out engine at work: selectivity of the subscription index, shared
+//! frame encoding, connection limits, and resume under churn.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hearth_gateway::GatewayConfig;
+use hearth_protocol::{DocPath, Map, Value as HValue, Write};
+use serde_json::{json, Value};
+
+fn room_doc(path: &str, room: i64, n: i64) -> Write {
+    let mut m = Map::new();
+    m.insert("room".into(), HValue::from(room));
+    m.insert("n".into(), HValue::from(n));
+    Write::set(DocPath::parse(path).expect("path"), m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equality_subscriptions_are_found_by_lookup_not_by_scan() {
+    let server = start(Options::default()).await;
+    let mut clients = Vec::new();
+    for k in 0..50 {
+        let mut c = Client::connect(server.addr, Some(&format!("user:u{k}"))).await;
+        let target = json!({"query": {"collection": "msgs", "where": {"field": "room", "op": "==", "value": k}}});
+        assert_eq!(c.subscribe("s", target, None).await["type"], "snapshot");
+        clients.push(c);
+    }
+    let before = server.gateway.stats().candidates_evaluated;
+    let seq = server
+        .store
+        .commit(vec![room_doc("msgs/m1", 7, 1)])
+        .await
+        .expect("commit")
+        .seq;
+    let f = clients[7].recv().await;
+    assert_eq!(f["resume"], format!("p{seq}"));
+    assert_eq!(f["changes"][0]["kind"], "added");
+    // Moving the message to room 9: both rooms' subscriptions are candidates.
+    server
+        .store
+        .commit(vec![room_doc("msgs/m1", 9, 1)])
+        .await
+        .expect("commit");
+    assert_eq!(clients[7].recv().await["changes"][0]["kind"], "removed");
+    assert_eq!(clients[9].recv().await["changes"][0]["kind"], "added");
+    let evaluated = server.gateway.stats().candidates_evaluated - before;
+    assert_eq!(
+        evaluated, 3,
+        "1 candidate for the first commit, 2 for the move; not 50 per commit"
+    );
+    // A float value equal to an integer key finds the same subscriptions (the value order says 9 == 9.0).
+    let mut m = Map::new();
+    m.insert("room".into(), HValue::Double(9.0));
+    server
+        .store
+        .commit(vec![Write::set(DocPath::parse("msgs/m2").expect("p"), m)])
+        .await
+        .expect("commit");
+    assert_eq!(
+        clients[9].recv().await["changes"][0]["doc"]["path"],
+        "msgs/m2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_frames_are_encoded_once_for_all_subscribers() {
+    let server = start(Options::default()).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut c = Client::connect(server.addr, Some(&format!("user:u{i}"))).await;
+        c.subscribe("feed", json!({"query": {"collection": "news"}}), None)
+            .await;
+        clients.push(c);
+    }
+    let before = server.gateway.stats();
+    server
+        .store
+        .commit(vec![room_doc("news/a", 1, 1)])
+        .await
+        .expect("commit");
+    let mut frames = Vec::new();
+    for c in &mut clients {
+        frames.push(c.recv().await);
+    }
+    assert!(frames.windows(2).all(|w| w[0] == w[1]));
+    let after = server.gateway.stats();
+    assert_eq!(after.frames_encoded - before.frames_encoded, 1);
+    assert_eq!(after.frames_shared - before.frames_shared, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_with_4029() {
+    let config = GatewayConfig {
+        max_connections: 2,
+        ..GatewayConfig::default()
+    };
+    let server = start(Options {
+        config,
+        ..Options::default()
+    })
+    .await;
+    let _a = Client::connect(server.addr, None).await;
+    let _b = Client::connect(server.addr, None).await;
+    let mut c = Client::raw(connect_raw(server.addr).await);
+    assert_eq!(c.closed().await.0, 4029);
+}
+
+/// Applies a frame, checking that it is consistent with the view it is
+/// applied to: removed/modified documents are where `old_index` says, added
+/// ones are not already there (no duplicate delivery).
+fn apply_strict(view: &mut Vec<Value>, frame: &Value) {
+    if frame["type"] == "changes" {
+        for c in frame["changes"].as_array().expect("changes") {
+            let path = &c["doc"]["path"];
+            match c["old_index"].as_u64() {
+                Some(i) => assert_eq!(
+                    &view[i as usize]["path"], path,
+                    "old_index points at the document: {frame}"
+                ),
+                None => assert!(
+                    view.iter().all(|d| &d["path"] != path),
+                    "added twice: {path} in {frame}"
+                ),
+            }
+            if c["kind"] == "modified" {
+                let i = c["old_index"].as_u64().expect("index") as usize;
+                assert!(
+                    view[i]["version"].as_u64() < c["doc"]["version"].as_u64(),
+                    "stale or repeated modification"
+                );
+            }
+        }
+    }
+    apply(view, frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_after_100_disconnects_loses_and_repeats_nothing() {
+    let server = start(Options::default()).await;
+    let target = json!({"query": {"collection": "churn", "where": {"field": "n", "op": ">=", "value": 0},
+                                  "order_by": [{"field": "n", "direction": "desc"}]}});
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let store = server.store.clone();
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut i: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let k = (i * 7919) % 40;
+                let path = format!("churn/d{k}");
+                let w = match i % 5 {
+                    0 => Write::delete(DocPath::parse(&path).expect("p")),
+                    // Negative n leaves the query without being deleted.
+                    1 => room_doc(&path, 0, -i),
+                    _ => room_doc(&path, 0, i),
+                };
+                let other = room_doc(&format!("churn/e{}", i % 10), 0, i);
+                store.commit(vec![w, other]).await.expect("commit");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut view: Vec<Value> = Vec::new();
+    let mut token: Option<String> = None;
+    for round in 0..100u64 {
+        let mut c = Client::connect(server.addr, Some("user:u")).await;
+        let first = c.subscribe("s", target.clone(), token.as_deref()).await;
+        assert!(
+            first["type"] == "snapshot" || first["type"] == "changes",
+            "{first}"
+        );
+        if token.is_some() {
+            assert_eq!(
+                first["type"], "changes",
+                "a resume within retention is a diff"
+            );
+        }
+        apply_strict(&mut view, &first);
+        token = Some(first["resume"].as_str().expect("token").to_string());
+        for _ in 0..(round % 4) {
+            let f = c.recv().await;
+            apply_strict(&mut view, &f);
+            token = Some(f["resume"].as_str().expect("token").to_string());
+        }
+        drop(c);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let f = c.subscribe("s", target.clone(), token.as_deref()).await;
+    apply_strict(&mut view, &f);
+    let query = serde_json::from_value(target["query"].clone()).expect("query");
+    let expected = server.store.query(&query).expect("query runs");
+    assert_eq!(f["resume"], format!("p{}", expected.read_seq));
+    let expected: Vec<Value> = expected
+        .documents
+        .iter()
+        .map(|d| serde_json::to_value(d).expect("doc"))
+        .collect();
+    assert_eq!(
+        view, expected,
+        "the client's view equals the query re-run at its position"
+    );
+}
