@@ -503,6 +503,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<crate::CommitRecord, CorruptData> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

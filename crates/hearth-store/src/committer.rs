@@ -57,6 +57,9 @@ pub(crate) struct TxReads {
     pub queries: Vec<(Query, Vec<(DocPath, u64)>)>,
 }
 
+/// A document's (path, state before, state after) within one commit.
+type DocChange = (DocPath, Option<Document>, Option<Document>);
+
 pub(crate) enum Op {
     Write(Write),
     /// Import: store this document as is (create and update time kept).
@@ -276,7 +279,7 @@ impl Committer {
         ops: &[Op],
         reads: Option<&TxReads>,
         commit_time: Timestamp,
-    ) -> Result<Vec<(DocPath, Option<Document>, Option<Document>)>, StoreError> {
+    ) -> Result<Vec<DocChange>, StoreError> {
         if let Some(reads) = reads {
             self.validate_reads(reads)?;
         }
@@ -307,7 +310,7 @@ impl Committer {
 
     fn stage(
         &mut self,
-        states: Vec<(DocPath, Option<Document>, Option<Document>)>,
+        states: Vec<DocChange>,
         commit_time: Timestamp,
         reply: Reply<CommitResult>,
     ) {

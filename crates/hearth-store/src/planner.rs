@@ -502,7 +502,9 @@ fn apply_ranges(
         if !first.is(&f.field) {
             continue;
         }
-        if !matches!(f.op, Op::Lt | Op::Le | Op::Gt | Op::Ge) && !(is_name && f.op == Op::Eq) {
+        let bounded =
+            matches!(f.op, Op::Lt | Op::Le | Op::Gt | Op::Ge) || (is_name && f.op == Op::Eq);
+        if !bounded {
             continue;
         }
         let Some(vk) = first.encode(&f.value, query, false) else {

@@ -48,6 +48,7 @@ pub fn is_system(path: &DocPath) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,7 @@
 //! The changelog contract: order, no gaps, disk → live handoff, lag fallback, TooOld, retention.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! ties, collection groups, the missing-index error, and a property test that
 //! the indexed executor agrees with the reference `Query::run_over`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -1,5 +1,5 @@
 //! Helpers shared by the store's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 
