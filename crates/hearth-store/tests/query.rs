@@ -578,34 +578,41 @@ mod property {
             any::<bool>(),
             cursor,
             any::<bool>(),
+            proptest::bool::weighted(0.25),
         )
-            .prop_map(|(filter, order, limit, last, cursor, cursor_is_start)| {
-                let mut q = Query::collection(coll("p"));
-                q.filter = filter;
-                for (f, desc) in order {
-                    if !q.order_by.iter().any(|o| o.field == field(f)) {
-                        q = q.order(
-                            f,
-                            if desc {
-                                Direction::Desc
-                            } else {
-                                Direction::Asc
-                            },
-                        );
-                    }
-                }
-                q.limit = limit;
-                q.limit_to_last = last && limit.is_some();
-                if let Some((values, inclusive)) = cursor {
-                    let c = Some(Cursor { values, inclusive });
-                    if cursor_is_start {
-                        q.start_at = c
+            .prop_map(
+                |(filter, order, limit, last, cursor, cursor_is_start, group)| {
+                    let mut q = if group {
+                        Query::collection_group("p")
                     } else {
-                        q.end_at = c
+                        Query::collection(coll("p"))
+                    };
+                    q.filter = filter;
+                    for (f, desc) in order {
+                        if !q.order_by.iter().any(|o| o.field == field(f)) {
+                            q = q.order(
+                                f,
+                                if desc {
+                                    Direction::Desc
+                                } else {
+                                    Direction::Asc
+                                },
+                            );
+                        }
                     }
-                }
-                q
-            })
+                    q.limit = limit;
+                    q.limit_to_last = last && limit.is_some();
+                    if let Some((values, inclusive)) = cursor {
+                        let c = Some(Cursor { values, inclusive });
+                        if cursor_is_start {
+                            q.start_at = c
+                        } else {
+                            q.end_at = c
+                        }
+                    }
+                    q
+                },
+            )
             .prop_filter("valid query", |q| q.validate().is_ok())
     }
 
@@ -619,6 +626,14 @@ mod property {
             index("p", c, &[("b", ArrayContains), ("a", Asc)]),
             index("p", c, &[("b", ArrayContains), ("c.d", Desc)]),
             index("p", c, &[("a", Asc), ("b", ArrayContains)]),
+            index("p", IndexScope::CollectionGroup, &[("a", Asc)]),
+            index(
+                "p",
+                IndexScope::CollectionGroup,
+                &[("a", Desc), ("c.d", Asc)],
+            ),
+            index("p", IndexScope::CollectionGroup, &[("b", ArrayContains)]),
+            index("p", IndexScope::CollectionGroup, &[("c.d", Asc)]),
         ]
     }
 
@@ -667,6 +682,7 @@ mod property {
                     store
                         .commit(vec![
                             set("p/d00/p/x", json!({"a": 1})),
+                            set("p/d01/p/y", json!({"a": 2, "b": [1, "a"], "c": {"d": 1}})),
                             set("q/d01", json!({"a": 1})),
                         ])
                         .await
