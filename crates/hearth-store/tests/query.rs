@@ -724,3 +724,70 @@ mod property {
         assert!(served > refused, "served {served}, refused {refused}");
     }
 }
+
+#[tokio::test]
+async fn declared_index_is_built_in_the_background_over_existing_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for chunk in 0..6 {
+            let writes = (0..500)
+                .map(|i| {
+                    let n = chunk * 500 + i;
+                    set(&format!("big/{n:05}"), json!({"g": n % 7, "n": n}))
+                })
+                .collect();
+            store.commit(writes).await.unwrap();
+        }
+    }
+    let idx = index(
+        "big",
+        IndexScope::Collection,
+        &[("g", IndexMode::Asc), ("n", IndexMode::Desc)],
+    );
+    let store = open_with(dir.path(), |c| c.indexes.composite = vec![idx.clone()]);
+    let query = Query::collection(coll("big"))
+        .filter("g", Op::Eq, 3)
+        .order("n", Direction::Desc)
+        .limit(3);
+    // While building, the query is refused with a message that says so; writes continue.
+    let mut saw_building = false;
+    for i in 0..2000 {
+        let status = store.index_status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].index, idx);
+        match &status[0].state {
+            hearth_store::IndexState::Building { done, total } => {
+                saw_building = true;
+                assert!(*total >= 3000 || *total == 0, "total {total}");
+                assert!(done <= total || *total == 0);
+                if let Err(StoreError::MissingIndex { message, .. }) = store.query(&query) {
+                    assert!(message.contains("not ready"), "{message}");
+                }
+                store
+                    .commit(vec![set(
+                        &format!("big/w{i}"),
+                        json!({"g": 3, "n": 100000 + i}),
+                    )])
+                    .await
+                    .unwrap();
+            }
+            hearth_store::IndexState::Ready => break,
+            hearth_store::IndexState::Failed(e) => panic!("build failed: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    wait_ready(&store).await;
+    let got = store.query(&query).unwrap().documents;
+    let all: Vec<Document> = store.export().collect::<Result<_, _>>().unwrap();
+    assert_eq!(ids(&got), ids(&query.run_over(all.iter())));
+    eprintln!("observed the building state: {saw_building}");
+    // Ready survives a restart (no rebuild).
+    drop(store);
+    let store = open_with(dir.path(), |c| c.indexes.composite = vec![idx.clone()]);
+    assert_eq!(
+        store.index_status()[0].state,
+        hearth_store::IndexState::Ready
+    );
+    assert_eq!(ids(&store.query(&query).unwrap().documents), ids(&got));
+}
