@@ -61,7 +61,7 @@ pub use engine::{Engine, EngineError, SledEngine};
 pub use error::{ChangelogError, StoreError};
 pub use index::{IndexState, IndexStatus};
 pub use planner::MAX_BRANCHES;
-pub use store::{Store, Transaction};
+pub use store::{ConsistencyReport, Store, Transaction, MAX_PAGE_SIZE};
 
 /// One committed commit: what the changelog stores and subscribers receive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

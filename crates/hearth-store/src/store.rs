@@ -420,6 +420,108 @@ impl Store {
         })
     }
 
+    /// Verifies that every index entry and membership key agrees with the
+    /// documents, and that the changelog has no gap between `oldest` and
+    /// `head`. Reads the whole store (commits pause meanwhile): meant for
+    /// tests (the crash test) and operators, not for hot paths.
+    pub fn check_consistency(&self) -> Result<ConsistencyReport, StoreError> {
+        let shared = self.shared();
+        let _read = shared.apply_lock.read();
+        let indexes = shared.indexes.read();
+        // Composite indexes still building are legitimately incomplete.
+        let checked = IndexSet {
+            composites: indexes
+                .composites
+                .iter()
+                .filter(|d| d.state == IndexState::Ready)
+                .cloned()
+                .collect(),
+            exemptions: indexes.exemptions.clone(),
+        };
+        let skipped: Vec<[u8; 8]> = indexes
+            .composites
+            .iter()
+            .filter(|d| d.state != IndexState::Ready)
+            .map(|d| d.id)
+            .collect();
+        drop(indexes);
+        let mut expected = std::collections::BTreeSet::new();
+        let mut documents = 0u64;
+        for doc in self.export() {
+            let doc = doc?;
+            documents += 1;
+            expected.insert(keys::member_key(&doc.path));
+            expected.insert(keys::group_key(&doc.path));
+            expected.extend(checked.entries(&doc));
+        }
+        let mut actual = std::collections::BTreeSet::new();
+        for space in [
+            keys::MEMBERS,
+            keys::GROUP_MEMBERS,
+            keys::SINGLE,
+            keys::COMPOSITE,
+        ] {
+            for entry in shared.engine.scan(
+                Bound::Included(vec![space]),
+                Bound::Excluded(vec![space + 1]),
+                false,
+            ) {
+                let (k, _) = entry?;
+                if space == keys::COMPOSITE
+                    && k.len() >= 9
+                    && skipped.iter().any(|id| k[1..9] == id[..])
+                {
+                    continue;
+                }
+                actual.insert(k);
+            }
+        }
+        let missing: Vec<String> = expected
+            .difference(&actual)
+            .take(10)
+            .map(hex::encode)
+            .collect();
+        let extra: Vec<String> = actual
+            .difference(&expected)
+            .take(10)
+            .map(hex::encode)
+            .collect();
+        let missing_count = expected.difference(&actual).count() as u64;
+        let extra_count = actual.difference(&expected).count() as u64;
+        let head = shared.head.load(AtomicOrdering::SeqCst);
+        let oldest = shared.oldest.load(AtomicOrdering::SeqCst);
+        let mut changelog_gaps = Vec::new();
+        let mut next = oldest;
+        for entry in shared.engine.scan(
+            Bound::Included(keys::log_key(oldest)),
+            Bound::Excluded(vec![keys::LOG + 1]),
+            false,
+        ) {
+            let (k, _) = entry?;
+            let seq = keys::read_u64(&k[1..]).unwrap_or(0);
+            if seq != next && changelog_gaps.len() < 10 {
+                changelog_gaps.push((next, seq));
+            }
+            next = seq + 1;
+        }
+        if next != head + 1 && changelog_gaps.len() < 10 {
+            changelog_gaps.push((next, head + 1));
+        }
+        let stored_head = read_meta_u64(shared.engine.as_ref(), keys::META_HEAD)?.unwrap_or(0);
+        Ok(ConsistencyReport {
+            documents,
+            index_keys: actual.len() as u64,
+            head,
+            oldest,
+            missing_index_keys: missing_count,
+            extra_index_keys: extra_count,
+            sample_missing: missing,
+            sample_extra: extra,
+            changelog_gaps,
+            head_matches_meta: stored_head == head,
+        })
+    }
+
     /// Stops accepting commits (`Unavailable`), drains the committer and flushes.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         if self.inner.closed.swap(true, AtomicOrdering::SeqCst) {
@@ -439,6 +541,34 @@ impl Store {
         self.shared().engine.flush()?;
         tracing::info!(head = self.head_seq(), "store shut down");
         Ok(())
+    }
+}
+
+/// The outcome of [`Store::check_consistency`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyReport {
+    pub documents: u64,
+    pub index_keys: u64,
+    pub head: u64,
+    pub oldest: u64,
+    /// Index/membership keys the documents imply but the store lacks.
+    pub missing_index_keys: u64,
+    /// Index/membership keys no document implies.
+    pub extra_index_keys: u64,
+    pub sample_missing: Vec<String>,
+    pub sample_extra: Vec<String>,
+    /// `(expected seq, found seq)` pairs where the changelog skips.
+    pub changelog_gaps: Vec<(u64, u64)>,
+    pub head_matches_meta: bool,
+}
+
+impl ConsistencyReport {
+    /// True when indexes agree with the data and the changelog has no gap.
+    pub fn is_consistent(&self) -> bool {
+        self.missing_index_keys == 0
+            && self.extra_index_keys == 0
+            && self.changelog_gaps.is_empty()
+            && self.head_matches_meta
     }
 }
 

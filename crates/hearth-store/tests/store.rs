@@ -390,6 +390,9 @@ async fn reopen_after_drop_without_shutdown_keeps_data_changelog_and_indexes() {
     assert!(log.windows(2).all(|w| w[1].seq == w[0].seq + 1));
     let r = store.commit(vec![set("k/new", json!({}))]).await.unwrap();
     assert_eq!(r.seq, 52, "numbering resumes after restart");
+    let report = store.check_consistency().unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+    assert_eq!(report.documents, 50);
 }
 
 #[tokio::test]
@@ -521,4 +524,35 @@ async fn relaxed_durability_commits_and_flushes() {
     }
     let store = open(dir.path());
     assert_eq!(store.head_seq(), 10);
+}
+
+#[tokio::test]
+async fn consistency_check_passes_after_a_mixed_workload_with_composite_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = index(
+        "w",
+        hearth_store::IndexScope::Collection,
+        &[
+            ("a", hearth_store::IndexMode::Asc),
+            ("tags", hearth_store::IndexMode::ArrayContains),
+        ],
+    );
+    let store = open_with(dir.path(), |c| c.indexes.composite = vec![idx]);
+    wait_ready(&store).await;
+    for i in 0..60 {
+        let p = format!("w/{}", i % 13);
+        let w = match i % 4 {
+            0 => set(
+                &p,
+                json!({"a": i, "tags": [i % 3, "x"], "m": {"k": [1, 2]}}),
+            ),
+            1 => Write::delete(path(&p)),
+            2 => set(&p, json!({"a": "s", "tags": []})),
+            _ => set(&p, json!({"b": null})),
+        };
+        store.commit(vec![w]).await.unwrap();
+    }
+    let report = store.check_consistency().unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+    assert_eq!(report.head, 60);
 }
