@@ -485,9 +485,6 @@ impl Parser {
         while self.char_at(self.i) == Some('/') {
             self.i += 1;
             let seg_at = self.i;
-            if let Some(MatchSeg::Rest(_)) = path.last() {
-                return self.err_at(seg_at, "a {name=**} wildcard must be the last segment");
-            }
             if self.char_at(self.i) == Some('{') {
                 self.i += 1;
                 let name_start = self.i;
@@ -502,6 +499,12 @@ impl Parser {
                     if self.char_at(self.i + 1) == Some('*')
                         && self.char_at(self.i + 2) == Some('*')
                     {
+                        if path.iter().any(|s| matches!(s, MatchSeg::Rest(_))) {
+                            return self.err_at(
+                                seg_at,
+                                "only one {name=**} wildcard is allowed in a match path",
+                            );
+                        }
                         self.i += 3;
                         path.push(MatchSeg::Rest(name));
                     } else {
@@ -1211,8 +1214,11 @@ service cloud.firestore {
         let (l, _, m) = err("match /a/{x=*} { }");
         assert_eq!(l, 1);
         assert!(m.contains("=**"), "{m}");
-        let (_, _, m) = err("match /a/{r=**}/b { }");
-        assert!(m.contains("last segment"), "{m}");
+        let (_, _, m) = err("match /{a=**}/b/{c=**} { }");
+        assert!(m.contains("only one"), "{m}");
+        assert!(Parser::new("match /{path=**}/posts/{post} { allow read; }")
+            .parse_file()
+            .is_ok());
         let (l, c, m) = err("match /a {\n  allow read: if x is strng;\n}");
         assert_eq!((l, c), (2, 23));
         assert!(m.contains("type name"), "{m}");

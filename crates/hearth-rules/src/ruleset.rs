@@ -6,8 +6,10 @@
 //! against a prefix of the document path, nested blocks continue with the
 //! rest, and a block's `allow`s apply only when its path consumed the whole
 //! document path. `{name}` matches one segment and binds it as a string;
-//! `{name=**}` (last segment only) matches zero or more segments and binds
-//! them as a path. The `/databases/{database}/documents` wrapper is optional
+//! `{name=**}` matches zero or more segments and binds them as a path: at
+//! the end of a path it takes everything left, in the middle
+//! (`/{path=**}/posts/{post}`, Firestore's collection-group form) any split
+//! that lets the rest of the path match. One per `match` path. The `/databases/{database}/documents` wrapper is optional
 //! and consumes nothing. Several matching `allow`s are OR'ed; no match denies.
 
 use std::collections::{BTreeMap, HashMap};
@@ -260,7 +262,8 @@ impl Ruleset {
     fn visit<'r>(&'r self, path: &[Seg<'_>], f: &mut Visitor<'r, '_>) -> bool {
         let mut vars = Vec::new();
         let mut funcs: Funcs<'r> = Vec::new();
-        visit_block(&self.root, path, &mut vars, &mut funcs, f)
+        let mut steps = 0;
+        visit_block(&self.root, path, &mut vars, &mut funcs, &mut steps, f)
     }
 }
 
@@ -270,57 +273,101 @@ fn parse_and_check(text: &str) -> Result<MatchBlock, RulesError> {
     Ok(root)
 }
 
+/// Block visits allowed in one decision: a recursive wildcard in the middle
+/// of a path tries every split, and nested ones multiply, so a hostile file
+/// could otherwise make matching itself slow. Past it, matching stops (deny).
+const MAX_MATCH_STEPS: u32 = 10_000;
+
+/// The path value bound by `{name=**}` for `segs`.
+fn rest_value(segs: &[Seg<'_>]) -> RVal {
+    if segs.iter().any(|s| matches!(s, Seg::Unknown)) {
+        return RVal::Unknown;
+    }
+    RVal::Path(Rc::new(
+        segs.iter()
+            .map(|s| match s {
+                Seg::Known(s) => s.to_string(),
+                Seg::Unknown => String::new(),
+            })
+            .collect(),
+    ))
+}
+
+/// Every way `pattern` can match a prefix of `rest`: how many segments it
+/// consumed and the variables it bound. A trailing `{x=**}` takes all that
+/// is left; one in the middle (`/{path=**}/posts/{id}`, the collection-group
+/// form) tries each split.
+fn match_prefix(
+    pattern: &[MatchSeg],
+    rest: &[Seg<'_>],
+    k: usize,
+    bound: &mut Vec<(String, RVal)>,
+    steps: &mut u32,
+    out: &mut Vec<(usize, Vec<(String, RVal)>)>,
+) {
+    *steps += 1;
+    if *steps > MAX_MATCH_STEPS {
+        return;
+    }
+    let Some((seg, more)) = pattern.split_first() else {
+        out.push((k, bound.clone()));
+        return;
+    };
+    match (seg, rest.get(k)) {
+        (MatchSeg::Lit(l), Some(Seg::Known(s))) if l == s => {
+            match_prefix(more, rest, k + 1, bound, steps, out)
+        }
+        (MatchSeg::Lit(_), Some(Seg::Unknown)) => {
+            match_prefix(more, rest, k + 1, bound, steps, out)
+        }
+        (MatchSeg::Var(v), Some(s)) => {
+            let value = match s {
+                Seg::Known(s) => RVal::str(s),
+                Seg::Unknown => RVal::Unknown,
+            };
+            bound.push((v.clone(), value));
+            match_prefix(more, rest, k + 1, bound, steps, out);
+            bound.pop();
+        }
+        (MatchSeg::Rest(v), _) => {
+            let k = k.min(rest.len());
+            let ends = if more.is_empty() {
+                rest.len()..=rest.len()
+            } else {
+                k..=rest.len()
+            };
+            for end in ends {
+                bound.push((v.clone(), rest_value(&rest[k..end])));
+                match_prefix(more, rest, end, bound, steps, out);
+                bound.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
 fn visit_block<'r>(
     block: &'r MatchBlock,
     rest: &[Seg<'_>],
     vars: &mut Vec<(String, RVal)>,
     funcs: &mut Funcs<'r>,
+    steps: &mut u32,
     f: &mut Visitor<'r, '_>,
 ) -> bool {
+    let mut matches = Vec::new();
+    match_prefix(&block.path, rest, 0, &mut Vec::new(), steps, &mut matches);
+    if matches.is_empty() {
+        return false;
+    }
     let saved = vars.len();
-    for (name, value) in &block.fixed {
-        vars.push((name.clone(), RVal::str(value)));
-    }
-    let mut k = 0;
-    let mut matched = true;
-    for seg in &block.path {
-        match (seg, rest.get(k)) {
-            (MatchSeg::Lit(l), Some(Seg::Known(s))) if l == s => k += 1,
-            (MatchSeg::Lit(_), Some(Seg::Unknown)) => k += 1,
-            (MatchSeg::Var(v), Some(Seg::Known(s))) => {
-                vars.push((v.clone(), RVal::str(s)));
-                k += 1;
-            }
-            (MatchSeg::Var(v), Some(Seg::Unknown)) => {
-                vars.push((v.clone(), RVal::Unknown));
-                k += 1;
-            }
-            (MatchSeg::Rest(v), _) => {
-                let tail = &rest[k.min(rest.len())..];
-                let value = if tail.iter().any(|s| matches!(s, Seg::Unknown)) {
-                    RVal::Unknown
-                } else {
-                    RVal::Path(Rc::new(
-                        tail.iter()
-                            .map(|s| match s {
-                                Seg::Known(s) => s.to_string(),
-                                Seg::Unknown => String::new(),
-                            })
-                            .collect(),
-                    ))
-                };
-                vars.push((v.clone(), value));
-                k = rest.len();
-            }
-            _ => {
-                matched = false;
-                break;
-            }
-        }
-    }
+    funcs.push(&block.functions);
     let mut stop = false;
-    if matched {
-        funcs.push(&block.functions);
+    for (k, bound) in matches {
+        vars.truncate(saved);
+        for (name, value) in &block.fixed {
+            vars.push((name.clone(), RVal::str(value)));
+        }
+        vars.extend(bound);
         let remaining = &rest[k..];
         if remaining.is_empty() {
             for allow in &block.allows {
@@ -332,14 +379,20 @@ fn visit_block<'r>(
         }
         if !stop {
             for child in &block.children {
-                if visit_block(child, remaining, vars, funcs, f) {
+                if *steps > MAX_MATCH_STEPS {
+                    break;
+                }
+                if visit_block(child, remaining, vars, funcs, steps, f) {
                     stop = true;
                     break;
                 }
             }
         }
-        funcs.pop();
+        if stop {
+            break;
+        }
     }
+    funcs.pop();
     vars.truncate(saved);
     stop
 }

@@ -445,3 +445,40 @@ fn typical_get_rule_for_benchmarks_is_allowed() {
         started.elapsed() / n
     );
 }
+
+#[test]
+fn recursive_wildcards_in_the_middle_match_collection_groups() {
+    let access = ac(r#"
+        rules_version = '2';
+        service cloud.firestore {
+          match /databases/{database}/documents {
+            match /{path=**}/posts/{post} {
+              allow get: if post != 'secret' && (path.size() == 0 || path == /users/u1);
+            }
+          }
+        }
+    "#);
+    let alice = alice();
+    assert!(can_get(&access, &alice, "posts/p1"));
+    assert!(can_get(&access, &alice, "users/u1/posts/p1"));
+    assert!(!can_get(&access, &alice, "users/u2/posts/p1"));
+    assert!(!can_get(&access, &alice, "users/u1/posts/secret"));
+    assert!(!can_get(&access, &alice, "users/u1/comments/c1"));
+}
+
+#[test]
+fn matching_work_is_bounded_for_nested_middle_wildcards() {
+    // Ten nested blocks each with a middle wildcard, against a long path of
+    // identical segments, would try exponentially many splits.
+    let mut text = String::new();
+    for i in 0..10 {
+        text.push_str(&format!("match /{{w{i}=**}}/x/x {{ "));
+    }
+    text.push_str("allow get: if false;");
+    text.push_str(&" }".repeat(10));
+    let access = ac(&text);
+    let long = vec!["x"; 60].join("/");
+    let started = std::time::Instant::now();
+    assert!(!can_get(&access, &alice(), &long));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
