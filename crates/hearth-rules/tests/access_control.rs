@@ -482,3 +482,18 @@ fn matching_work_is_bounded_for_nested_middle_wildcards() {
     assert!(!can_get(&access, &alice(), &long));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn access_control_and_rulesets_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<AccessControl>();
+    shareable::<Ruleset>();
+    shareable::<Principal>();
+    // A check from another thread sees the same rules.
+    let access = ac("match /a/{b} { allow get; }");
+    let other = access.clone();
+    let ok = std::thread::spawn(move || can_get(&other, &alice(), "a/b"))
+        .join()
+        .unwrap();
+    assert!(ok);
+}
