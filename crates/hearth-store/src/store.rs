@@ -86,6 +86,18 @@ impl Store {
             &config.data_dir,
             config.cache_capacity_bytes,
         )?);
+        Store::open_with_engine(config, engine)
+    }
+
+    /// Opens the store over any [`Engine`] (`config.data_dir` is then unused
+    /// except for logging). This is how another engine plugs in.
+    pub fn open_with_engine(
+        config: StoreConfig,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Store, StoreError> {
+        for idx in &config.indexes.composite {
+            idx.validate().map_err(StoreError::InvalidArgument)?;
+        }
         let head = read_meta_u64(engine.as_ref(), keys::META_HEAD)?.unwrap_or(0);
         let oldest = read_meta_u64(engine.as_ref(), keys::META_OLDEST)?.unwrap_or(1);
         let mut composites = Vec::new();
