@@ -276,6 +276,8 @@ impl Driver {
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         self.state_tx.send_replace(ConnectionState::Connected {
             session_id: welcome.session_id,
+            uid: welcome.uid,
+            admin: welcome.admin,
         });
         for waiter in self.token_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
@@ -492,8 +494,10 @@ impl Driver {
                     entry.has_server_data = true;
                     entry.synced = true;
                     entry.set_resume(resume);
-                    self.prune_acked();
+                    // The overlay already skips writes this position covers;
+                    // pruning afterwards only tidies the queue.
                     self.emit(&sub, true, reset);
+                    self.prune_acked();
                 }
             }
             ServerMessage::Changes {
@@ -512,8 +516,8 @@ impl Driver {
                     entry.has_server_data = true;
                     entry.synced = true;
                     entry.set_resume(resume);
-                    self.prune_acked();
                     self.emit(&sub, true, false);
+                    self.prune_acked();
                 }
             }
             ServerMessage::WriteOk {
@@ -715,6 +719,8 @@ fn close_to_disconnect(code: u16, reason: String) -> Disconnect {
 
 struct Welcome {
     session_id: String,
+    uid: Option<String>,
+    admin: bool,
     heartbeat: Duration,
     idle_timeout: Duration,
     limits: Limits,
@@ -767,12 +773,16 @@ async fn handshake(
                         heartbeat_ms,
                         idle_timeout_ms,
                         limits,
+                        uid,
+                        admin,
                         ..
                     })) => {
                         return Ok((
                             socket,
                             Welcome {
                                 session_id,
+                                uid,
+                                admin,
                                 heartbeat: Duration::from_millis(heartbeat_ms),
                                 idle_timeout: Duration::from_millis(idle_timeout_ms),
                                 limits,

@@ -140,6 +140,10 @@ pub enum ConnectionState {
     },
     Connected {
         session_id: String,
+        /// The signed-in user (`None` for anonymous sessions and the admin key).
+        uid: Option<String>,
+        /// True when the credential is the admin key.
+        admin: bool,
     },
     /// Disconnected; the next attempt starts after `retry_in`.
     Offline {

@@ -1,0 +1,89 @@
+//! Runs every conformance scenario against a real `hearth serve` process
+//! (started by hearth-testkit), as CI does. Scenarios that need a specially
+//! configured server get one: `tiny-retention` runs against a second server
+//! whose changelog keeps only 10 commits.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_conformance::{run_with, Outcome, RunOptions};
+use hearth_testkit::{TestServer, TestServerOptions};
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/conformance/scenarios")
+}
+
+fn schema_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/schema")
+}
+
+fn assert_clean(report: &hearth_conformance::Report, what: &str) {
+    print!("{}", report.render());
+    assert!(
+        report.setup_error.is_none(),
+        "{what}: {:?}",
+        report.setup_error
+    );
+    let failed: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
+        .map(|r| r.name.clone())
+        .collect();
+    assert!(failed.is_empty(), "{what}: failing scenarios {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_passes_against_a_default_server() {
+    let result = tokio::time::timeout(Duration::from_secs(240), async {
+        let server = TestServer::start(TestServerOptions::default())
+            .await
+            .unwrap();
+        let report = run_with(
+            &server.base_url(),
+            &scenarios_dir(),
+            RunOptions {
+                admin_key: Some(server.admin_key().to_string()),
+                schema_dir: Some(schema_dir()),
+                ..RunOptions::default()
+            },
+        )
+        .await;
+        assert_clean(&report, "default server");
+        assert!(report.passed() >= 30, "{}", report.summary_line());
+        assert!(
+            report.frames_validated > 100,
+            "schemas must check the frames"
+        );
+    })
+    .await;
+    assert!(result.is_ok(), "the suite must finish within 240 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_retention_passes_against_a_tiny_retention_server() {
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        let server = TestServer::start(
+            TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),
+        )
+        .await
+        .unwrap();
+        let report = run_with(
+            &server.base_url(),
+            &scenarios_dir(),
+            RunOptions {
+                admin_key: Some(server.admin_key().to_string()),
+                schema_dir: Some(schema_dir()),
+                capabilities: vec!["tiny-retention".into()],
+                filter: Some("retention".into()),
+            },
+        )
+        .await;
+        assert_clean(&report, "tiny-retention server");
+        assert_eq!(report.passed(), 1, "{}", report.summary_line());
+    })
+    .await;
+    assert!(result.is_ok(), "must finish within 120 s");
+}
