@@ -15,12 +15,13 @@
 //!   with 4008. Only replies can get there (a client that keeps sending
 //!   requests without reading), or a single huge snapshot.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use hearth_protocol::ws::close_code;
+use hearth_protocol::Timestamp;
 use hearth_rules::Principal;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
@@ -49,10 +50,17 @@ pub(crate) struct ConnShared {
     pub kill: Notify,
     close: Mutex<Option<CloseReason>>,
     principal: RwLock<Arc<Principal>>,
-    pub subs: Mutex<HashMap<Box<str>, Arc<Subscription>>>,
+    /// Live subscriptions (a short list: at most `max_subscriptions`).
+    pub subs: Mutex<Vec<Arc<Subscription>>>,
     /// Some subscription is dirty: the writer resyncs once the queue is empty.
     pub has_dirty: AtomicBool,
     pub inflight_writes: AtomicU32,
+    /// Milliseconds (on the gateway's clock) of the last frame received.
+    last_recv_ms: AtomicU64,
+    /// Milliseconds of the last ping sent (or of the connection's start).
+    last_ping_ms: AtomicU64,
+    /// Credential expiry in Unix nanoseconds; `i64::MAX`: never.
+    expires_at: AtomicI64,
     soft_limit: usize,
     hard_limit: usize,
 }
@@ -71,9 +79,12 @@ impl ConnShared {
             kill: Notify::new(),
             close: Mutex::new(None),
             principal: RwLock::new(Arc::new(principal)),
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::new(Vec::new()),
             has_dirty: AtomicBool::new(false),
             inflight_writes: AtomicU32::new(0),
+            last_recv_ms: AtomicU64::new(0),
+            last_ping_ms: AtomicU64::new(0),
+            expires_at: AtomicI64::new(i64::MAX),
             soft_limit,
             hard_limit,
         }
@@ -132,6 +143,46 @@ impl ConnShared {
         (ob.frames.len(), ob.bytes)
     }
 
+    /// Records that a frame arrived (for the idle timeout).
+    pub(crate) fn touch(&self, clock: &Clock) {
+        self.last_recv_ms.store(clock.now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_recv_ms(&self) -> u64 {
+        self.last_recv_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether a heartbeat ping is due; if so, records it as sent.
+    pub(crate) fn ping_due(&self, now_ms: u64, heartbeat_ms: u64) -> bool {
+        let last = self.last_ping_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+            return false;
+        }
+        if now_ms.saturating_sub(last) >= heartbeat_ms {
+            self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn set_expiry(&self, at: Option<Timestamp>) {
+        self.expires_at
+            .store(at.map_or(i64::MAX, |t| t.0), Ordering::Relaxed);
+    }
+
+    pub(crate) fn expiry(&self) -> Option<Timestamp> {
+        let ns = self.expires_at.load(Ordering::Relaxed);
+        (ns != i64::MAX).then_some(Timestamp(ns))
+    }
+
+    /// Removes and returns the subscription named `name`.
+    pub(crate) fn take_sub(&self, name: &str) -> Option<Arc<Subscription>> {
+        let mut subs = self.subs.lock();
+        let i = subs.iter().position(|s| &*s.name == name)?;
+        Some(subs.swap_remove(i))
+    }
+
     pub(crate) fn mark_dirty(&self) {
         self.has_dirty.store(true, Ordering::Release);
         self.wake.notify_one();
@@ -150,5 +201,20 @@ impl ConnShared {
 
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
         self.close.lock().clone()
+    }
+}
+
+/// A monotonic millisecond clock shared by the gateway (starts at 1 so that
+/// 0 can mean "never").
+#[derive(Debug)]
+pub(crate) struct Clock(std::time::Instant);
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64 + 1
     }
 }

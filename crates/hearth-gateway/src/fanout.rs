@@ -46,10 +46,20 @@ enum SourceKey {
     Group(String),
 }
 
+/// Subscriptions are kept in plain vectors: iteration is the hot path, and a
+/// vector costs one pointer per subscription (a hash set would cost several).
+type SubList = Vec<Arc<Subscription>>;
+
+fn remove_from(list: &mut SubList, uid: u64) {
+    if let Some(i) = list.iter().position(|s| s.uid == uid) {
+        list.swap_remove(i);
+    }
+}
+
 #[derive(Default)]
 struct Bucket {
-    all: HashMap<u64, Arc<Subscription>>,
-    by_eq: BTreeMap<FieldPath, BTreeMap<Value, HashMap<u64, Arc<Subscription>>>>,
+    all: SubList,
+    by_eq: BTreeMap<FieldPath, BTreeMap<Value, SubList>>,
 }
 
 impl Bucket {
@@ -105,10 +115,10 @@ impl SubIndex {
                     .or_default()
                     .entry(value)
                     .or_default()
-                    .insert(sub.uid, Arc::clone(sub));
+                    .push(Arc::clone(sub));
             }
             None => {
-                bucket.all.insert(sub.uid, Arc::clone(sub));
+                bucket.all.push(Arc::clone(sub));
             }
         }
     }
@@ -127,7 +137,7 @@ impl SubIndex {
                 Some((field, value)) => {
                     if let Some(values) = bucket.by_eq.get_mut(&field) {
                         if let Some(set) = values.get_mut(&value) {
-                            set.remove(&sub.uid);
+                            remove_from(set, sub.uid);
                             if set.is_empty() {
                                 values.remove(&value);
                             }
@@ -138,7 +148,7 @@ impl SubIndex {
                     }
                 }
                 None => {
-                    bucket.all.remove(&sub.uid);
+                    remove_from(&mut bucket.all, sub.uid);
                 }
             }
             bucket.is_empty()
@@ -166,19 +176,19 @@ impl SubIndex {
             let Some(bucket) = self.buckets.get(key) else {
                 continue;
             };
-            bucket.all.values().for_each(&mut f);
+            bucket.all.iter().for_each(&mut f);
             for (field, values) in &bucket.by_eq {
                 let vo = old.and_then(|d| d.get(field));
                 let vn = new.and_then(|d| d.get(field));
                 if let Some(v) = &vo {
                     if let Some(set) = values.get(v) {
-                        set.values().for_each(&mut f);
+                        set.iter().for_each(&mut f);
                     }
                 }
                 if let Some(v) = &vn {
                     if vo.as_ref() != Some(v) {
                         if let Some(set) = values.get(v) {
-                            set.values().for_each(&mut f);
+                            set.iter().for_each(&mut f);
                         }
                     }
                 }
@@ -190,10 +200,10 @@ impl SubIndex {
     fn all(&self) -> Vec<Arc<Subscription>> {
         let mut out = Vec::new();
         for b in self.buckets.iter() {
-            out.extend(b.all.values().cloned());
+            out.extend(b.all.iter().cloned());
             for values in b.by_eq.values() {
                 for set in values.values() {
-                    out.extend(set.values().cloned());
+                    out.extend(set.iter().cloned());
                 }
             }
         }
@@ -212,6 +222,9 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 item = stream.next() => item,
                 _ = inner.shutdown.notified() => return,
             };
+            if inner.shutting_down.load(AtomicOrdering::Relaxed) {
+                return;
+            }
             match item {
                 Some(Ok(rec)) => {
                     after = rec.seq;

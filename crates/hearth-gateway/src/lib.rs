@@ -108,7 +108,7 @@ impl Default for GatewayConfig {
             max_pending_events: 128,
             max_queued_bytes: 16 * 1024 * 1024,
             resume_max_commits: 10_000,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             write_buffer_bytes: 0,
         }
     }
@@ -171,6 +171,7 @@ pub(crate) struct Inner {
     pub stats: Counters,
     pub shutdown: Notify,
     pub shutting_down: AtomicBool,
+    pub clock: conn::Clock,
 }
 
 /// The gateway service. Cheap to clone.
@@ -206,8 +207,10 @@ impl Gateway {
             stats: Counters::default(),
             shutdown: Notify::new(),
             shutting_down: AtomicBool::new(false),
+            clock: conn::Clock::new(),
         });
         tokio::spawn(fanout::run(Arc::clone(&inner)));
+        tokio::spawn(session::sweep(Arc::clone(&inner)));
         Gateway { inner }
     }
 

@@ -23,7 +23,7 @@ use hearth_protocol::ws::{
 use hearth_protocol::{ErrorBody, ErrorCode, Timestamp};
 use rand::RngCore;
 use serde::Deserialize;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::timeout;
 
 use crate::conn::{CloseReason, ConnShared};
 use crate::encode;
@@ -49,11 +49,6 @@ async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
 
 fn error_frame(id: Option<u64>, sub: Option<&str>, body: ErrorBody) -> Utf8Bytes {
     encode::message(&ServerMessage::error(id, sub.map(str::to_string), body))
-}
-
-fn instant_of(ts: Timestamp) -> Instant {
-    let remaining_ns = ts.nanos().saturating_sub(Timestamp::now().nanos()).max(0);
-    Instant::now() + Duration::from_nanos(remaining_ns as u64)
 }
 
 /// Reads the request id of a frame that could not be decoded, if it has one.
@@ -92,12 +87,11 @@ pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
     ));
     inner.conns.insert(id, Arc::clone(&conn));
     conn.push(hello_ok);
+    conn.set_expiry(auth.expires_at);
+    conn.touch(&inner.clock);
     let mut reader = Reader {
         inner: &inner,
         conn: &conn,
-        expires_at: auth.expires_at,
-        last_recv: Instant::now(),
-        next_ping: 1,
     };
     tokio::select! {
         _ = reader.run(&mut stream) => {}
@@ -126,7 +120,7 @@ pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
         .await;
     }
     close_now(&mut sink, reason.code, reason.reason).await;
-    let subs: Vec<Arc<Subscription>> = conn.subs.lock().drain().map(|(_, s)| s).collect();
+    let subs: Vec<Arc<Subscription>> = std::mem::take(&mut *conn.subs.lock());
     for s in subs {
         s.state.lock().closed = true;
         inner.index.remove(&s);
@@ -257,7 +251,7 @@ async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut Sink) {
             let dirty: Vec<Arc<Subscription>> = conn
                 .subs
                 .lock()
-                .values()
+                .iter()
                 .filter(|s| s.state.lock().dirty)
                 .cloned()
                 .collect();
@@ -275,57 +269,41 @@ async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut Sink) {
 struct Reader<'a> {
     inner: &'a Arc<Inner>,
     conn: &'a Arc<ConnShared>,
-    expires_at: Option<Timestamp>,
-    last_recv: Instant,
-    next_ping: u64,
 }
 
 impl Reader<'_> {
+    /// Handles client frames until the socket ends. Heartbeats, the idle
+    /// timeout and token expiry are the sweeper's job (see `sweep`), so a
+    /// connection holds no timer of its own.
     async fn run(&mut self, stream: &mut Stream) {
-        let heartbeat = self.inner.config.heartbeat;
-        let mut next_tick = Instant::now() + heartbeat;
-        loop {
-            let expiry = self.expires_at.map(instant_of);
-            tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return };
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let text = e.to_string();
-                            if text.contains("too long") || text.contains("Space limit") {
-                                self.conn.close(CloseReason { code: close_code::FRAME_TOO_LARGE, reason: "frame too large" });
-                            }
-                            return;
-                        }
-                    };
-                    self.last_recv = Instant::now();
-                    match msg {
-                        Message::Text(t) => self.handle_text(&t),
-                        Message::Binary(_) => self.conn.push(error_frame(None, None, bad_frame(
-                            "binary frames are not part of hearth.v1; send JSON text frames"))),
-                        Message::Close(_) => return,
-                        Message::Ping(_) | Message::Pong(_) => true,
-                    };
-                }
-                _ = sleep_until(next_tick) => {
-                    if self.last_recv.elapsed() >= self.inner.config.idle_timeout {
-                        self.conn.close(CloseReason { code: close_code::IDLE_TIMEOUT, reason: "idle timeout" });
-                        return;
+        while let Some(msg) = stream.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("too long") || text.contains("Space limit") {
+                        self.conn.close(CloseReason {
+                            code: close_code::FRAME_TOO_LARGE,
+                            reason: "frame too large",
+                        });
                     }
-                    let id = self.next_ping;
-                    self.next_ping += 1;
-                    self.conn.push(encode::message(&ServerMessage::Ping { id }));
-                    next_tick = Instant::now() + heartbeat;
-                }
-                _ = async { match expiry { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
-                    self.conn.push(error_frame(None, None, ErrorBody::new(
-                        ErrorCode::Unauthenticated,
-                        "the access token expired; send auth with a fresh token before expires_at",
-                    )));
-                    self.conn.close(CloseReason { code: close_code::UNAUTHENTICATED, reason: "token expired" });
                     return;
                 }
+            };
+            self.conn.touch(&self.inner.clock);
+            match msg {
+                Message::Text(t) => {
+                    self.handle_text(&t);
+                }
+                Message::Binary(_) => {
+                    self.conn.push(error_frame(
+                        None,
+                        None,
+                        bad_frame("binary frames are not part of hearth.v1; send JSON text frames"),
+                    ));
+                }
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) => {}
             }
         }
     }
@@ -380,7 +358,7 @@ impl Reader<'_> {
                 }
             }
             ClientMessage::Unsubscribe { id, sub } => {
-                let removed = self.conn.subs.lock().remove(sub.as_str());
+                let removed = self.conn.take_sub(&sub);
                 match removed {
                     Some(s) => {
                         s.state.lock().closed = true;
@@ -454,7 +432,7 @@ impl Reader<'_> {
                 }
                 let (uid, admin) = principal_fields(&a.principal);
                 self.conn.set_principal(a.principal);
-                self.expires_at = a.expires_at;
+                self.conn.set_expiry(a.expires_at);
                 self.conn.push(encode::message(&ServerMessage::AuthOk {
                     id,
                     uid,
@@ -487,7 +465,7 @@ impl Reader<'_> {
         };
         {
             let subs = self.conn.subs.lock();
-            if subs.contains_key(name) {
+            if subs.iter().any(|s| &*s.name == name) {
                 return Err(bad_frame(format!(
                     "a subscription named {name:?} is already live"
                 )));
@@ -510,10 +488,10 @@ impl Reader<'_> {
         backend::check_subscribe(&self.inner.store, &self.inner.access, &principal, &target)?;
         let uid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(Subscription::new(uid, name, target, self.conn));
-        self.conn.subs.lock().insert(name.into(), Arc::clone(&sub));
+        self.conn.subs.lock().push(Arc::clone(&sub));
         self.inner.index.insert(&sub);
         if let Err(e) = build(self.inner, self.conn, &sub, how) {
-            self.conn.subs.lock().remove(name);
+            self.conn.take_sub(name);
             sub.state.lock().closed = true;
             self.inner.index.remove(&sub);
             return Err(e);
@@ -568,3 +546,59 @@ impl Reader<'_> {
         true
     }
 }
+
+/// Heartbeats, idle timeouts and token expiry for every connection, from one
+/// task: each tick it pings connections whose heartbeat is due, closes those
+/// silent for longer than the idle timeout (4010) and those whose credential
+/// expired (error `unauthenticated`, then 4001).
+pub(crate) async fn sweep(inner: Arc<Inner>) {
+    let tick = SWEEP_TICK.min(inner.config.heartbeat);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat = inner.config.heartbeat.as_millis() as u64;
+    let idle = inner.config.idle_timeout.as_millis() as u64;
+    let mut ping_id: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = inner.shutdown.notified() => return,
+        }
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = inner.clock.now_ms();
+        let wall = Timestamp::now();
+        for c in inner.conns.iter() {
+            if now.saturating_sub(c.last_recv_ms()) >= idle {
+                c.close(CloseReason {
+                    code: close_code::IDLE_TIMEOUT,
+                    reason: "idle timeout",
+                });
+                continue;
+            }
+            if c.expiry().is_some_and(|t| t <= wall) {
+                c.set_expiry(None);
+                c.push(error_frame(
+                    None,
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        "the access token expired; send auth with a fresh token before expires_at",
+                    ),
+                ));
+                c.close(CloseReason {
+                    code: close_code::UNAUTHENTICATED,
+                    reason: "token expired",
+                });
+                continue;
+            }
+            if c.ping_due(now, heartbeat) {
+                ping_id += 1;
+                c.push(encode::message(&ServerMessage::Ping { id: ping_id }));
+            }
+        }
+    }
+}
+
+/// How often the sweeper runs (at most; never less often than the heartbeat).
+const SWEEP_TICK: Duration = Duration::from_millis(250);

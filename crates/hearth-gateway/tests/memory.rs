@@ -19,7 +19,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("rss");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("rss");
     pages * 4096
 }
 
@@ -27,7 +31,10 @@ fn rss_bytes() -> u64 {
 #[ignore = "measurement: run with --ignored --nocapture"]
 async fn idle_subscribed_connections_cost_little_memory() {
     let server = start(Options::default()).await;
-    let n: usize = std::env::var("HEARTH_MEM_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let n: usize = std::env::var("HEARTH_MEM_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     // Warm up: one connection through every code path.
     let mut warm = Client::connect(server.addr, Some("user:w")).await;
     warm.subscribe("s", json!({"query": {"collection": "rooms", "where": {"field": "room", "op": "==", "value": -1}}}), None).await;
@@ -35,7 +42,14 @@ async fn idle_subscribed_connections_cost_little_memory() {
     let before = rss_bytes();
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
-        .args(["--ignored", "--exact", "memory_client_process", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "memory_client_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("HEARTH_MEM_ADDR", server.addr.to_string())
         .env("HEARTH_MEM_CONNECTIONS", n.to_string())
         .stdout(Stdio::piped())
@@ -44,7 +58,10 @@ async fn idle_subscribed_connections_cost_little_memory() {
         .expect("client process");
     let stdout = child.stdout.take().expect("stdout");
     let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains("CLIENTS READY"))
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("CLIENTS READY"))
     })
     .await
     .expect("join");
@@ -68,17 +85,28 @@ async fn memory_client_process() {
     let Ok(addr) = std::env::var("HEARTH_MEM_ADDR") else {
         return;
     };
-    let n: usize = std::env::var("HEARTH_MEM_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let n: usize = std::env::var("HEARTH_MEM_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let mut sockets = Vec::with_capacity(n);
-    let config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0);
     for k in 0..n {
         let url = format!("ws://{addr}/v1/ws");
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+            .await
+            .expect("connect");
         let hello = json!({"type": "hello", "protocol": 1, "client": {"name": "mem", "version": "0"}, "token": format!("user:u{k}")});
-        ws.send(Message::text(hello.to_string())).await.expect("hello");
+        ws.send(Message::text(hello.to_string()))
+            .await
+            .expect("hello");
         let sub = json!({"type": "subscribe", "id": 1, "sub": "s",
                          "target": {"query": {"collection": "rooms", "where": {"field": "room", "op": "==", "value": k}}}});
-        ws.send(Message::text(sub.to_string())).await.expect("subscribe");
+        ws.send(Message::text(sub.to_string()))
+            .await
+            .expect("subscribe");
         let mut got = 0;
         while got < 2 {
             if let Some(Ok(Message::Text(_))) = ws.next().await {
