@@ -184,9 +184,9 @@ pub enum SmtpTls {
     /// Plain text. Only for a relay on loopback or a trusted network.
     #[default]
     None,
-    /// STARTTLS upgrade (port 587). Not compiled in yet: refused at start.
+    /// STARTTLS upgrade (usually port 587), rustls with the webpki roots.
     Starttls,
-    /// Implicit TLS (port 465). Not compiled in yet: refused at start.
+    /// Implicit TLS (usually port 465), rustls with the webpki roots.
     Tls,
 }
 

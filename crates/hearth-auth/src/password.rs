@@ -13,6 +13,7 @@
 //! password, [`PasswordHasher::verify_dummy`] verifies against a hash made at
 //! start with the current parameters.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier, SaltString};
@@ -33,6 +34,9 @@ struct Inner {
     min_length: usize,
     permits: Semaphore,
     dummy_hash: String,
+    /// Hashes running now, and the most ever seen at once (observability and tests).
+    active: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -85,6 +89,8 @@ impl PasswordHasher {
                 min_length: config.min_length,
                 permits: Semaphore::new(config.max_concurrent_hashes.max(1)),
                 dummy_hash,
+                active: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
             }),
         })
     }
@@ -153,6 +159,16 @@ impl PasswordHasher {
         }
     }
 
+    /// Hashes running right now on the blocking pool.
+    pub fn in_flight(&self) -> usize {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    /// The most hashes that ever ran at once (never above the configured bound).
+    pub fn peak_in_flight(&self) -> usize {
+        self.inner.peak.load(Ordering::SeqCst)
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Inner) -> T + Send + 'static,
@@ -164,9 +180,15 @@ impl PasswordHasher {
             .await
             .map_err(|_| AuthError::Internal("hashing pool closed".into()))?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || work(&inner))
-            .await
-            .map_err(|e| AuthError::Internal(format!("hashing task failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            let now = inner.active.fetch_add(1, Ordering::SeqCst) + 1;
+            inner.peak.fetch_max(now, Ordering::SeqCst);
+            let out = work(&inner);
+            inner.active.fetch_sub(1, Ordering::SeqCst);
+            out
+        })
+        .await
+        .map_err(|e| AuthError::Internal(format!("hashing task failed: {e}")))
     }
 }
 
@@ -204,6 +226,24 @@ mod tests {
         assert!(!old.needs_rehash(&phc));
         assert!(new.needs_rehash(&phc));
         assert!(new.verify("correct horse", &phc).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_storm_of_hashes_never_exceeds_the_pool_bound() {
+        let mut config = cheap(8);
+        config.max_concurrent_hashes = 1;
+        let h = PasswordHasher::new(&config).unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash(&format!("password {i}")).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(h.peak_in_flight(), 1);
+        assert_eq!(h.in_flight(), 0);
     }
 
     #[test]
