@@ -248,6 +248,27 @@ impl Gateway {
         n
     }
 
+    /// Closes (4003) the connections authenticated with one session's
+    /// tokens: those of `uid` whose token claim `sid` equals `session_id`.
+    /// Returns how many were closed.
+    pub fn revoke_session(&self, uid: &str, session_id: &str) -> usize {
+        let mut n = 0;
+        for c in self.inner.conns.iter() {
+            let p = c.principal();
+            if let Principal::User { uid: u, claims } = &*p {
+                let sid = claims.get("sid").and_then(|v| v.as_str());
+                if u == uid && sid == Some(session_id) {
+                    c.close(CloseReason {
+                        code: close_code::REVOKED,
+                        reason: "session revoked",
+                    });
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     pub fn stats(&self) -> GatewayStats {
         let s = &self.inner.stats;
         let mut subscriptions = 0;

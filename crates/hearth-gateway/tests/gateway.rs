@@ -537,6 +537,13 @@ async fn revoking_a_user_closes_their_sockets_with_4003() {
     assert_eq!(alice.closed().await.0, 4003);
     bob.send(json!({"type": "ping", "id": 1})).await;
     assert_eq!(bob.recv().await["type"], "pong");
+    // Revoking one session closes only the sockets of that session.
+    let mut s1 = Client::connect(server.addr, Some("session:carol:s1")).await;
+    let mut s2 = Client::connect(server.addr, Some("session:carol:s2")).await;
+    assert_eq!(server.gateway.revoke_session("carol", "s1"), 1);
+    assert_eq!(s1.closed().await.0, 4003);
+    s2.send(json!({"type": "ping", "id": 2})).await;
+    assert_eq!(s2.recv().await["type"], "pong");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

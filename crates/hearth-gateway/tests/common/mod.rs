@@ -41,6 +41,14 @@ impl Authenticator for TestAuth {
         }
         let parts: Vec<&str> = token.split(':').collect();
         match parts.as_slice() {
+            ["session", uid, sid] => {
+                let mut claims = std::collections::BTreeMap::new();
+                claims.insert("sid".to_string(), hearth_protocol::Value::from(*sid));
+                Ok(Authenticated {
+                    principal: Principal::User { uid: uid.to_string(), claims },
+                    expires_at: None,
+                })
+            }
             ["user", uid] => Ok(Authenticated {
                 principal: Principal::user(*uid),
                 expires_at: None,
