@@ -464,3 +464,35 @@ async fn jwks_serves_ed25519_public_keys_only() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn keys_rotate_on_the_configured_interval() {
+    within(60, async {
+        let mut config = test_config();
+        config.key_rotation_interval = Some(std::time::Duration::from_secs(1));
+        let s = start(config).await;
+        let t = s.sign_up("ada@example.com", "correct horse").await;
+        let first_kid = jsonwebtoken::decode_header(&token(&t, "access_token"))
+            .unwrap()
+            .kid
+            .unwrap();
+        let mut kids = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let jwks = s.get("/.well-known/jwks.json", None).await.body;
+            kids = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect();
+            if kids.len() >= 2 {
+                break;
+            }
+        }
+        assert!(kids.len() >= 2, "no rotation happened: {kids:?}");
+        assert!(kids.contains(&first_kid), "the old key still verifies");
+        assert_eq!(s.me(&token(&t, "access_token")).await.status, 200);
+    })
+    .await;
+}
