@@ -302,12 +302,22 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
         let readable = |d: &Document| {
             backend::readable(&inner.store, &inner.access, &principal, &sub.target, d)
         };
-        let (next, changes, seq, edge) = if let Some((_, to_last)) = sub.target.limit() {
+        if conn.congested() {
+            // Coalesce: keep the view the client will have; the writer
+            // rebuilds this subscription once the queue has drained. (A
+            // commit that turns out not to concern the view costs one
+            // needless rebuild — cheaper than evaluating it here.)
+            st.dirty = true;
+            st.skipped_max = st.skipped_max.max(rec.seq);
+            inner.stats.coalesced.fetch_add(1, AtomicOrdering::Relaxed);
+            conn.mark_dirty();
+            continue;
+        }
+        if let Some((_, to_last)) = sub.target.limit() {
             let affected = idxs.iter().any(|&i| {
                 let ch = &rec.changes[i];
                 let was_in = ch.old.as_ref().is_some_and(|o| {
                     crate::view::position(&st.view, &sub.target, Some(o), &ch.path).is_some()
-                        || st.edge.as_ref().is_some_and(|e| e.path == ch.path)
                         || sub.target.matches(o)
                             && ranks_inside(&sub.target, o, st.edge.as_deref(), to_last)
                 });
@@ -334,7 +344,12 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
                     let now: Vec<Arc<Document>> =
                         unfiltered.iter().filter(|d| readable(d)).cloned().collect();
                     let changes = diff(&st.view, &now);
-                    (now, changes, *seq, edge)
+                    st.view = now;
+                    st.seq = *seq;
+                    st.edge = edge;
+                    if !changes.is_empty() {
+                        conn.push(cache.changes(&sub.name, *seq, &changes));
+                    }
                 }
                 Err(e) => {
                     st.closed = true;
@@ -343,7 +358,6 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
                         Some(sub.name.to_string()),
                         e.clone(),
                     )));
-                    continue;
                 }
             }
         } else {
@@ -362,29 +376,12 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
                     }
                 })
                 .collect();
-            let (next, changes) = apply_incremental(&st.view, &sub.target, steps);
-            (next, changes, rec.seq, None)
-        };
-        if changes.is_empty() {
-            st.view = next;
-            st.seq = seq;
-            st.edge = edge;
-            continue;
+            let changes = apply_incremental(&mut st.view, &sub.target, steps);
+            st.seq = rec.seq;
+            if !changes.is_empty() {
+                conn.push(cache.changes(&sub.name, rec.seq, &changes));
+            }
         }
-        if conn.congested() {
-            // Coalesce: keep the view the client will have; the writer
-            // rebuilds this subscription once the queue has drained.
-            st.dirty = true;
-            st.skipped_max = st.skipped_max.max(seq);
-            inner.stats.coalesced.fetch_add(1, AtomicOrdering::Relaxed);
-            conn.mark_dirty();
-            continue;
-        }
-        let frame = cache.changes(&sub.name, seq, &changes);
-        st.view = next;
-        st.seq = seq;
-        st.edge = edge;
-        conn.push(frame);
     }
     inner
         .stats

@@ -45,7 +45,10 @@ impl Authenticator for TestAuth {
                 let mut claims = std::collections::BTreeMap::new();
                 claims.insert("sid".to_string(), hearth_protocol::Value::from(*sid));
                 Ok(Authenticated {
-                    principal: Principal::User { uid: uid.to_string(), claims },
+                    principal: Principal::User {
+                        uid: uid.to_string(),
+                        claims,
+                    },
                     expires_at: None,
                 })
             }
