@@ -463,6 +463,18 @@ impl Reader<'_> {
                     .ok_or_else(|| bad_frame(format!("{token:?} is not a resume token")))?,
             ),
         };
+        // Subscriptions the server ended (an `error` with only `sub`) free
+        // their names here.
+        let ended: Vec<Arc<Subscription>> = {
+            let mut subs = self.conn.subs.lock();
+            let (ended, live): (Vec<_>, Vec<_>) =
+                subs.drain(..).partition(|s| s.state.lock().closed);
+            *subs = live;
+            ended
+        };
+        for s in &ended {
+            self.inner.index.remove(s);
+        }
         {
             let subs = self.conn.subs.lock();
             if subs.iter().any(|s| &*s.name == name) {
