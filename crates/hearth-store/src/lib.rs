@@ -25,6 +25,11 @@
 //! `read_seq` it reflects. In strict mode a commit can become visible to
 //! readers a moment before its fsync completes and it is acknowledged.
 //!
+//! ## Operations
+//! [`Store::check_consistency`] re-derives every index and membership key
+//! from the documents and checks the changelog for gaps (used by crash tests);
+//! [`Store::open_with_engine`] runs the store over any [`Engine`].
+//!
 //! ## Backup and restore
 //! [`Store::backup_to`] copies every key into a fresh sled database in `dir`
 //! while commits are paused (reads continue), then flushes it. The result is
