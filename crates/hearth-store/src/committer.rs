@@ -576,7 +576,7 @@ impl Committer {
         let head = self.seq;
         let oldest = self.shared.oldest.load(AtomicOrdering::SeqCst);
         let mut target = oldest;
-        if let Some(max) = retention.max_commits {
+        if let Some(max) = retention.max_commits.filter(|m| *m > 0) {
             if head >= max {
                 target = target.max(head - max + 1);
             }

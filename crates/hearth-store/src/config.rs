@@ -5,8 +5,8 @@
 //! durability = "strict"                     # or { mode = "relaxed", flush_interval = "100ms" }
 //! cache_capacity_bytes = 268435456
 //! [store.retention]
-//! max_age = "7d"                            # "500ms", "30s", "15m", "12h", "7d" or integer seconds
-//! max_commits = 1000000
+//! max_age = "7d"                            # "500ms", "30s", "15m", "12h", "7d", integer seconds, or "off"
+//! max_commits = 1000000                     # 0 = no limit
 //! [store.indexes]
 //! allow_scans = false                       # development only: serve un-indexed queries by scanning
 //! [[store.indexes.composite]]
@@ -99,12 +99,18 @@ impl<'de> Deserialize<'de> for Durability {
 }
 
 /// How long the changelog keeps commits (whichever limit is hit first).
+/// `None` disables a limit; in TOML write `max_age = "off"` / `max_commits = 0`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
     #[serde(deserialize_with = "opt_duration")]
     pub max_age: Option<Duration>,
+    #[serde(deserialize_with = "opt_count")]
     pub max_commits: Option<u64>,
+}
+
+fn opt_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.filter(|n| *n > 0))
 }
 
 impl Default for Retention {
@@ -288,6 +294,7 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     match Option::<Wire>::deserialize(d)? {
         None => Ok(None),
         Some(Wire::Secs(n)) => Ok(Some(Duration::from_secs(n))),
+        Some(Wire::Text(t)) if matches!(t.trim(), "off" | "none" | "never") => Ok(None),
         Some(Wire::Text(t)) => parse_duration(&t)
             .map(Some)
             .map_err(serde::de::Error::custom),
@@ -319,6 +326,17 @@ mod tests {
         assert_eq!(c.retention.max_age, Some(Duration::from_secs(3600)));
         assert_eq!(c.indexes.composite[0].scope, IndexScope::CollectionGroup);
         assert_eq!(c.indexes.composite[0].fields[1].mode, IndexMode::Desc);
+        let off: StoreConfig = serde_json::from_value(
+            serde_json::json!({"retention": {"max_age": "off", "max_commits": 0}}),
+        )
+        .unwrap();
+        assert_eq!(
+            off.retention,
+            Retention {
+                max_age: None,
+                max_commits: None
+            }
+        );
         let strict: StoreConfig =
             serde_json::from_value(serde_json::json!({"durability": "strict"})).unwrap();
         assert_eq!(strict.durability, Durability::Strict);
