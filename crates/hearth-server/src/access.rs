@@ -2,74 +2,112 @@
 //!
 //! [`Access::principal_from_headers`] is the only place that reads
 //! credentials: `Authorization: Bearer <admin key>` makes the admin principal
-//! (compared in constant time); any other bearer token is an access token for
-//! the auth service's verifier; no header is the unauthenticated principal
-//! (or, with `hearth serve --dev`, the admin: development only).
+//! (compared in constant time); any other bearer token goes to the
+//! [`TokenVerifier`] (the auth service's access-token check) when one is
+//! installed; no header is [`Principal::Unauthenticated`] (or, with
+//! `hearth serve --dev`, the admin: development only). A credential that is
+//! present but invalid is `unauthenticated`, never a silent downgrade.
 //!
 //! Every REST data path then asks one of the `check_*` methods, once per
-//! document operation (each write inside a batch or transaction included).
-//! The admin principal passes everything. Others are decided by the rules
-//! engine (`hearth-rules::AccessControl`); until that crate is wired in, a
-//! non-admin principal is refused, and system collections (`__name__` ids) are
-//! admin-only in every case.
+//! document operation (each write inside a batch or transaction included),
+//! and these call `hearth_rules::AccessControl`: system collections are
+//! admin-only, the admin passes, the rules decide the rest (no match means
+//! deny). Queries follow the rules crate's policy: refused up front when no
+//! `list` rule can allow them, then filtered per document.
+//!
+//! Without a rules file the server denies every non-admin request; an
+//! anonymous caller is then told `unauthenticated` (it should send the admin
+//! key) rather than `permission-denied`.
+
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
-use hearth_protocol::{CollectionPath, DocPath, Document, ErrorCode, Query, QuerySource, Write};
+use hearth_protocol::{
+    apply_write, CollectionPath, DocPath, Document, ErrorCode, Query, Timestamp, Write,
+};
+use hearth_rules::{AccessControl, AccessError, DocumentLookup};
+
+pub use hearth_rules::Principal;
 
 use crate::admin_key::AdminKey;
 use crate::error::ApiError;
 
-/// The caller of a request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Principal {
-    /// The admin key (or `--dev` without credentials): bypasses rules.
-    Admin,
-    /// A signed-in user, from a verified access token.
-    User {
-        uid: String,
-        claims: serde_json::Map<String, serde_json::Value>,
-    },
-    /// No credentials.
-    Unauthenticated,
+/// Verifies a user access token (implemented by the auth service).
+pub trait TokenVerifier: Send + Sync {
+    fn verify(&self, token: &str) -> Result<Principal, ApiError>;
 }
 
-impl Principal {
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Principal::Admin)
-    }
+/// Reads documents for rules' `get()`/`exists()`.
+pub type Lookup = Arc<dyn DocumentLookup + Send + Sync>;
 
-    /// A stable name for ownership checks (transactions) and logs; never a secret.
-    pub fn owner_key(&self) -> String {
-        match self {
-            Principal::Admin => "admin".into(),
-            Principal::User { uid, .. } => format!("user:{uid}"),
-            Principal::Unauthenticated => "anonymous".into(),
-        }
+/// A stable name for ownership checks (transactions) and logs; never a secret.
+pub fn owner_key(principal: &Principal) -> String {
+    match principal {
+        Principal::Admin => "admin".into(),
+        Principal::User { uid, .. } => format!("user:{uid}"),
+        Principal::Unauthenticated => "anonymous".into(),
     }
 }
 
 /// The access policy of one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Access {
     admin_key: AdminKey,
     dev_mode: bool,
+    rules: Option<AccessControl>,
+    lookup: Option<Lookup>,
+    verifier: Option<Arc<dyn TokenVerifier>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("dev_mode", &self.dev_mode)
+            .field("rules", &self.rules.is_some())
+            .field("verifier", &self.verifier.is_some())
+            .finish()
+    }
+}
+
+fn access_error(e: AccessError) -> ApiError {
+    ApiError::new(e.code(), e.to_string())
 }
 
 impl Access {
+    /// Admin key only: every non-admin request is refused.
     pub fn new(admin_key: AdminKey, dev_mode: bool) -> Access {
         Access {
             admin_key,
             dev_mode,
+            rules: None,
+            lookup: None,
+            verifier: None,
         }
+    }
+
+    /// Let security rules decide for non-admin callers.
+    pub fn with_rules(mut self, rules: AccessControl, lookup: Lookup) -> Access {
+        self.rules = Some(rules);
+        self.lookup = Some(lookup);
+        self
+    }
+
+    /// Accept user access tokens checked by `verifier`.
+    pub fn with_token_verifier(mut self, verifier: Arc<dyn TokenVerifier>) -> Access {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// The rules in force, if a rules file is loaded (shared with the gateway).
+    pub fn rules_control(&self) -> Option<AccessControl> {
+        self.rules.clone()
     }
 
     pub fn dev_mode(&self) -> bool {
         self.dev_mode
     }
 
-    /// Turns the request's credentials into a principal. A credential that is
-    /// present but invalid is an error (`unauthenticated`), never a silent
-    /// downgrade to anonymous.
+    /// Turns the request's credentials into a principal.
     pub fn principal_from_headers(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(if self.dev_mode {
@@ -86,31 +124,37 @@ impl Access {
             .or_else(|| text.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or_else(|| {
-                ApiError::unauthenticated("expected `Authorization: Bearer <admin key or access token>`")
+                ApiError::unauthenticated(
+                    "expected `Authorization: Bearer <admin key or access token>`",
+                )
             })?;
         if self.admin_key.matches(token) {
             return Ok(Principal::Admin);
         }
-        Err(ApiError::unauthenticated(
-            "the bearer credential is not the admin key (user access tokens are not enabled on this server)",
-        ))
+        match &self.verifier {
+            Some(verifier) => verifier.verify(token),
+            None => Err(ApiError::unauthenticated(
+                "the bearer credential is not the admin key (user access tokens are not enabled on this server)",
+            )),
+        }
     }
 
-    fn non_admin(&self, principal: &Principal, system: bool) -> Result<(), ApiError> {
-        if system {
-            return Err(ApiError::permission_denied(
-                "system collections (__name__) are reserved for the admin key",
-            ));
-        }
-        match principal {
-            Principal::Admin => Ok(()),
-            Principal::Unauthenticated => Err(ApiError::new(
-                ErrorCode::Unauthenticated,
-                "this request needs credentials: send `Authorization: Bearer <admin key>`",
-            )),
-            Principal::User { .. } => Err(ApiError::permission_denied(
-                "no security rules allow this request",
-            )),
+    /// The rules and lookup, or the refusal used when no rules are loaded.
+    fn rules(
+        &self,
+        principal: &Principal,
+    ) -> Result<(&AccessControl, &(dyn DocumentLookup + Send + Sync)), ApiError> {
+        match (&self.rules, &self.lookup) {
+            (Some(rules), Some(lookup)) => Ok((rules, lookup.as_ref())),
+            _ => Err(match principal {
+                Principal::Unauthenticated => ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "this request needs credentials: send `Authorization: Bearer <admin key>`",
+                ),
+                _ => ApiError::permission_denied(
+                    "no security rules are loaded on this server; only the admin key has access",
+                ),
+            }),
         }
     }
 
@@ -119,24 +163,27 @@ impl Access {
         &self,
         principal: &Principal,
         path: &DocPath,
-        _doc: Option<&Document>,
+        doc: Option<&Document>,
     ) -> Result<(), ApiError> {
         if principal.is_admin() {
             return Ok(());
         }
-        self.non_admin(principal, path.is_system())
+        if path.is_system() {
+            return Err(system_denied());
+        }
+        let (rules, lookup) = self.rules(principal)?;
+        rules
+            .check_get(principal, path, doc, lookup)
+            .map_err(access_error)
     }
 
-    /// May `principal` list the collection?
+    /// May `principal` list the collection? (Then filter with [`Self::filter_readable`].)
     pub fn check_list(
         &self,
         principal: &Principal,
         collection: &CollectionPath,
     ) -> Result<(), ApiError> {
-        if principal.is_admin() {
-            return Ok(());
-        }
-        self.non_admin(principal, collection.is_system())
+        self.check_query(principal, &Query::collection(collection.clone()))
     }
 
     /// May `principal` run this query? (Checked before it runs.)
@@ -145,20 +192,29 @@ impl Access {
             return Ok(());
         }
         let system = match &query.source {
-            QuerySource::Collection(c) => c.is_system(),
-            QuerySource::CollectionGroup(id) => hearth_protocol::path::is_reserved_id(id),
+            hearth_protocol::QuerySource::Collection(c) => c.is_system(),
+            hearth_protocol::QuerySource::CollectionGroup(id) => {
+                hearth_protocol::path::is_reserved_id(id)
+            }
         };
-        self.non_admin(principal, system)
+        if system {
+            return Err(system_denied());
+        }
+        let (rules, lookup) = self.rules(principal)?;
+        rules
+            .check_list(principal, query, lookup)
+            .map_err(access_error)
     }
 
-    /// Keeps the documents of a result that `principal` may read.
+    /// Keeps the documents of a result that `principal` may list.
     pub fn filter_readable(&self, principal: &Principal, docs: Vec<Document>) -> Vec<Document> {
         if principal.is_admin() {
             return docs;
         }
-        docs.into_iter()
-            .filter(|d| self.check_get(principal, &d.path, Some(d)).is_ok())
-            .collect()
+        match (&self.rules, &self.lookup) {
+            (Some(rules), Some(lookup)) => rules.filter_list(principal, docs, lookup.as_ref()),
+            _ => Vec::new(),
+        }
     }
 
     /// Does this principal need the current documents to decide on writes?
@@ -168,19 +224,30 @@ impl Access {
     }
 
     /// May `principal` perform `write` on a document currently `current`?
+    /// The rules see the document as the write would leave it
+    /// (`request.resource.data`), computed with the same `apply_write` the
+    /// store runs; inside a batch, `current` is the stored state (earlier
+    /// writes of the same batch are not visible to the rules).
     pub fn check_write(
         &self,
         principal: &Principal,
         write: &Write,
-        _current: Option<&Document>,
+        current: Option<&Document>,
     ) -> Result<(), ApiError> {
         if principal.is_admin() {
             return Ok(());
         }
-        self.non_admin(principal, write.path.is_system())
+        if write.path.is_system() {
+            return Err(system_denied());
+        }
+        let (rules, lookup) = self.rules(principal)?;
+        let new_fields = apply_write(current, write, Timestamp::now())?;
+        rules
+            .check_write(principal, write, current, new_fields.as_ref(), lookup)
+            .map_err(access_error)
     }
 
-    /// Admin-only endpoints (changelog, backup, export).
+    /// Admin-only endpoints (changelog, backup, export, indexes).
     pub fn require_admin(&self, principal: &Principal) -> Result<(), ApiError> {
         match principal {
             Principal::Admin => Ok(()),
@@ -192,6 +259,10 @@ impl Access {
             )),
         }
     }
+}
+
+fn system_denied() -> ApiError {
+    ApiError::permission_denied("system collections (__name__) are reserved for the admin key")
 }
 
 #[cfg(test)]
@@ -232,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn anonymous_callers_are_refused_and_system_paths_are_admin_only() {
+    fn without_rules_anonymous_is_unauthenticated_and_system_paths_are_admin_only() {
         let a = access(false);
         let doc = DocPath::parse("rooms/r1").unwrap();
         let err = a.check_get(&Principal::Unauthenticated, &doc, None).unwrap_err();
@@ -241,5 +312,32 @@ mod tests {
         let err = a.check_get(&Principal::Unauthenticated, &system, None).unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
         assert!(a.check_get(&Principal::Admin, &system, None).is_ok());
+    }
+
+    #[test]
+    fn rules_decide_for_users_on_reads_queries_and_writes() {
+        let rules = hearth_rules::Ruleset::parse(
+            "match /rooms/{id} { allow read: if request.auth != null; allow create: if request.resource.data.owner == request.auth.uid; }",
+        )
+        .unwrap();
+        let lookup: Lookup = Arc::new(hearth_rules::NoDocuments);
+        let a = access(false).with_rules(AccessControl::new(rules), lookup);
+        let user = Principal::User {
+            uid: "u1".into(),
+            claims: Default::default(),
+        };
+        let doc = DocPath::parse("rooms/r1").unwrap();
+        assert!(a.check_get(&user, &doc, None).is_ok());
+        assert_eq!(
+            a.check_get(&Principal::Unauthenticated, &doc, None).unwrap_err().code(),
+            ErrorCode::PermissionDenied
+        );
+        let mine = Write::create(doc.clone(), [("owner".to_string(), "u1".into())].into());
+        let theirs = Write::create(doc.clone(), [("owner".to_string(), "u2".into())].into());
+        assert!(a.check_write(&user, &mine, None).is_ok());
+        assert!(a.check_write(&user, &theirs, None).is_err());
+        assert!(a.check_write(&user, &Write::delete(doc), None).is_err());
+        let q = Query::collection(CollectionPath::parse("rooms").unwrap());
+        assert!(a.check_query(&user, &q).is_ok());
     }
 }

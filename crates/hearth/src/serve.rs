@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hearth_server::{Access, AdminKey, AdminKeySource, AppState};
 
+use crate::wiring::{admin_key_checker, forward_revocations, RestTokens, SocketAuth};
 use crate::{config, init_logging, LogFormat, ServeArgs};
 
 /// Written into the data dir while serving so that `hearth backup/export
@@ -70,8 +71,47 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         .map_err(|e| format!("store open task failed: {e}"))?
         .map_err(|e| format!("cannot open the store in {}: {e}", data_dir.display()))?;
 
-    let state = AppState::new(store.clone(), Access::new(admin_key, dev), options);
-    let app = hearth_server::app(state.clone(), vec![]);
+    let mut access = Access::new(admin_key.clone(), dev);
+    // Keeps the rules file watcher alive while serving.
+    let mut _rules_watch = None;
+    if let Some(rules_path) = args.rules.clone().or(file.rules.clone()) {
+        let ruleset = hearth_rules::RulesFile::load(&rules_path)
+            .map_err(|e| format!("invalid rules file {}: {e}", rules_path.display()))?;
+        let control = hearth_rules::AccessControl::new(ruleset);
+        _rules_watch = Some(hearth_rules::RulesFile::watch(rules_path.clone(), control.clone()));
+        let lookup_store = store.clone();
+        let lookup: hearth_server::access::Lookup = std::sync::Arc::new(
+            move |path: &hearth_protocol::DocPath| lookup_store.get(path).ok().flatten(),
+        );
+        access = access.with_rules(control, lookup);
+        tracing::info!(rules = %rules_path.display(), "security rules loaded (hot reload on change)");
+    } else {
+        tracing::info!("no rules file: only the admin key has access");
+    }
+    let control = access
+        .rules_control()
+        .unwrap_or_else(hearth_rules::AccessControl::deny_all);
+    let auth = hearth_auth::AuthService::start(hearth_auth::AuthConfig::default(), store.clone())
+        .await
+        .map_err(|e| format!("cannot start the auth service: {e}"))?;
+    let access = access.with_token_verifier(std::sync::Arc::new(RestTokens(auth.clone())));
+    let gateway = hearth_gateway::Gateway::new(
+        hearth_gateway::GatewayConfig::default(),
+        store.clone(),
+        control,
+        std::sync::Arc::new(SocketAuth {
+            admin_key: admin_key.clone(),
+            auth: auth.clone(),
+            dev,
+        }),
+    );
+    forward_revocations(&auth, gateway.clone());
+    let services = vec![
+        hearth_auth::router(auth.clone(), admin_key_checker(admin_key.clone())),
+        hearth_gateway::router(gateway.clone()),
+    ];
+    let state = AppState::new(store.clone(), access, options);
+    let app = hearth_server::app(state.clone(), services);
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -89,10 +129,12 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_state = state.clone();
+    let drain_gateway = gateway.clone();
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
         drain_state.set_not_ready();
+        drain_gateway.shutdown();
         let _ = stop_tx.send(());
     };
     let server = tokio::spawn(hearth_server::serve(listener, app, shutdown));
