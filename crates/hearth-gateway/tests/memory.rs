@@ -3,7 +3,15 @@
 //! child process (this test binary, re-executed) so that only the gateway's
 //! memory is counted. A measurement, not a pass/fail gate on a tight
 //! number: run with
-//! `cargo test -p hearth-gateway --release --test memory -- --ignored --nocapture`.
+//! `cargo test -p hearth-gateway --release --test memory -- --ignored --nocapture`
+//! (`HEARTH_MEM_CONNECTIONS=n` sets the count, `HEARTH_MEM_SUBSCRIBE=0`
+//! measures bare connections).
+//!
+//! Measured 2026-11-25 (release, 2,000 and 5,000 connections): 5.2–5.3 KiB
+//! per connection, with or without its subscription — the cost is the
+//! connection itself (task and session future ≈1.3 KiB, tungstenite's
+//! stream, buffers and wakers, hyper's upgraded I/O, allocator overhead),
+//! not the subscription or the fan-out index.
 
 mod common;
 
@@ -73,7 +81,9 @@ async fn idle_subscribed_connections_cost_little_memory() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(stats.connections, n + 1);
-    assert_eq!(stats.subscriptions, n + 1);
+    if std::env::var("HEARTH_MEM_SUBSCRIBE").map_or(true, |v| v != "0") {
+        assert_eq!(stats.subscriptions, n + 1);
+    }
     let per = (after.saturating_sub(before)) as f64 / n as f64 / 1024.0;
     println!("RESULT idle subscribed connections: {n}; RSS before {} KiB, after {} KiB; {per:.2} KiB per connection", before / 1024, after / 1024);
 }
