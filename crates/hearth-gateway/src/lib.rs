@@ -19,8 +19,10 @@
 //! Mounting: `hearth_gateway::router(Gateway::new(config, store, access, authenticator))`
 //! gives a `Router` serving `/v1/ws` with its state applied; merge it into
 //! the app. `Gateway::new` must be called inside a Tokio runtime (it spawns
-//! the fan-out task). Call [`Gateway::shutdown`] on graceful shutdown and
-//! [`Gateway::revoke_user`] when a user is disabled or signed out everywhere.
+//! the fan-out and sweeper tasks). Call [`Gateway::shutdown`] on graceful
+//! shutdown, [`Gateway::revoke_user`] when a user is disabled, deleted or
+//! signed out everywhere, and [`Gateway::revoke_session`] when one session
+//! is revoked (its tokens carry the claim `sid`).
 
 mod backend;
 mod conn;
