@@ -94,7 +94,7 @@ pub fn document_size(path: &DocPath, fields: &Map) -> usize {
 /// Checks field names and the document size limit; returns a user-facing
 /// message on failure.
 pub fn validate_fields(path: &DocPath, fields: &Map) -> Result<(), String> {
-    fn check_names(map: &Map, depth: usize) -> Result<(), String> {
+    fn check_names(map: &Map) -> Result<(), String> {
         for (k, v) in map {
             if k.is_empty() {
                 return Err("field names must not be empty".into());
@@ -108,19 +108,19 @@ pub fn validate_fields(path: &DocPath, fields: &Map) -> Result<(), String> {
                 ));
             }
             if let Value::Map(inner) = v {
-                check_names(inner, depth + 1)?;
+                check_names(inner)?;
             }
             if let Value::Array(items) = v {
                 for item in items {
                     if let Value::Map(inner) = item {
-                        check_names(inner, depth + 1)?;
+                        check_names(inner)?;
                     }
                 }
             }
         }
         Ok(())
     }
-    check_names(fields, 0)?;
+    check_names(fields)?;
     let size = document_size(path, fields);
     if size > MAX_DOCUMENT_BYTES {
         return Err(format!(
