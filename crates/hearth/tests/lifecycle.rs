@@ -181,10 +181,12 @@ async fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
                         .bearer_auth(hearth_testkit::DEFAULT_ADMIN_KEY)
                         .json(&json!({"fields": {}, "transforms": [{"field": "n", "transform": "increment", "value": 1}]}))
                         .send().await;
-                    match inc {
-                        Ok(r) if r.status().is_success() && r.bytes().await.is_ok() => { incs += 1; in_flight_inc = false; }
-                        _ => break,
+                    let Ok(r) = inc else { break };
+                    if !r.status().is_success() || r.bytes().await.is_err() {
+                        break;
                     }
+                    incs += 1;
+                    in_flight_inc = false;
                 }
                 (items, incs, in_flight_inc)
             }));
