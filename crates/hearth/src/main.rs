@@ -44,6 +44,19 @@ enum Command {
     /// Security rules tools.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Play the protocol conformance scenarios (sdk-spec/conformance) against a live server.
+    /// Exits non-zero on any failure.
+    Conformance {
+        /// The server's base URL, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        server: String,
+        /// The admin key, for scenarios that need REST side effects.
+        #[arg(long, env = "HEARTH_ADMIN_KEY")]
+        admin_key: Option<String>,
+        /// Scenario folder [default: sdk-spec/conformance/scenarios]
+        #[arg(long)]
+        scenarios: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +187,20 @@ fn main() -> ExitCode {
             Command::Restore(args) => {
                 init_logging(cli.log_format.unwrap_or(LogFormat::Pretty));
                 data::restore(args)
+            }
+            Command::Conformance {
+                server,
+                admin_key,
+                scenarios,
+            } => {
+                let code =
+                    hearth_conformance::cli(&server, admin_key.as_deref(), scenarios.as_deref())
+                        .await;
+                if code == 0 {
+                    Ok(())
+                } else {
+                    Err("conformance scenarios failed".to_string())
+                }
             }
             Command::Rules(RulesCommand::Test { tests, rules }) => {
                 match hearth_rules::run_rule_test_files(&rules, &tests) {

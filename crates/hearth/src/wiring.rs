@@ -63,7 +63,12 @@ pub fn forward_revocations(auth: &AuthService, gateway: hearth_gateway::Gateway)
         loop {
             match revocations.recv().await {
                 Ok(r) => {
-                    let closed = gateway.revoke_user(&r.uid);
+                    // One signed-out session closes only its sockets; a disabled
+                    // or deleted user (no session id) loses all of them.
+                    let closed = match &r.session_id {
+                        Some(sid) => gateway.revoke_session(&r.uid, sid),
+                        None => gateway.revoke_user(&r.uid),
+                    };
                     tracing::info!(closed, "closed sockets of a revoked user");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
