@@ -34,7 +34,10 @@ fn doc_fields(i: u64) -> Map {
     let mut m = Map::new();
     m.insert("cat".into(), Value::Integer((i % 500) as i64));
     m.insert("score".into(), Value::Integer(i as i64));
-    m.insert("title".into(), Value::String(format!("document number {i} of the benchmark set")));
+    m.insert(
+        "title".into(),
+        Value::String(format!("document number {i} of the benchmark set")),
+    );
     m.insert("body".into(), Value::String("x".repeat(120)));
     m
 }
@@ -49,7 +52,9 @@ fn doc_path(i: u64) -> DocPath {
 
 fn build_dataset(rt: &tokio::runtime::Runtime, dir: &std::path::Path, n: u64) -> Store {
     let mut config = StoreConfig::new(dir);
-    config.durability = Durability::Relaxed { flush_interval: Duration::from_millis(500) };
+    config.durability = Durability::Relaxed {
+        flush_interval: Duration::from_millis(500),
+    };
     config.retention.max_commits = Some(1000);
     config.cache_capacity_bytes = 1 << 30;
     let store = Store::open(config).expect("open");
@@ -97,7 +102,9 @@ fn percentiles(label: &str, mut f: impl FnMut()) {
 }
 
 fn eq_query(k: i64) -> Query {
-    Query::collection(items()).filter("cat", Op::Eq, k).limit(20)
+    Query::collection(items())
+        .filter("cat", Op::Eq, k)
+        .limit(20)
 }
 
 fn range_query(n: u64) -> Query {
@@ -165,8 +172,14 @@ fn bench_store(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = build_dataset(&rt, dir.path(), n);
         // Sanity: both queries return 20 documents.
-        assert_eq!(store.query(&eq_query(7)).expect("query").documents.len(), 20);
-        assert_eq!(store.query(&range_query(n)).expect("query").documents.len(), 20);
+        assert_eq!(
+            store.query(&eq_query(7)).expect("query").documents.len(),
+            20
+        );
+        assert_eq!(
+            store.query(&range_query(n)).expect("query").documents.len(),
+            20
+        );
         let mut g = c.benchmark_group("read");
         g.sample_size(50).measurement_time(Duration::from_secs(3));
         let mut k = 0i64;

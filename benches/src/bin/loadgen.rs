@@ -72,7 +72,12 @@ fn cpu_time() -> Duration {
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // fields[0] is field 3 (state), so utime (14) is fields[11], stime (15) fields[12].
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
@@ -131,7 +136,13 @@ struct ClientResult {
     errors: u64,
 }
 
-async fn client(args_addr: String, head: Vec<u8>, id: usize, warmup_until: Instant, until: Instant) -> ClientResult {
+async fn client(
+    args_addr: String,
+    head: Vec<u8>,
+    id: usize,
+    warmup_until: Instant,
+    until: Instant,
+) -> ClientResult {
     let mut result = ClientResult {
         histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         ok: 0,
@@ -200,7 +211,15 @@ fn main() {
         let until = warmup_until + Duration::from_secs(args.seconds);
         let results: Vec<ClientResult> = runtime.block_on(async {
             let tasks: Vec<_> = (0..n)
-                .map(|id| tokio::spawn(client(args.addr.clone(), head.clone(), id, warmup_until, until)))
+                .map(|id| {
+                    tokio::spawn(client(
+                        args.addr.clone(),
+                        head.clone(),
+                        id,
+                        warmup_until,
+                        until,
+                    ))
+                })
                 .collect();
             let mut out = vec![];
             for t in tasks {
@@ -212,7 +231,8 @@ fn main() {
         });
         let wall = start.elapsed();
         let cpu = cpu_time().saturating_sub(cpu_before);
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         let (mut ok, mut errors) = (0, 0);
         for r in &results {
             let _ = hist.add(&r.histogram);

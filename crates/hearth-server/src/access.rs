@@ -284,8 +284,13 @@ mod tests {
     fn admin_key_makes_the_admin_and_anything_else_is_refused() {
         let a = access(false);
         let key = format!("Bearer {}", "k".repeat(32));
-        assert_eq!(a.principal_from_headers(&headers(&key)).unwrap(), Principal::Admin);
-        let wrong = a.principal_from_headers(&headers("Bearer nope")).unwrap_err();
+        assert_eq!(
+            a.principal_from_headers(&headers(&key)).unwrap(),
+            Principal::Admin
+        );
+        let wrong = a
+            .principal_from_headers(&headers("Bearer nope"))
+            .unwrap_err();
         assert_eq!(wrong.code(), ErrorCode::Unauthenticated);
         let basic = a.principal_from_headers(&headers("Basic abc")).unwrap_err();
         assert_eq!(basic.code(), ErrorCode::Unauthenticated);
@@ -298,7 +303,10 @@ mod tests {
     #[test]
     fn dev_mode_treats_anonymous_requests_as_admin_but_still_checks_bad_keys() {
         let a = access(true);
-        assert_eq!(a.principal_from_headers(&HeaderMap::new()).unwrap(), Principal::Admin);
+        assert_eq!(
+            a.principal_from_headers(&HeaderMap::new()).unwrap(),
+            Principal::Admin
+        );
         assert!(a.principal_from_headers(&headers("Bearer nope")).is_err());
     }
 
@@ -306,10 +314,14 @@ mod tests {
     fn without_rules_anonymous_is_unauthenticated_and_system_paths_are_admin_only() {
         let a = access(false);
         let doc = DocPath::parse("rooms/r1").unwrap();
-        let err = a.check_get(&Principal::Unauthenticated, &doc, None).unwrap_err();
+        let err = a
+            .check_get(&Principal::Unauthenticated, &doc, None)
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::Unauthenticated);
         let system = DocPath::parse("__users__/u1").unwrap();
-        let err = a.check_get(&Principal::Unauthenticated, &system, None).unwrap_err();
+        let err = a
+            .check_get(&Principal::Unauthenticated, &system, None)
+            .unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
         assert!(a.check_get(&Principal::Admin, &system, None).is_ok());
     }
@@ -329,7 +341,9 @@ mod tests {
         let doc = DocPath::parse("rooms/r1").unwrap();
         assert!(a.check_get(&user, &doc, None).is_ok());
         assert_eq!(
-            a.check_get(&Principal::Unauthenticated, &doc, None).unwrap_err().code(),
+            a.check_get(&Principal::Unauthenticated, &doc, None)
+                .unwrap_err()
+                .code(),
             ErrorCode::PermissionDenied
         );
         let mine = Write::create(doc.clone(), [("owner".to_string(), "u1".into())].into());

@@ -15,7 +15,6 @@ use axum::http::{header, HeaderValue, Response, StatusCode};
 use axum::response::IntoResponse;
 use hearth_protocol::{ErrorBody, ErrorCode, ErrorEnvelope, PathError, QueryError, WriteError};
 
-
 /// An error answered to a REST client.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}: {}", .0.code, .0.message)]
@@ -52,8 +51,9 @@ pub fn error_response(body: ErrorBody) -> Response<Body> {
     if status.is_server_error() {
         tracing::warn!(code = %body.code, message = %body.message, "request failed");
     }
-    let json = serde_json::to_vec(&ErrorEnvelope { error: body })
-        .unwrap_or_else(|_| br#"{"error":{"code":"internal","message":"error encoding failed"}}"#.to_vec());
+    let json = serde_json::to_vec(&ErrorEnvelope { error: body }).unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal","message":"error encoding failed"}}"#.to_vec()
+    });
     let mut response = Response::new(Body::from(json));
     *response.status_mut() = status;
     response.headers_mut().insert(

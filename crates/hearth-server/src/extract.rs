@@ -27,9 +27,13 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let text = value.to_str().unwrap_or("");
-    let mime = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-    {
+    let mime = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
@@ -49,7 +53,10 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
                 format!("request body larger than {MAX_BODY_BYTES} bytes"),
             )
         } else {
-            ApiError::invalid(format!("could not read the request body: {}", rejection.body_text()))
+            ApiError::invalid(format!(
+                "could not read the request body: {}",
+                rejection.body_text()
+            ))
         }
     })
 }
@@ -96,12 +103,21 @@ mod tests {
     fn content_type_json_or_absent_is_accepted() {
         let mut h = HeaderMap::new();
         assert!(check_content_type(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert!(check_content_type(&h).is_ok());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/merge-patch+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/merge-patch+json"),
+        );
         assert!(check_content_type(&h).is_ok());
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert_eq!(check_content_type(&h).unwrap_err().code(), ErrorCode::InvalidArgument);
+        assert_eq!(
+            check_content_type(&h).unwrap_err().code(),
+            ErrorCode::InvalidArgument
+        );
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl AppState {
     /// Builds the state around an open store. Starts the transaction reaper,
     /// so it must be called inside a tokio runtime.
     pub fn new(store: hearth_store::Store, access: Access, options: ServerOptions) -> AppState {
-        let transactions = Transactions::new(options.transaction_ttl, options.max_open_transactions);
+        let transactions =
+            Transactions::new(options.transaction_ttl, options.max_open_transactions);
         transactions.spawn_reaper();
         AppState(Arc::new(Inner {
             store,
@@ -169,7 +170,10 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response<Body> {
 pub async fn openapi_json() -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         openapi::openapi_json(),
     )
 }
@@ -192,7 +196,10 @@ pub fn app(state: AppState, services: Vec<Router>) -> Router {
         .route("/v1/transactions/{id}/get", post(rest::tx_get))
         .route("/v1/transactions/{id}/query", post(rest::tx_query))
         .route("/v1/transactions/{id}/commit", post(rest::tx_commit))
-        .route("/v1/transactions/{id}", axum::routing::delete(rest::tx_delete))
+        .route(
+            "/v1/transactions/{id}",
+            axum::routing::delete(rest::tx_delete),
+        )
         .route("/v1/indexes", get(rest::indexes))
         .route("/v1/changelog", get(rest::changelog))
         .route("/v1/admin/backup", post(rest::backup))
@@ -208,7 +215,10 @@ pub fn app(state: AppState, services: Vec<Router>) -> Router {
     router
         .fallback(error::not_found_fallback)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, options.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            options.request_timeout,
+        ))
         .layer(axum::middleware::from_fn(telemetry::track_requests))
         .layer(axum::middleware::from_fn(error::envelope_fallback))
         .layer(CatchPanicLayer::custom(error::panic_response))

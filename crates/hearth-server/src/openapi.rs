@@ -342,7 +342,8 @@ mod tests {
     #[test]
     fn committed_openapi_matches_the_generated_one() {
         let generated = openapi_json() + "\n";
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/openapi.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/openapi.json");
         if std::env::var_os("UPDATE_OPENAPI").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &generated).unwrap();
@@ -360,11 +361,22 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
         for path in [
-            "/v1/db/{path}", "/v1/query", "/v1/batch", "/v1/transactions",
-            "/v1/transactions/{id}/get", "/v1/transactions/{id}/query",
-            "/v1/transactions/{id}/commit", "/v1/transactions/{id}", "/v1/indexes",
-            "/v1/changelog", "/v1/admin/backup", "/v1/admin/export", "/healthz", "/readyz",
-            "/metrics", "/v1/openapi.json",
+            "/v1/db/{path}",
+            "/v1/query",
+            "/v1/batch",
+            "/v1/transactions",
+            "/v1/transactions/{id}/get",
+            "/v1/transactions/{id}/query",
+            "/v1/transactions/{id}/commit",
+            "/v1/transactions/{id}",
+            "/v1/indexes",
+            "/v1/changelog",
+            "/v1/admin/backup",
+            "/v1/admin/export",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/openapi.json",
         ] {
             assert!(doc["paths"].get(path).is_some(), "missing {path}");
         }

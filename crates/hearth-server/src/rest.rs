@@ -14,8 +14,8 @@ use axum::Json;
 use hearth_protocol::api::{
     fields_from_json, AggregateResponse, BackupRequest, BackupResponse, BatchRequest,
     BeginTransactionResponse, ChangeEntry, ChangeKind, ChangelogEntry, ChangelogResponse,
-    DeleteResponse, ListResponse, PatchRequest, QueryRequest, QueryResponse,
-    TransactionGetRequest, TransactionGetResponse,
+    DeleteResponse, ListResponse, PatchRequest, QueryRequest, QueryResponse, TransactionGetRequest,
+    TransactionGetResponse,
 };
 use hearth_protocol::write::MAX_WRITES_PER_COMMIT;
 use hearth_protocol::{
@@ -143,10 +143,9 @@ fn check_writes(state: &AppState, principal: &Principal, writes: &[Write]) -> Re
 
 fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let mut response = (status, Json(value)).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -177,7 +176,8 @@ pub async fn db_get(
             params.no_list_params()?;
             let doc = state.store().get(&path)?;
             state.access().check_get(&principal, &path, doc.as_ref())?;
-            let doc = doc.ok_or_else(|| ApiError::not_found(format!("document {path} does not exist")))?;
+            let doc =
+                doc.ok_or_else(|| ApiError::not_found(format!("document {path} does not exist")))?;
             Ok(json_response(StatusCode::OK, &doc))
         }
         AnyPath::Collection(collection) => {
@@ -309,11 +309,9 @@ pub async fn db_post(
     params.no_list_params()?;
     let collection: CollectionPath = match parse_db_path(&raw)? {
         AnyPath::Collection(c) => c,
-        AnyPath::Document(d) => {
-            return Err(ApiError::invalid(format!(
-                "POST creates a document in a collection; {d} is a document path (use PUT to write it)"
-            )))
-        }
+        AnyPath::Document(d) => return Err(ApiError::invalid(format!(
+            "POST creates a document in a collection; {d} is a document path (use PUT to write it)"
+        ))),
     };
     let body: serde_json::Value = decode_json(&read_body(request, &()).await?)?;
     let data = fields_from_json(&body).map_err(ApiError::invalid)?;
@@ -404,7 +402,9 @@ pub async fn tx_begin(
     Caller(principal): Caller,
 ) -> Result<Response<Body>, ApiError> {
     let tx = state.store().transaction();
-    let id = state.transactions().insert(crate::access::owner_key(&principal), tx)?;
+    let id = state
+        .transactions()
+        .insert(crate::access::owner_key(&principal), tx)?;
     Ok(json_response(
         StatusCode::OK,
         &BeginTransactionResponse {
@@ -427,7 +427,9 @@ pub async fn tx_get(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TransactionGetRequest>,
 ) -> Result<Response<Body>, ApiError> {
-    let open = state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
+    let open = state
+        .transactions()
+        .lookup(&id, &crate::access::owner_key(&principal))?;
     let mut guard = open.tx.lock().await;
     let tx = guard
         .as_mut()
@@ -436,7 +438,10 @@ pub async fn tx_get(
     state
         .access()
         .check_get(&principal, &body.path, document.as_ref())?;
-    Ok(json_response(StatusCode::OK, &TransactionGetResponse { document }))
+    Ok(json_response(
+        StatusCode::OK,
+        &TransactionGetResponse { document },
+    ))
 }
 
 /// `POST /v1/transactions/{id}/query`: run a query inside the transaction.
@@ -452,7 +457,9 @@ pub async fn tx_query(
     ApiJson(query): ApiJson<Query>,
 ) -> Result<Response<Body>, ApiError> {
     state.access().check_query(&principal, &query)?;
-    let open = state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
+    let open = state
+        .transactions()
+        .lookup(&id, &crate::access::owner_key(&principal))?;
     let mut guard = open.tx.lock().await;
     let tx = guard
         .as_mut()
@@ -481,7 +488,9 @@ pub async fn tx_commit(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BatchRequest>,
 ) -> Result<Response<Body>, ApiError> {
-    let open = state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
+    let open = state
+        .transactions()
+        .lookup(&id, &crate::access::owner_key(&principal))?;
     let mut guard = open.tx.lock().await;
     let tx = guard
         .take()
@@ -504,7 +513,9 @@ pub async fn tx_delete(
     Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Response<Body>, ApiError> {
-    state.transactions().lookup(&id, &crate::access::owner_key(&principal))?;
+    state
+        .transactions()
+        .lookup(&id, &crate::access::owner_key(&principal))?;
     state.transactions().remove(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -524,7 +535,9 @@ pub async fn indexes(
         .into_iter()
         .map(|s| {
             let (state, done, total, error) = match s.state {
-                hearth_store::IndexState::Building { done, total } => ("building", done, total, None),
+                hearth_store::IndexState::Building { done, total } => {
+                    ("building", done, total, None)
+                }
                 hearth_store::IndexState::Ready => ("ready", 0, 0, None),
                 hearth_store::IndexState::Failed(e) => ("failed", 0, 0, Some(e)),
             };
@@ -566,7 +579,10 @@ pub async fn changelog(
     ApiQuery(params): ApiQuery<ChangelogParams>,
 ) -> Result<Response<Body>, ApiError> {
     state.access().require_admin(&principal)?;
-    let limit = params.limit.unwrap_or(MAX_CHANGELOG_PAGE).clamp(1, MAX_CHANGELOG_PAGE);
+    let limit = params
+        .limit
+        .unwrap_or(MAX_CHANGELOG_PAGE)
+        .clamp(1, MAX_CHANGELOG_PAGE);
     let changelog = state.store().changelog();
     let head = changelog.head();
     let records = changelog
@@ -594,7 +610,10 @@ pub async fn changelog(
                 .collect(),
         })
         .collect();
-    Ok(json_response(StatusCode::OK, &ChangelogResponse { commits, head }))
+    Ok(json_response(
+        StatusCode::OK,
+        &ChangelogResponse { commits, head },
+    ))
 }
 
 /// `POST /v1/admin/backup` (admin): a consistent snapshot into a directory on

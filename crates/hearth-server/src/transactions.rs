@@ -100,7 +100,11 @@ impl Transactions {
                 "transaction {id} does not exist (it expired, was committed or was deleted)"
             ))
         };
-        let entry = self.open.get(id).map(|e| e.value().clone()).ok_or_else(missing)?;
+        let entry = self
+            .open
+            .get(id)
+            .map(|e| e.value().clone())
+            .ok_or_else(missing)?;
         if entry.expires_at <= Instant::now() {
             self.open.remove(id);
             return Err(missing());

@@ -255,7 +255,10 @@ impl TestServer {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .env("HEARTH_ADMIN_KEY", &self.options.admin_key)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("HEARTH_DATA")
             .env_remove("HEARTH_LISTEN")
             .stdin(Stdio::null())
@@ -515,6 +518,7 @@ impl Client {
     }
     /// `POST /v1/batch` with `{"writes": writes}`
     pub async fn batch(&self, writes: Value) -> Reply {
-        self.post("/v1/batch", &serde_json::json!({ "writes": writes })).await
+        self.post("/v1/batch", &serde_json::json!({ "writes": writes }))
+            .await
     }
 }

@@ -128,7 +128,8 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
                 let lines = chunk.iter().filter(|b| **b == b'\n').count() as u64;
                 count += lines;
                 bar.inc(lines);
-                out.write_all(&chunk).map_err(|e| format!("write failed: {e}"))?;
+                out.write_all(&chunk)
+                    .map_err(|e| format!("write failed: {e}"))?;
             }
             count
         }
@@ -138,7 +139,8 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
             for doc in store.export() {
                 let doc = doc.map_err(|e| format!("reading the store failed: {e}"))?;
                 serde_json::to_writer(&mut out, &doc).map_err(|e| format!("write failed: {e}"))?;
-                out.write_all(b"\n").map_err(|e| format!("write failed: {e}"))?;
+                out.write_all(b"\n")
+                    .map_err(|e| format!("write failed: {e}"))?;
                 count += 1;
                 bar.inc(1);
             }

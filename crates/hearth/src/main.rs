@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "hearth", version, about = "Hearth: a self-hostable realtime document database")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Hearth: a self-hostable realtime document database"
+)]
 struct Cli {
     /// Log format (levels from RUST_LOG, default info).
     #[arg(long, global = true, env = "HEARTH_LOG_FORMAT", value_enum)]
@@ -162,7 +166,10 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");

@@ -21,7 +21,9 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         (None, Some("json")) => LogFormat::Json,
         (None, Some("pretty") | None) => LogFormat::Pretty,
         (None, Some(other)) => {
-            return Err(format!("log_format must be \"pretty\" or \"json\", got {other:?}"))
+            return Err(format!(
+                "log_format must be \"pretty\" or \"json\", got {other:?}"
+            ))
         }
     };
     init_logging(format);
@@ -47,7 +49,10 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         AdminKeySource::Generated(path) => {
             // Printed exactly once, on the start that created it; never logged.
             eprintln!();
-            eprintln!("  A new admin key was generated and saved to {}:", path.display());
+            eprintln!(
+                "  A new admin key was generated and saved to {}:",
+                path.display()
+            );
             eprintln!();
             eprintln!("      {}", admin_key.expose());
             eprintln!();
@@ -78,11 +83,15 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         let ruleset = hearth_rules::RulesFile::load(&rules_path)
             .map_err(|e| format!("invalid rules file {}: {e}", rules_path.display()))?;
         let control = hearth_rules::AccessControl::new(ruleset);
-        _rules_watch = Some(hearth_rules::RulesFile::watch(rules_path.clone(), control.clone()));
+        _rules_watch = Some(hearth_rules::RulesFile::watch(
+            rules_path.clone(),
+            control.clone(),
+        ));
         let lookup_store = store.clone();
-        let lookup: hearth_server::access::Lookup = std::sync::Arc::new(
-            move |path: &hearth_protocol::DocPath| lookup_store.get(path).ok().flatten(),
-        );
+        let lookup: hearth_server::access::Lookup =
+            std::sync::Arc::new(move |path: &hearth_protocol::DocPath| {
+                lookup_store.get(path).ok().flatten()
+            });
         access = access.with_rules(control, lookup);
         tracing::info!(rules = %rules_path.display(), "security rules loaded (hot reload on change)");
     } else {

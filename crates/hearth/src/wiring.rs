@@ -49,7 +49,9 @@ impl Authenticator for SocketAuth {
                     .map_err(|e| ErrorBody::new(ErrorCode::Unauthenticated, e.to_string()))?;
                 Ok(Authenticated {
                     principal: verified.principal(),
-                    expires_at: Some(Timestamp::from_millis(verified.expires_at.saturating_mul(1000))),
+                    expires_at: Some(Timestamp::from_millis(
+                        verified.expires_at.saturating_mul(1000),
+                    )),
                 })
             }
         }

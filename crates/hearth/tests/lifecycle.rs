@@ -44,7 +44,9 @@ async fn assert_changelog_gap_free(c: &Client) -> u64 {
     let mut after = 0u64;
     let mut head = 0;
     loop {
-        let page = c.get(&format!("/v1/changelog?after={after}&limit=1000")).await;
+        let page = c
+            .get(&format!("/v1/changelog?after={after}&limit=1000"))
+            .await;
         assert_eq!(page.status, 200, "{}", page.text);
         head = page.body["head"].as_u64().unwrap().max(head);
         let commits = page.body["commits"].as_array().unwrap();
@@ -78,7 +80,10 @@ fn run_cli(args: &[&str], key: &str) -> std::process::Output {
 async fn seed(c: &Client, n: usize) -> BTreeMap<String, Value> {
     for i in 0..n {
         let r = c
-            .put(&format!("/v1/db/things/t{i:03}"), &json!({"i": i, "d": 1.5, "b": {"$bytes": "AAE="}, "nested": {"k": [1, "x"]}}))
+            .put(
+                &format!("/v1/db/things/t{i:03}"),
+                &json!({"i": i, "d": 1.5, "b": {"$bytes": "AAE="}, "nested": {"k": [1, "x"]}}),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
@@ -101,8 +106,13 @@ async fn sigterm_shuts_down_gracefully_with_exit_0_and_data_flushed() {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let path = format!("/v1/db/graceful/w{w}-{i}");
-                let r = c.http().put(c.url(&path)).bearer_auth(hearth_testkit::DEFAULT_ADMIN_KEY)
-                    .json(&json!({"i": i})).send().await;
+                let r = c
+                    .http()
+                    .put(c.url(&path))
+                    .bearer_auth(hearth_testkit::DEFAULT_ADMIN_KEY)
+                    .json(&json!({"i": i}))
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status().is_success() => acked.push(format!("graceful/w{w}-{i}")),
                     _ => break,
@@ -117,7 +127,11 @@ async fn sigterm_shuts_down_gracefully_with_exit_0_and_data_flushed() {
     for t in tasks {
         let _ = t.await;
     }
-    assert!(status.success(), "exit status {status}; log:\n{}", server.log());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
     assert!(server.log().contains("store flushed"), "{}", server.log());
     server.restart().await.unwrap();
     let present = list_all(&server.client(), "graceful").await;
@@ -152,7 +166,9 @@ async fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
     let mut server = TestServer::start(options()).await.unwrap();
     let c = server.client();
     for w in 0..WRITERS {
-        let r = c.put(&format!("/v1/db/counters/w{w}"), &json!({"n": 0})).await;
+        let r = c
+            .put(&format!("/v1/db/counters/w{w}"), &json!({"n": 0}))
+            .await;
         assert_eq!(r.status, 200);
     }
     // Per writer: acknowledged creates and acknowledged increments so far.
@@ -207,22 +223,39 @@ async fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
         let scanned = list_all(&c, "items").await;
         for w in 0..WRITERS {
             for path in &acked_items[w] {
-                assert!(scanned.contains_key(path), "round {round}: acknowledged create {path} lost");
+                assert!(
+                    scanned.contains_key(path),
+                    "round {round}: acknowledged create {path} lost"
+                );
             }
             let counter = c.get(&format!("/v1/db/counters/w{w}")).await;
             let n = counter.body["fields"]["n"].as_i64().unwrap();
             // An increment in flight at the kill may or may not have committed.
             let max = acked_incs[w] + i64::from(in_flight[w]);
-            assert!(n >= acked_incs[w] && n <= max, "round {round}: counter w{w} = {n}, acknowledged {}", acked_incs[w]);
+            assert!(
+                n >= acked_incs[w] && n <= max,
+                "round {round}: counter w{w} = {n}, acknowledged {}",
+                acked_incs[w]
+            );
             acked_incs[w] = n;
             // The index agrees with the data: an indexed equality query equals the scan.
             let q = c.query(&json!({"collection": "items", "where": {"field": "writer", "op": "==", "value": w}})).await;
             assert_eq!(q.status, 200, "{}", q.text);
-            let by_index: BTreeSet<String> = q.body["documents"].as_array().unwrap().iter()
-                .map(|d| d["path"].as_str().unwrap().to_string()).collect();
-            let by_scan: BTreeSet<String> = scanned.iter()
-                .filter(|(_, f)| f["writer"] == json!(w)).map(|(p, _)| p.clone()).collect();
-            assert_eq!(by_index, by_scan, "round {round}: index and data disagree for writer {w}");
+            let by_index: BTreeSet<String> = q.body["documents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["path"].as_str().unwrap().to_string())
+                .collect();
+            let by_scan: BTreeSet<String> = scanned
+                .iter()
+                .filter(|(_, f)| f["writer"] == json!(w))
+                .map(|(p, _)| p.clone())
+                .collect();
+            assert_eq!(
+                by_index, by_scan,
+                "round {round}: index and data disagree for writer {w}"
+            );
         }
         let total: usize = acked_items.iter().map(|s| s.len()).sum();
         eprintln!("round {round}: head {head}, {total} acknowledged creates, all present");
@@ -237,7 +270,16 @@ async fn export_then_import_round_trips_every_document() {
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("export.jsonl");
     // Exported while the server runs: goes through its admin API.
-    run_cli(&["export", "--data", server.data_dir().to_str().unwrap(), "--out", file.to_str().unwrap()], server.admin_key());
+    run_cli(
+        &[
+            "export",
+            "--data",
+            server.data_dir().to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        server.admin_key(),
+    );
     let lines = std::fs::read_to_string(&file).unwrap();
     // The export also carries system documents (the auth signing keys), so that
     // a restore from it is complete; count the user documents.
@@ -250,8 +292,21 @@ async fn export_then_import_round_trips_every_document() {
         .count();
     assert_eq!(user_docs, 30);
     let target = scratch.path().join("imported");
-    run_cli(&["import", "--data", target.to_str().unwrap(), file.to_str().unwrap()], server.admin_key());
-    let copy = TestServer::start(TestServerOptions { data_dir: Some(target.clone()), ..options() }).await.unwrap();
+    run_cli(
+        &[
+            "import",
+            "--data",
+            target.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+        server.admin_key(),
+    );
+    let copy = TestServer::start(TestServerOptions {
+        data_dir: Some(target.clone()),
+        ..options()
+    })
+    .await
+    .unwrap();
     assert_eq!(list_all(&copy.client(), "things").await, before);
 }
 
@@ -261,21 +316,61 @@ async fn backup_while_serving_then_restore_round_trips() {
     let before = seed(&server.client(), 25).await;
     let scratch = tempfile::tempdir().unwrap();
     let backup = scratch.path().join("backup");
-    run_cli(&["backup", "--data", server.data_dir().to_str().unwrap(), "--out", backup.to_str().unwrap()], server.admin_key());
+    run_cli(
+        &[
+            "backup",
+            "--data",
+            server.data_dir().to_str().unwrap(),
+            "--out",
+            backup.to_str().unwrap(),
+        ],
+        server.admin_key(),
+    );
     // The server kept serving.
-    assert_eq!(server.client().put("/v1/db/things/after", &json!({})).await.status, 200);
+    assert_eq!(
+        server
+            .client()
+            .put("/v1/db/things/after", &json!({}))
+            .await
+            .status,
+        200
+    );
 
     let restored = scratch.path().join("restored");
     std::fs::create_dir_all(&restored).unwrap();
     std::fs::write(restored.join("keep"), "x").unwrap();
     let refused = Command::new(BIN)
-        .args(["restore", "--from", backup.to_str().unwrap(), "--data", restored.to_str().unwrap()])
+        .args([
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data",
+            restored.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(!refused.status.success(), "restore into a non-empty dir without --force is refused");
-    run_cli(&["restore", "--from", backup.to_str().unwrap(), "--data", restored.to_str().unwrap(), "--force"], server.admin_key());
+    assert!(
+        !refused.status.success(),
+        "restore into a non-empty dir without --force is refused"
+    );
+    run_cli(
+        &[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data",
+            restored.to_str().unwrap(),
+            "--force",
+        ],
+        server.admin_key(),
+    );
     assert!(!Path::new(&restored.join("keep")).exists());
-    let copy = TestServer::start(TestServerOptions { data_dir: Some(restored), ..options() }).await.unwrap();
+    let copy = TestServer::start(TestServerOptions {
+        data_dir: Some(restored),
+        ..options()
+    })
+    .await
+    .unwrap();
     assert_eq!(list_all(&copy.client(), "things").await, before);
     assert_changelog_gap_free(&copy.client()).await;
 }
