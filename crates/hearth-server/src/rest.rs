@@ -309,9 +309,11 @@ pub async fn db_post(
     params.no_list_params()?;
     let collection: CollectionPath = match parse_db_path(&raw)? {
         AnyPath::Collection(c) => c,
-        AnyPath::Document(d) => return Err(ApiError::invalid(format!(
+        AnyPath::Document(d) => {
+            return Err(ApiError::invalid(format!(
             "POST creates a document in a collection; {d} is a document path (use PUT to write it)"
-        ))),
+        )))
+        }
     };
     let body: serde_json::Value = decode_json(&read_body(request, &()).await?)?;
     let data = fields_from_json(&body).map_err(ApiError::invalid)?;

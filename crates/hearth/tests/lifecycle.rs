@@ -2,6 +2,8 @@
 //! export → import and backup → restore round trips, all against real
 //! `hearth` processes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -153,9 +155,6 @@ mod parking_lot_free {
         pub fn take(&self) -> Vec<String> {
             std::mem::take(&mut *self.0.lock().unwrap())
         }
-        pub fn len(&self) -> usize {
-            self.0.lock().unwrap().len()
-        }
     }
 }
 
@@ -173,7 +172,7 @@ async fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
     }
     // Per writer: acknowledged creates and acknowledged increments so far.
     let mut acked_items: Vec<BTreeSet<String>> = vec![BTreeSet::new(); WRITERS];
-    let mut acked_incs = vec![0i64; WRITERS];
+    let mut acked_incs = [0i64; WRITERS];
     for round in 0..ROUNDS {
         let c = server.client();
         let mut tasks = vec![];
@@ -209,7 +208,7 @@ async fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
         server.kill_9();
-        let mut in_flight = vec![false; WRITERS];
+        let mut in_flight = [false; WRITERS];
         for (w, t) in tasks.into_iter().enumerate() {
             let (items, incs, pending) = t.await.unwrap();
             acked_items[w].extend(items);

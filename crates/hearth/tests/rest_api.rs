@@ -1,5 +1,7 @@
 //! End-to-end tests of the REST API against a real `hearth serve` process.
 
+#![allow(clippy::unwrap_used)]
+
 use hearth_testkit::{TestServer, TestServerOptions};
 use serde_json::{json, Value};
 
@@ -28,9 +30,8 @@ async fn document_crud_round_trip_with_preconditions_and_transforms() {
     let get = c.get("/v1/db/rooms/r1").await;
     assert_eq!(get.status, 200);
     assert_eq!(get.body["fields"]["name"], "Lobby");
-    assert_eq!(
+    assert!(
         get.text.contains("1.0"),
-        true,
         "doubles keep their form: {}",
         get.text
     );
