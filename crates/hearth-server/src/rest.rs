@@ -416,6 +416,22 @@ pub async fn tx_begin(
     ))
 }
 
+/// The open transaction `id`, if the caller is the one who began it.
+fn caller_transaction(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<std::sync::Arc<crate::transactions::OpenTransaction>, ApiError> {
+    state
+        .transactions()
+        .lookup(id, &crate::access::owner_key(principal))
+}
+
+/// A transaction that another request already committed or rolled back.
+fn transaction_finished(id: &str) -> ApiError {
+    ApiError::not_found(format!("transaction {id} is finished"))
+}
+
 /// `POST /v1/transactions/{id}/get`: read a document inside the transaction.
 #[utoipa::path(post, path = "/v1/transactions/{id}/get", tag = "transactions",
     params(("id" = String, Path, description = "The transaction id.")),
@@ -429,13 +445,9 @@ pub async fn tx_get(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TransactionGetRequest>,
 ) -> Result<Response<Body>, ApiError> {
-    let open = state
-        .transactions()
-        .lookup(&id, &crate::access::owner_key(&principal))?;
+    let open = caller_transaction(&state, &principal, &id)?;
     let mut guard = open.tx.lock().await;
-    let tx = guard
-        .as_mut()
-        .ok_or_else(|| ApiError::not_found(format!("transaction {id} is finished")))?;
+    let tx = guard.as_mut().ok_or_else(|| transaction_finished(&id))?;
     let document = tx.get(&body.path)?;
     state
         .access()
@@ -459,13 +471,9 @@ pub async fn tx_query(
     ApiJson(query): ApiJson<Query>,
 ) -> Result<Response<Body>, ApiError> {
     state.access().check_query(&principal, &query)?;
-    let open = state
-        .transactions()
-        .lookup(&id, &crate::access::owner_key(&principal))?;
+    let open = caller_transaction(&state, &principal, &id)?;
     let mut guard = open.tx.lock().await;
-    let tx = guard
-        .as_mut()
-        .ok_or_else(|| ApiError::not_found(format!("transaction {id} is finished")))?;
+    let tx = guard.as_mut().ok_or_else(|| transaction_finished(&id))?;
     let result = tx.query(&query)?;
     let documents = state.access().filter_readable(&principal, result.documents);
     Ok(json_response(
@@ -490,13 +498,9 @@ pub async fn tx_commit(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BatchRequest>,
 ) -> Result<Response<Body>, ApiError> {
-    let open = state
-        .transactions()
-        .lookup(&id, &crate::access::owner_key(&principal))?;
+    let open = caller_transaction(&state, &principal, &id)?;
     let mut guard = open.tx.lock().await;
-    let tx = guard
-        .take()
-        .ok_or_else(|| ApiError::not_found(format!("transaction {id} is finished")))?;
+    let tx = guard.take().ok_or_else(|| transaction_finished(&id))?;
     state.transactions().remove(&id);
     check_writes(&state, &principal, &body.writes)?;
     let count = body.writes.len();
@@ -515,9 +519,7 @@ pub async fn tx_delete(
     Caller(principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Response<Body>, ApiError> {
-    state
-        .transactions()
-        .lookup(&id, &crate::access::owner_key(&principal))?;
+    caller_transaction(&state, &principal, &id)?;
     state.transactions().remove(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
