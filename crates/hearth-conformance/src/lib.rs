@@ -326,29 +326,17 @@ fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 /// The `hearth conformance` command: runs the scenarios, prints the report,
 /// returns the process exit code (0 only if nothing failed). `scenarios`
 /// defaults to `sdk-spec/conformance/scenarios` under the current directory.
-pub async fn cli(server: &str, admin_key: Option<&str>, scenarios: Option<&Path>) -> i32 {
+/// The `hearth conformance` command: plays the scenarios, prints the report
+/// and returns the process exit code (0 when nothing failed).
+pub async fn cli(server: &str, scenarios: Option<&Path>, options: RunOptions) -> i32 {
     let default_dir = PathBuf::from("sdk-spec/conformance/scenarios");
     let dir = scenarios.unwrap_or(&default_dir);
-    let report = run(server, admin_key, dir).await;
+    let report = run_with(server, dir, options).await;
     print!("{}", report.render());
     if report.success() {
         0
     } else {
         1
-    }
-}
-
-/// [`cli`] for callers without a Tokio runtime.
-pub fn cli_blocking(server: &str, admin_key: Option<&str>, scenarios: Option<&Path>) -> i32 {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(cli(server, admin_key, scenarios)),
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            2
-        }
     }
 }
 

@@ -37,6 +37,8 @@ fn assert_clean(report: &hearth_conformance::Report, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_passes_against_a_default_server() {
+    // Building the binary (when stale) is not part of the time limit.
+    hearth_testkit::hearth_binary().unwrap();
     let result = tokio::time::timeout(Duration::from_secs(240), async {
         let server = TestServer::start(TestServerOptions::default())
             .await
@@ -64,6 +66,8 @@ async fn every_scenario_passes_against_a_default_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_past_retention_passes_against_a_tiny_retention_server() {
+    // Building the binary (when stale) is not part of the time limit.
+    hearth_testkit::hearth_binary().unwrap();
     let result = tokio::time::timeout(Duration::from_secs(120), async {
         let server = TestServer::start(
             TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),

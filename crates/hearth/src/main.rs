@@ -60,6 +60,13 @@ enum Command {
         /// Scenario folder [default: sdk-spec/conformance/scenarios]
         #[arg(long)]
         scenarios: Option<PathBuf>,
+        /// A capability this server offers beyond the defaults (repeatable), e.g.
+        /// `tiny-retention` for a server started with `[store.retention] max_commits = 10`.
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// Run only the scenarios whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
     },
 }
 
@@ -199,10 +206,16 @@ fn main() -> ExitCode {
                 server,
                 admin_key,
                 scenarios,
+                capabilities,
+                filter,
             } => {
-                let code =
-                    hearth_conformance::cli(&server, admin_key.as_deref(), scenarios.as_deref())
-                        .await;
+                let options = hearth_conformance::RunOptions {
+                    admin_key,
+                    capabilities,
+                    filter,
+                    ..Default::default()
+                };
+                let code = hearth_conformance::cli(&server, scenarios.as_deref(), options).await;
                 if code == 0 {
                     Ok(())
                 } else {
