@@ -8,6 +8,10 @@
 //! ## Layers
 //! * [`engine`]: the [`Engine`] trait (ordered byte KV, atomic batches, durable
 //!   flush) and its sled implementation. Nothing above it knows about sled.
+//! * [`WalEngine`]: a write-ahead log in front of the engine (in
+//!   `<data>/wal/`): a durable commit costs one `fdatasync` of an appended
+//!   record; the engine itself is flushed by background checkpoints and the
+//!   log is replayed at open.
 //! * [`keys`] / [`codec`]: the key layout and the order-preserving encodings
 //!   (see those modules for the exact bytes).
 //! * `committer`: the single thread that assigns sequence numbers and writes
@@ -48,6 +52,7 @@ pub mod keys;
 mod planner;
 mod store;
 pub mod system;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -67,6 +72,7 @@ pub use error::{ChangelogError, StoreError};
 pub use index::{IndexState, IndexStatus};
 pub use planner::MAX_BRANCHES;
 pub use store::{ConsistencyReport, Store, Transaction, MAX_PAGE_SIZE};
+pub use wal::{WalEngine, WalRecovery};
 
 /// One committed commit: what the changelog stores and subscribers receive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ use crate::engine::{Engine, SledEngine, WriteBatch};
 use crate::index::{IndexDef, IndexSet, IndexState, IndexStatus};
 use crate::keys;
 use crate::planner;
+use crate::wal::WalEngine;
 use crate::{
     AggregateResult, BackupInfo, Changelog, Page, QueryResult, Shared, StoreConfig, StoreError,
 };
@@ -82,11 +83,20 @@ impl Store {
                 config.data_dir.display()
             ))
         })?;
-        let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(
+        let sled: Arc<dyn Engine> = Arc::new(SledEngine::open(
             &config.data_dir,
             config.cache_capacity_bytes,
         )?);
-        Store::open_with_engine(config, engine)
+        let (wal, recovery) = WalEngine::open(&config.data_dir.join("wal"), sled)?;
+        if recovery.batches > 0 {
+            tracing::info!(
+                segments = recovery.segments,
+                batches = recovery.batches,
+                truncated_bytes = recovery.truncated_bytes,
+                "replayed the write-ahead log"
+            );
+        }
+        Store::open_with_engine(config, Arc::new(wal))
     }
 
     /// Opens the store over any [`Engine`] (`config.data_dir` is then unused
