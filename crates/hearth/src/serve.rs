@@ -38,6 +38,12 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
     let dev = args.dev || file.dev.unwrap_or(false);
     let options = file.http.server_options();
+    // Everything the file configures is checked before anything is opened.
+    let gateway_config = file.gateway.gateway_config()?;
+    let auth_config = file
+        .auth
+        .auth_config(std::env::var("HEARTH_SMTP_PASSWORD").ok())?;
+    let cors = crate::wiring::cors_layer(&file.http.cors)?;
     let grace = Duration::from_secs(file.http.shutdown_grace_secs);
 
     std::fs::create_dir_all(&data_dir)
@@ -100,12 +106,16 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
     let control = access
         .rules_control()
         .unwrap_or_else(hearth_rules::AccessControl::deny_all);
-    let auth = hearth_auth::AuthService::start(hearth_auth::AuthConfig::default(), store.clone())
+    match &auth_config.smtp {
+        Some(smtp) => tracing::info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, "auth mails go out over SMTP"),
+        None => tracing::info!("no [auth.smtp]: auth mails go to the development outbox (GET /v1/admin/outbox) and the log"),
+    }
+    let auth = hearth_auth::AuthService::start(auth_config, store.clone())
         .await
         .map_err(|e| format!("cannot start the auth service: {e}"))?;
     let access = access.with_token_verifier(std::sync::Arc::new(RestTokens(auth.clone())));
     let gateway = hearth_gateway::Gateway::new(
-        hearth_gateway::GatewayConfig::default(),
+        gateway_config,
         store.clone(),
         control,
         std::sync::Arc::new(SocketAuth {
@@ -120,7 +130,10 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         hearth_gateway::router(gateway.clone()),
     ];
     let state = AppState::new(store.clone(), access, options);
-    let app = hearth_server::app(state.clone(), services);
+    let mut app = hearth_server::app(state.clone(), services);
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -1,5 +1,6 @@
 //! Adapters that plug the services into each other: the auth service's token
-//! check into the REST layer and the gateway, revocations into the gateway.
+//! check into the REST layer and the gateway, revocations into the gateway;
+//! and the HTTP layers the binary adds around the app (CORS).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use hearth_gateway::{Authenticated, Authenticator};
 use hearth_protocol::{ErrorBody, ErrorCode, Timestamp};
 use hearth_rules::Principal;
 use hearth_server::{AdminKey, ApiError, TokenVerifier};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// REST: bearer tokens that are not the admin key are access JWTs.
 pub struct RestTokens(pub AuthService);
@@ -85,4 +87,44 @@ pub fn forward_revocations(auth: &AuthService, gateway: hearth_gateway::Gateway)
 /// The admin-key check the auth router uses for `/v1/admin/users/*`.
 pub fn admin_key_checker(key: AdminKey) -> hearth_auth::AdminKeyChecker {
     Arc::new(move |presented: &str| key.matches(presented))
+}
+
+/// The CORS layer for `[http.cors]`, or `None` when no origin is allowed
+/// (then no CORS header is ever sent). It answers preflight `OPTIONS`
+/// requests itself and applies to every route: REST, auth and the
+/// WebSocket upgrade (browsers do not apply CORS to WebSockets; the header
+/// is harmless there).
+pub fn cors_layer(config: &crate::config::CorsConfig) -> Result<Option<CorsLayer>, String> {
+    use axum::http::{header, HeaderValue, Method};
+    let origin = match config.origins()? {
+        _ if config.allowed_origins.is_empty() => return Ok(None),
+        None => AllowOrigin::any(),
+        Some(list) => {
+            let values = list
+                .iter()
+                .map(|o| {
+                    HeaderValue::from_str(o)
+                        .map_err(|e| format!("[http.cors] allowed_origins: {o:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            AllowOrigin::list(values)
+        }
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            // Bearer tokens travel in Authorization; no cookies, so no
+            // allow-credentials (which would forbid "*").
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(config.max_age),
+    ))
 }
