@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod jwt;
+pub mod ws;
+
 /// The admin key test servers use unless told otherwise.
 pub const DEFAULT_ADMIN_KEY: &str = "testkit-admin-key-0123456789abcdef";
 
@@ -390,6 +393,45 @@ impl TestServer {
             }
         }
         Err(last.unwrap_or_else(|| TestkitError::Binary("no attempt made".into())))
+    }
+}
+
+/// A user signed up through `POST /v1/auth/signup` (see [`TestServer::sign_up`]).
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub uid: String,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestServer {
+    /// Signs a new user up with email and password and returns their tokens.
+    /// Panics unless the server answers 200 with a token response.
+    pub async fn sign_up(&self, email: &str, password: &str) -> TestUser {
+        let reply = self
+            .anonymous_client()
+            .post(
+                "/v1/auth/signup",
+                &serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "sign-up of {email}: {}", reply.text);
+        let field = |name: &str| match reply.body[name].as_str() {
+            Some(v) => v.to_string(),
+            None => panic!("sign-up answer has no {name}: {}", reply.text),
+        };
+        TestUser {
+            uid: field("uid"),
+            email: email.to_string(),
+            access_token: field("access_token"),
+            refresh_token: field("refresh_token"),
+        }
+    }
+
+    /// A REST client that sends `user`'s access token.
+    pub fn user_client(&self, user: &TestUser) -> Client {
+        Client::new(self.base_url(), Some(user.access_token.clone()))
     }
 }
 
