@@ -1,7 +1,9 @@
 //! Runs every conformance scenario against a real `hearth serve` process
 //! (started by hearth-testkit), as CI does. Scenarios that need a specially
 //! configured server get one: `tiny-retention` runs against a second server
-//! whose changelog keeps only 10 commits.
+//! whose changelog keeps only 10 commits, `fast-heartbeat` against one whose
+//! `[gateway]` pings every 300 ms and closes idle connections after 1.5 s
+//! (the configs are the ones `sdk-spec/conformance/README.md` lists).
 
 #![allow(clippy::unwrap_used)]
 
@@ -86,6 +88,35 @@ async fn resume_past_retention_passes_against_a_tiny_retention_server() {
         )
         .await;
         assert_clean(&report, "tiny-retention server");
+        assert_eq!(report.passed(), 1, "{}", report.summary_line());
+    })
+    .await;
+    assert!(result.is_ok(), "must finish within 120 s");
+}
+
+/// The `[gateway]` config that offers the `fast-heartbeat` capability.
+const FAST_HEARTBEAT_CONFIG: &str = "[gateway]\nheartbeat = \"300ms\"\nidle_timeout = \"1500ms\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_and_idle_timeout_pass_against_a_fast_heartbeat_server() {
+    // Building the binary (when stale) is not part of the time limit.
+    hearth_testkit::hearth_binary().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        let server = TestServer::start(TestServerOptions::default().config(FAST_HEARTBEAT_CONFIG))
+            .await
+            .unwrap();
+        let report = run_with(
+            &server.base_url(),
+            &scenarios_dir(),
+            RunOptions {
+                admin_key: Some(server.admin_key().to_string()),
+                schema_dir: Some(schema_dir()),
+                capabilities: vec!["fast-heartbeat".into()],
+                filter: Some("heartbeat".into()),
+            },
+        )
+        .await;
+        assert_clean(&report, "fast-heartbeat server");
         assert_eq!(report.passed(), 1, "{}", report.summary_line());
     })
     .await;
