@@ -230,6 +230,8 @@ impl Caller {
     }
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "The public keys that verify access tokens (cacheable for 5 minutes).", body = crate::openapi::JwksSchema)))]
 async fn jwks(State(s): State<AppState>) -> Response {
     let mut response = Json(s.auth.jwks()).into_response();
     response.headers_mut().insert(
@@ -239,13 +241,19 @@ async fn jwks(State(s): State<AppState>) -> Response {
     response
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Credentials {
     email: String,
     password: RedactedString,
 }
 
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth",
+    request_body = Credentials,
+    responses((status = 200, description = "Signed up and signed in.", body = crate::service::TokenResponse),
+              (status = 400, description = "Invalid email, or the password breaks the policy.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 409, description = "An account with this email exists.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 429, description = "Rate limited; see Retry-After.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn signup(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let c: Credentials = body(&raw)?;
     let tokens = s
@@ -255,6 +263,11 @@ async fn signup(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiRes
     Ok((StatusCode::OK, Json(tokens)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth",
+    request_body = Credentials,
+    responses((status = 200, description = "Signed in.", body = crate::service::TokenResponse),
+              (status = 401, description = "The email or password is incorrect (the same answer for an unknown email), or the account is disabled.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 429, description = "Rate limited; see Retry-After.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn login(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let c: Credentials = body(&raw)?;
     let tokens = s
@@ -264,17 +277,25 @@ async fn login(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResu
     Ok(Json(tokens).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/anonymous", tag = "auth",
+    responses((status = 200, description = "A new anonymous user, signed in.", body = crate::service::TokenResponse),
+              (status = 429, description = "Rate limited; see Retry-After.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn anonymous(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let tokens = s.auth.sign_in_anonymously(&caller.client(&s)).await?;
     Ok(Json(tokens).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: RedactedString,
 }
 
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth",
+    request_body = RefreshBody,
+    responses((status = 200, description = "New tokens; the presented refresh token is used up (reusing it revokes the session).", body = crate::service::TokenResponse),
+              (status = 401, description = "The refresh token is invalid, expired, used or revoked; sign in again.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 429, description = "Rate limited; see Retry-After.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn refresh(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let b: RefreshBody = body(&raw)?;
     let tokens = s
@@ -284,7 +305,7 @@ async fn refresh(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiRe
     Ok(Json(tokens).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LogoutBody {
     #[serde(default)]
@@ -292,6 +313,11 @@ struct LogoutBody {
     refresh_token: Option<RedactedString>,
 }
 
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    request_body(content = Option<LogoutBody>, description = "Optional. `everywhere: true` ends all of the user's sessions; without an access token, `refresh_token` names the session to end."),
+    responses((status = 204, description = "Signed out; the session's tokens stop working and its sockets close (4003)."),
+              (status = 401, description = "No valid access token (and no refresh token).", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = []), ()))]
 async fn logout(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let b: LogoutBody = body(&raw)?;
     match (caller.user(&s), &b.refresh_token) {
@@ -304,6 +330,13 @@ async fn logout(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiRes
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/link", tag = "auth",
+    request_body = Credentials,
+    responses((status = 200, description = "The anonymous user now signs in with email and password; same uid.", body = crate::service::TokenResponse),
+              (status = 401, description = "No valid access token.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 409, description = "An account with this email exists.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 412, description = "The signed-in account is not anonymous.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn link(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResult<Response> {
     let user = caller.user(&s)?;
     let c: Credentials = body(&raw)?;
@@ -314,34 +347,51 @@ async fn link(State(s): State<AppState>, caller: Caller, raw: Bytes) -> ApiResul
     Ok(Json(tokens).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/auth/me", tag = "auth",
+    responses((status = 200, description = "The signed-in user.", body = crate::records::UserView),
+              (status = 401, description = "No valid access token.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn me(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let user = caller.user(&s)?;
     Ok(Json(s.auth.me(&user)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     token: RedactedString,
 }
 
+#[utoipa::path(post, path = "/v1/auth/verify-email/send", tag = "auth",
+    responses((status = 202, description = "A verification mail is on its way (SMTP or the development outbox)."),
+              (status = 401, description = "No valid access token.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 429, description = "Rate limited; see Retry-After.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn verify_email_send(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let user = caller.user(&s)?;
     s.auth.send_email_verification(&user).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/verify-email/confirm", tag = "auth",
+    request_body = TokenBody,
+    responses((status = 200, description = "The email is verified (new access tokens carry email_verified: true).", body = crate::records::UserView),
+              (status = 412, description = "The link is invalid, already used or expired.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn verify_email_confirm(State(s): State<AppState>, raw: Bytes) -> ApiResult<Response> {
     let b: TokenBody = body(&raw)?;
     Ok(Json(s.auth.confirm_email_verification(&b.token.0).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EmailBody {
     email: String,
 }
 
+#[utoipa::path(post, path = "/v1/auth/password-reset/send", tag = "auth",
+    request_body = EmailBody,
+    responses((status = 202, description = "Accepted, whether or not the email belongs to an account (no enumeration)."),
+              (status = 429, description = "Rate limited; see Retry-After.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn password_reset_send(
     State(s): State<AppState>,
     caller: Caller,
@@ -354,13 +404,18 @@ async fn password_reset_send(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetConfirmBody {
     token: RedactedString,
     password: RedactedString,
 }
 
+#[utoipa::path(post, path = "/v1/auth/password-reset/confirm", tag = "auth",
+    request_body = ResetConfirmBody,
+    responses((status = 204, description = "The password is changed and every session of the user is revoked."),
+              (status = 400, description = "The new password breaks the policy.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 412, description = "The link is invalid, already used or expired.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn password_reset_confirm(State(s): State<AppState>, raw: Bytes) -> ApiResult<Response> {
     let b: ResetConfirmBody = body(&raw)?;
     s.auth
@@ -369,12 +424,18 @@ async fn password_reset_confirm(State(s): State<AppState>, raw: Bytes) -> ApiRes
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EmailChangeBody {
     new_email: String,
 }
 
+#[utoipa::path(post, path = "/v1/auth/email-change/send", tag = "auth",
+    request_body = EmailChangeBody,
+    responses((status = 202, description = "A confirmation mail is on its way to the new address."),
+              (status = 401, description = "No valid access token.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 409, description = "An account with this email exists.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn email_change_send(
     State(s): State<AppState>,
     caller: Caller,
@@ -386,6 +447,10 @@ async fn email_change_send(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/email-change/confirm", tag = "auth",
+    request_body = TokenBody,
+    responses((status = 200, description = "The email is changed (and verified).", body = crate::records::UserView),
+              (status = 412, description = "The link is invalid, already used or expired.", body = crate::openapi::ErrorEnvelopeSchema)))]
 async fn email_change_confirm(State(s): State<AppState>, raw: Bytes) -> ApiResult<Response> {
     let b: TokenBody = body(&raw)?;
     Ok(Json(s.auth.confirm_email_change(&b.token.0).await?).into_response())
@@ -398,6 +463,14 @@ struct ListParams {
     q: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/users", tag = "users",
+    params(("page_size" = Option<usize>, Query, description = "Users per page, 1..=1000 (default 100)."),
+           ("page_token" = Option<String>, Query, description = "The previous page's next_page_token."),
+           ("q" = Option<String>, Query, description = "Search: users whose email starts with this (case-insensitive), ordered by email; without it, all users by uid.")),
+    responses((status = 200, description = "A page of users.", body = crate::service::UserPage),
+              (status = 401, description = "No credentials.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 403, description = "Not the admin key nor a user with the admin claim.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn admin_list_users(
     State(s): State<AppState>,
     caller: Caller,
@@ -413,6 +486,12 @@ async fn admin_list_users(
     Ok(Json(page).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/admin/users", tag = "users",
+    request_body = crate::service::NewUser,
+    responses((status = 201, description = "Created.", body = crate::records::UserView),
+              (status = 400, description = "Invalid email or password.", body = crate::openapi::ErrorEnvelopeSchema),
+              (status = 409, description = "An account with this email exists.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn admin_create_user(
     State(s): State<AppState>,
     caller: Caller,
@@ -423,6 +502,11 @@ async fn admin_create_user(
     Ok((StatusCode::CREATED, Json(s.auth.create_user(new).await?)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/admin/users/{uid}", tag = "users",
+    params(("uid" = String, Path, description = "The user id.")),
+    responses((status = 200, description = "The user.", body = crate::records::UserView),
+              (status = 404, description = "No such user.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn admin_get_user(
     State(s): State<AppState>,
     caller: Caller,
@@ -432,6 +516,12 @@ async fn admin_get_user(
     Ok(Json(s.auth.get_user(&uid)?).into_response())
 }
 
+#[utoipa::path(patch, path = "/v1/admin/users/{uid}", tag = "users",
+    params(("uid" = String, Path, description = "The user id.")),
+    request_body = crate::service::UserPatch,
+    responses((status = 200, description = "The updated user. Disabling revokes every session and closes the user's sockets.", body = crate::records::UserView),
+              (status = 404, description = "No such user.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn admin_update_user(
     State(s): State<AppState>,
     caller: Caller,
@@ -443,6 +533,11 @@ async fn admin_update_user(
     Ok(Json(s.auth.update_user(&uid, patch).await?).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/admin/users/{uid}", tag = "users",
+    params(("uid" = String, Path, description = "The user id.")),
+    responses((status = 204, description = "Deleted with all sessions (the user's documents are left to the application)."),
+              (status = 404, description = "No such user.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn admin_delete_user(
     State(s): State<AppState>,
     caller: Caller,
@@ -453,6 +548,11 @@ async fn admin_delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/admin/users/{uid}/revoke", tag = "users",
+    params(("uid" = String, Path, description = "The user id.")),
+    responses((status = 204, description = "Every session of the user is revoked; access tokens stop working at once."),
+              (status = 404, description = "No such user.", body = crate::openapi::ErrorEnvelopeSchema)),
+    security(("bearer" = [])))]
 async fn admin_revoke_user(
     State(s): State<AppState>,
     caller: Caller,
@@ -471,6 +571,10 @@ struct OutboxParams {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/outbox", tag = "users",
+    params(("limit" = Option<usize>, Query, description = "Most recent mails to list (default 100).")),
+    responses((status = 200, description = "Mails of the development outbox (used when no SMTP server is configured).", body = crate::openapi::OutboxSchema)),
+    security(("bearer" = [])))]
 async fn admin_outbox(
     State(s): State<AppState>,
     caller: Caller,
@@ -482,8 +586,33 @@ async fn admin_outbox(
     Ok(Json(serde_json::json!({ "mails": mails })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/admin/keys/rotate", tag = "users",
+    responses((status = 200, description = "A new signing key; older keys keep verifying until their tokens expire.", body = crate::openapi::RotateKeysSchema)),
+    security(("bearer" = [])))]
 async fn admin_rotate_keys(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.admin(&s)?;
     let kid = s.auth.rotate_keys().await?;
     Ok(Json(serde_json::json!({ "kid": kid })).into_response())
+}
+
+/// The OpenAPI description of these routes (see [`crate::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        jwks, signup, login, anonymous, refresh, logout, link, me,
+        verify_email_send, verify_email_confirm, password_reset_send, password_reset_confirm,
+        email_change_send, email_change_confirm,
+        admin_list_users, admin_create_user, admin_get_user, admin_update_user, admin_delete_user,
+        admin_revoke_user, admin_outbox, admin_rotate_keys,
+    ),
+    tags(
+        (name = "auth", description = "Sign-up, sign-in, tokens and the signed-in user's account. Token handling for SDKs: sdk-spec/AUTH.md."),
+        (name = "users", description = "User administration, the development outbox and key rotation: the admin key, or a user whose token has the custom claim `admin: true`."),
+    )
+)]
+struct AuthApiDoc;
+
+/// The auth routes' OpenAPI document, for the server to merge into its own.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <AuthApiDoc as utoipa::OpenApi>::openapi()
 }

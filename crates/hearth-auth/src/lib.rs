@@ -8,7 +8,9 @@
 //!   detection, email flows (SMTP or a dev outbox), rate limits, and the
 //!   admin operations. All state lives in the store's system collections
 //!   (see [`records`]), written only through `Store::commit`.
-//! * [`router`] is its HTTP face (see [`http`] for how the caller is found).
+//! * [`router`] is its HTTP face (see [`http`] for how the caller is found);
+//!   [`openapi()`] describes it, for the server to merge into the OpenAPI
+//!   document it serves.
 //! * The server and the gateway verify tokens with
 //!   [`AuthService::verify_access_token`] (sync, no I/O) and learn about
 //!   revoked sessions from [`AuthService::subscribe_revocations`].
@@ -23,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod jwt;
 pub mod mail;
+pub mod openapi;
 pub mod password;
 pub mod ratelimit;
 pub mod records;
@@ -31,7 +34,7 @@ pub mod tokens;
 
 pub use config::{AuthConfig, PasswordConfig, Rate, RateLimitConfig, Secret, SmtpConfig, SmtpTls};
 pub use error::AuthError;
-pub use http::{router, AdminKeyChecker};
+pub use http::{openapi, router, AdminKeyChecker};
 pub use jwt::AccessClaims;
 pub use records::{Provider, UserView};
 pub use service::{

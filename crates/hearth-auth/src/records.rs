@@ -51,7 +51,7 @@ pub fn email_key(normalized_email: &str) -> String {
 }
 
 /// How the user signed up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Password,
@@ -195,13 +195,14 @@ impl UserRecord {
 }
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub uid: String,
     pub email: Option<String>,
     pub email_verified: bool,
     pub provider: Provider,
     pub disabled: bool,
+    #[schema(value_type = Object)]
     pub custom_claims: serde_json::Value,
     pub created_at: String,
     pub last_sign_in_at: Option<String>,

@@ -49,7 +49,7 @@ use crate::tokens::{ct_eq, hash_token, looks_like_token, new_token, random_id};
 pub const MAX_CUSTOM_CLAIMS_BYTES: usize = 1000;
 
 /// What a successful sign-in, sign-up or refresh returns (OAuth 2 field names).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub refresh_token: String,
@@ -148,7 +148,7 @@ impl ClientInfo {
 }
 
 /// Fields an administrator may set when creating a user.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub email: Option<String>,
@@ -158,24 +158,27 @@ pub struct NewUser {
     #[serde(default)]
     pub disabled: bool,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub custom_claims: Option<serde_json::Value>,
 }
 
 /// Fields an administrator may change; absent fields are left alone.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     pub disabled: Option<bool>,
     pub email_verified: Option<bool>,
     /// Replaces all custom claims (`{}` clears them). Takes effect in tokens
     /// issued after the change (at the next refresh).
+    #[schema(value_type = Option<Object>)]
     pub custom_claims: Option<serde_json::Value>,
     pub password: Option<RedactedString>,
 }
 
 /// A string from a request body that must never be logged (passwords).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String)]
 pub struct RedactedString(pub String);
 
 impl std::fmt::Debug for RedactedString {
@@ -185,14 +188,14 @@ impl std::fmt::Debug for RedactedString {
 }
 
 /// One page of users.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserPage {
     pub users: Vec<UserView>,
     pub next_page_token: Option<String>,
 }
 
 /// A mail in the development outbox.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutboxMail {
     pub id: String,
     pub to: String,

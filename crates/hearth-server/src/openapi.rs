@@ -3,10 +3,23 @@
 //!
 //! The schema types below exist for documentation only: the wire types live
 //! in `hearth-protocol` (which stays free of utoipa), and these mirror their
-//! JSON shapes. `sdk-spec/openapi.json` is this document, committed; the
-//! test `committed_openapi_matches_the_generated_one` keeps the two equal
-//! (regenerate with `UPDATE_OPENAPI=1 cargo test -p hearth-server openapi`).
+//! JSON shapes.
+//!
+//! ## Service documents
+//! Routers of other crates merged into the app (auth today) describe their
+//! own routes. This crate does not depend on them: the binary hands their
+//! documents over once at start with [`set_service_documents`], and the
+//! served document is [`document`] of this crate's routes plus those. Where
+//! both define a schema of the same name (`ErrorEnvelope`), ours wins.
+//!
+//! `sdk-spec/openapi.json` is the whole document as `hearth serve` serves it
+//! (this crate's routes plus `hearth_auth::openapi()`), committed. The tests
+//! below keep it equal to the generated one and check that every operation
+//! it lists is routed by the real application (regenerate with
+//! `UPDATE_OPENAPI=1 cargo test -p hearth-server openapi`).
 #![allow(dead_code)]
+
+use std::sync::OnceLock;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -305,7 +318,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(
         title = "Hearth REST API",
-        description = "Documents, queries, batches and transactions over HTTP. Errors are always `{\"error\": {\"code\", \"message\"}}`. The WebSocket protocol is described in sdk-spec/PROTOCOL.md.",
+        description = "Documents, queries, batches and transactions over HTTP, plus the auth service (tags `auth` and `users`: sign-up, sign-in, tokens, user administration, and the JWKS at /.well-known/jwks.json). Errors are always `{\"error\": {\"code\", \"message\"}}`. Token handling is described in sdk-spec/AUTH.md, the WebSocket protocol in sdk-spec/PROTOCOL.md.",
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
@@ -328,9 +341,32 @@ impl Modify for BearerAuth {
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI document as pretty JSON (what `sdk-spec/openapi.json` holds).
+static SERVICE_DOCUMENTS: OnceLock<Vec<utoipa::openapi::OpenApi>> = OnceLock::new();
+
+/// Registers the OpenAPI documents of the service routers merged into the
+/// app, so that `/v1/openapi.json` describes them too. Call once, before
+/// serving; a second call is refused (returns `false`) and changes nothing.
+pub fn set_service_documents(documents: Vec<utoipa::openapi::OpenApi>) -> bool {
+    SERVICE_DOCUMENTS.set(documents).is_ok()
+}
+
+/// This crate's document with `services` merged in (paths and schemas they
+/// add; ours win on a name clash).
+pub fn document(
+    services: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
+) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for service in services {
+        doc.merge(service);
+    }
+    doc
+}
+
+/// The served OpenAPI document as pretty JSON: this crate's routes plus the
+/// registered service documents (what `sdk-spec/openapi.json` holds).
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
+    let services = SERVICE_DOCUMENTS.get().cloned().unwrap_or_default();
+    document(services)
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
@@ -339,9 +375,20 @@ pub fn openapi_json() -> String {
 mod tests {
     use super::*;
 
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    const ADMIN_KEY: &str = "openapi-test-admin-key-0123456789";
+
+    /// The document `hearth serve` serves: ours plus the auth service's.
+    fn served_json() -> String {
+        document([hearth_auth::openapi()]).to_pretty_json().unwrap()
+    }
+
     #[test]
     fn committed_openapi_matches_the_generated_one() {
-        let generated = openapi_json() + "\n";
+        let generated = served_json() + "\n";
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/openapi.json");
         if std::env::var_os("UPDATE_OPENAPI").is_some() {
@@ -358,7 +405,7 @@ mod tests {
 
     #[test]
     fn openapi_is_3_1_and_covers_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&served_json()).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
         for path in [
             "/v1/db/{path}",
@@ -377,8 +424,105 @@ mod tests {
             "/readyz",
             "/metrics",
             "/v1/openapi.json",
+            "/.well-known/jwks.json",
+            "/v1/auth/signup",
+            "/v1/auth/login",
+            "/v1/auth/anonymous",
+            "/v1/auth/refresh",
+            "/v1/auth/logout",
+            "/v1/auth/link",
+            "/v1/auth/me",
+            "/v1/auth/verify-email/send",
+            "/v1/auth/verify-email/confirm",
+            "/v1/auth/password-reset/send",
+            "/v1/auth/password-reset/confirm",
+            "/v1/auth/email-change/send",
+            "/v1/auth/email-change/confirm",
+            "/v1/admin/users",
+            "/v1/admin/users/{uid}",
+            "/v1/admin/users/{uid}/revoke",
+            "/v1/admin/outbox",
+            "/v1/admin/keys/rotate",
         ] {
             assert!(doc["paths"].get(path).is_some(), "missing {path}");
         }
+        for schema in ["TokenResponse", "UserView", "Jwks", "ErrorEnvelope"] {
+            assert!(
+                doc["components"]["schemas"].get(schema).is_some(),
+                "missing schema {schema}"
+            );
+        }
+    }
+
+    /// `true` when the router has no route for this method and path (the
+    /// fallback's 404 or axum's 405), as opposed to a handler's answer.
+    async fn unrouted(app: &axum::Router, method: Method, uri: &str) -> bool {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        status == StatusCode::METHOD_NOT_ALLOWED
+            || (status == StatusCode::NOT_FOUND && text.contains("no such route"))
+    }
+
+    /// The document and the real application agree: every documented
+    /// operation reaches a handler, and on every documented path the
+    /// methods the document does not list are not routed either.
+    #[tokio::test]
+    async fn every_documented_operation_is_routed_and_no_other_method_on_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            hearth_store::Store::open(hearth_store::StoreConfig::new(dir.path().join("data")))
+                .unwrap();
+        let auth =
+            hearth_auth::AuthService::start(hearth_auth::AuthConfig::default(), store.clone())
+                .await
+                .unwrap();
+        let admin_key = crate::AdminKey::new(ADMIN_KEY).unwrap();
+        let state = crate::AppState::new(
+            store,
+            crate::Access::new(admin_key, false),
+            crate::ServerOptions::default(),
+        );
+        let checker: hearth_auth::AdminKeyChecker =
+            std::sync::Arc::new(|key: &str| key == ADMIN_KEY);
+        let app = crate::app(state, vec![hearth_auth::router(auth, checker)]);
+
+        let doc: serde_json::Value = serde_json::from_str(&served_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let methods = [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ];
+        let mut checked = 0;
+        for (path, item) in paths {
+            let uri = path
+                .replace("{path}", "rooms/r1")
+                .replace("{id}", "tx-unknown")
+                .replace("{uid}", "no-such-user");
+            for method in &methods {
+                let documented = item.get(method.as_str().to_lowercase()).is_some();
+                let unrouted = unrouted(&app, method.clone(), &uri).await;
+                assert_eq!(
+                    documented, !unrouted,
+                    "{method} {path}: documented = {documented}, routed = {}",
+                    !unrouted
+                );
+                checked += usize::from(documented);
+            }
+        }
+        assert!(checked >= 40, "only {checked} operations checked");
     }
 }

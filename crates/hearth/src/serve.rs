@@ -129,6 +129,8 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         hearth_auth::router(auth.clone(), admin_key_checker(admin_key.clone())),
         hearth_gateway::router(gateway.clone()),
     ];
+    // /v1/openapi.json describes the auth routes too.
+    hearth_server::openapi::set_service_documents(vec![hearth_auth::openapi()]);
     let state = AppState::new(store.clone(), access, options);
     let mut app = hearth_server::app(state.clone(), services);
     if let Some(cors) = cors {
