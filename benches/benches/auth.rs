@@ -1,9 +1,15 @@
 //! Auth benchmarks (criterion, in-process).
 //!
 //! * `verify_access_token`: `AuthService::verify_access_token` of a valid
-//!   EdDSA token (cached decoding key, signature check, claims to `Principal`,
-//!   revocation-set lookups). This is what every REST request and socket
-//!   handshake pays.
+//!   EdDSA token that was verified before (the usual case: a client sends
+//!   the same token on every request): SHA-256 of the token, verified-token
+//!   cache hit, `exp` and revocation-set checks, claims to `Principal`.
+//! * `verify_access_token_first_use`: `KeyRing::verify_uncached`, the full
+//!   check a token's first use pays (header and claims decoding, cached
+//!   decoding key by `kid`, Ed25519 signature, `exp`/`iss`/`aud`).
+//! * `rules_typical_get`: one rules evaluation of the example chat rules'
+//!   message read, whose condition makes one `get()` of the room document
+//!   (`hearth_rules::bench_support::TypicalGetRule`, in-memory lookup).
 //! * `argon2id_verify_default`: one password verification with the default
 //!   parameters (m = 19456 KiB, t = 2, p = 1) on the bounded hashing pool.
 //! * `sign_in`: `AuthService::sign_in` end to end (lookup, argon2id verify,
@@ -49,6 +55,35 @@ fn bench_auth(c: &mut Criterion) {
 
     c.bench_function("verify_access_token", |b| {
         b.iter(|| auth.verify_access_token(&tokens.access_token).unwrap())
+    });
+
+    let ring = hearth_auth::jwt::KeyRing::new(
+        vec![hearth_auth::jwt::SigningKey::generate(0).unwrap()],
+        "hearth",
+        "hearth",
+        30,
+    )
+    .unwrap();
+    let claims = hearth_auth::jwt::AccessClaims {
+        sub: "u1".into(),
+        iat: 0,
+        exp: i64::from(i32::MAX),
+        iss: "hearth".into(),
+        aud: "hearth".into(),
+        sid: "s1".into(),
+        sign_in_provider: "password".into(),
+        email: Some("bench@example.com".into()),
+        email_verified: false,
+        custom: serde_json::Map::new(),
+    };
+    let token = ring.sign(&claims).unwrap();
+    c.bench_function("verify_access_token_first_use", |b| {
+        b.iter(|| ring.verify_uncached(&token).unwrap())
+    });
+
+    let rule = hearth_rules::bench_support::TypicalGetRule::new();
+    c.bench_function("rules_typical_get", |b| {
+        b.iter(|| assert!(rule.check_once()))
     });
 
     let hasher = PasswordHasher::new(&PasswordConfig::default()).unwrap();

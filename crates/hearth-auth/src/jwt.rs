@@ -11,6 +11,20 @@
 //!   until every token they signed has expired, then [`KeyRing::prune`] drops them.
 //! * Decoding keys are built once per `kid` and cached, so verification is a
 //!   hash-map lookup plus one signature check (see `benches/RESULTS.md`).
+//! * **Verified-token cache.** The Ed25519 check is most of a verification's
+//!   cost and a client sends the same access token on every request, so the
+//!   claims of a token that passed the full check are kept, keyed by the
+//!   SHA-256 of the exact token text ([`VERIFIED_CACHE_CAPACITY`] entries at
+//!   most; when full it is emptied, not grown). Why this is safe:
+//!   - a hit needs the identical bytes, so a tampered token (any change to
+//!     header, payload or signature) misses and takes the full path; failed
+//!     verifications are never cached;
+//!   - what can change over a token's life is still checked on every hit:
+//!     `exp` (with the same leeway as the full check) here, and revoked
+//!     sessions and disabled users in `AuthService::verify` after this
+//!     function, for hits and misses alike;
+//!   - `iss`/`aud` are fixed for the ring's life; a pruned key empties the
+//!     cache, so a token of a dropped key cannot outlive its key.
 //!
 //! Claims layout (documented in `sdk-spec/AUTH.md`): the registered claims
 //! `sub`, `iat`, `exp`, `iss`, `aud`, then `sid` (session id),
@@ -21,6 +35,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -146,10 +163,15 @@ struct State {
     verifiers: HashMap<String, Verifier>,
 }
 
+/// Most verified tokens kept (a few hundred bytes each).
+pub const VERIFIED_CACHE_CAPACITY: usize = 10_000;
+
 /// The set of keys: one signer, any number of verifiers.
 pub struct KeyRing {
     state: RwLock<State>,
     validation: Validation,
+    /// SHA-256 of a token that passed the full check → its claims.
+    verified: DashMap<[u8; 32], Arc<AccessClaims>>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -197,6 +219,7 @@ impl KeyRing {
                 verifiers,
             }),
             validation,
+            verified: DashMap::new(),
         })
     }
 
@@ -213,8 +236,35 @@ impl KeyRing {
             .map_err(|e| AuthError::Internal(format!("jwt sign: {e}")))
     }
 
-    /// Checks signature, algorithm, `kid`, `exp`, `iss` and `aud`.
+    /// Checks signature, algorithm, `kid`, `exp`, `iss` and `aud`; a token
+    /// that passed before is answered from the verified-token cache after
+    /// its `exp` is checked again (see the module docs).
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        self.verify_at(token, now_secs())
+    }
+
+    /// [`Self::verify`] with the clock for cache hits given (tests).
+    fn verify_at(&self, token: &str, now: i64) -> Result<AccessClaims, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.get(&digest).map(|c| Arc::clone(&c)) {
+            if claims.exp < now.saturating_sub(self.validation.leeway as i64) {
+                self.verified.remove(&digest);
+                return Err(AuthError::InvalidToken(
+                    "access token expired; refresh it".into(),
+                ));
+            }
+            return Ok((*claims).clone());
+        }
+        let claims = self.verify_uncached(token)?;
+        if self.verified.len() >= VERIFIED_CACHE_CAPACITY {
+            self.verified.clear();
+        }
+        self.verified.insert(digest, Arc::new(claims.clone()));
+        Ok(claims)
+    }
+
+    /// The full check, without the cache (what a first use of a token costs).
+    pub fn verify_uncached(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::InvalidToken("malformed access token".into()))?;
         if header.alg != Algorithm::EdDSA {
@@ -280,6 +330,10 @@ impl KeyRing {
         for kid in &dropped {
             state.verifiers.remove(kid);
         }
+        if !dropped.is_empty() {
+            // Tokens of a dropped key must take the full path (and fail).
+            self.verified.clear();
+        }
         dropped
     }
 
@@ -296,6 +350,14 @@ impl KeyRing {
         let keys: Vec<serde_json::Value> = self.keys().iter().map(SigningKey::jwk).collect();
         serde_json::json!({ "keys": keys })
     }
+}
+
+/// The current Unix time in seconds (the clock jsonwebtoken checks `exp` with).
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn verifier(meta: SigningKey) -> Verifier {
@@ -364,6 +426,50 @@ mod tests {
         assert_eq!(ring.prune(now() + 1), vec![old_kid]);
         assert!(ring.verify(&old_token).is_err());
         assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_it_expires() {
+        let ring = ring();
+        let t0 = now();
+        let token = ring.sign(&claims(t0, t0 + 60)).unwrap();
+        assert!(ring.verify_at(&token, t0).is_ok());
+        assert_eq!(ring.verified.len(), 1, "the verified token is cached");
+        assert!(ring.verify_at(&token, t0 + 60).is_ok(), "exp is inclusive");
+        assert!(matches!(
+            ring.verify_at(&token, t0 + 61),
+            Err(AuthError::InvalidToken(_))
+        ));
+        assert!(ring.verified.is_empty(), "the expired entry is dropped");
+    }
+
+    #[test]
+    fn a_tampered_copy_of_a_cached_token_is_refused() {
+        let ring = ring();
+        let token = ring.sign(&claims(now(), now() + 60)).unwrap();
+        assert!(ring.verify(&token).is_ok());
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        let mut payload: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+        payload["sub"] = "someone-else".into();
+        parts[1] = URL_SAFE_NO_PAD.encode(payload.to_string());
+        let tampered = parts.join(".");
+        assert!(matches!(
+            ring.verify(&tampered),
+            Err(AuthError::InvalidToken(_))
+        ));
+        assert_eq!(ring.verified.len(), 1, "failures are not cached");
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let ring = ring();
+        let t0 = now();
+        for i in 0..(VERIFIED_CACHE_CAPACITY + 5) as i64 {
+            let token = ring.sign(&claims(t0, t0 + 60 + i)).unwrap();
+            assert!(ring.verify(&token).is_ok());
+            assert!(ring.verified.len() <= VERIFIED_CACHE_CAPACITY);
+        }
     }
 
     #[test]
