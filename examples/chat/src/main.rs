@@ -216,16 +216,18 @@ async fn run(args: Args) -> Result<(), String> {
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut printed: BTreeMap<DocPath, bool> = BTreeMap::new();
+    let mut users_open = true;
     loop {
         tokio::select! {
-            snapshot = users.next(), if !admin || uid.is_some() => match snapshot {
+            snapshot = users.next(), if users_open => match snapshot {
                 Some(Ok(snapshot)) => {
                     for doc in snapshot.documents() {
                         names.insert(doc.path.id().to_string(), text_of(doc, "display_name"));
                     }
                 }
                 Some(Err(e)) => eprintln!("* user names unavailable: {e}"),
-                None => {}
+                // Ended: stop polling it (messages still show author uids).
+                None => users_open = false,
             },
             snapshot = messages.next() => match snapshot {
                 Some(Ok(snapshot)) => {
