@@ -14,23 +14,36 @@
 //! - past the *hard* limit (`max_queued_bytes`) the connection is closed
 //!   with 4008. Only replies can get there (a client that keeps sending
 //!   requests without reading), or a single huge snapshot.
+//!
+//! Frames are queued already encoded ([`OutFrame`]: a shared `Bytes`), and
+//! the writer takes them in batches ([`ConnShared::take_batch`]) so that one
+//! system call sends many frames.
+//!
+//! ## Liveness (idle timeout)
+//! A connection is idle when nothing was received from it for
+//! `idle_timeout` *and* the server is not busy sending to it: while frames
+//! are waiting or being written and the socket keeps accepting bytes
+//! (write progress within `idle_timeout`), the client is reading — its
+//! `pong` may simply be queued behind our backlog — so it is not idle. A
+//! peer that stops reading stops our write progress too, so it is still
+//! closed (see [`ConnShared::idle`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use hearth_protocol::ws::close_code;
 use hearth_protocol::Timestamp;
 use hearth_rules::Principal;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::socket::OutFrame;
 use crate::subscription::Subscription;
 
 #[derive(Default)]
 pub(crate) struct Outbox {
-    frames: VecDeque<Utf8Bytes>,
+    frames: VecDeque<OutFrame>,
     bytes: usize,
 }
 
@@ -59,6 +72,10 @@ pub(crate) struct ConnShared {
     last_recv_ms: AtomicU64,
     /// Milliseconds of the last ping sent (or of the connection's start).
     last_ping_ms: AtomicU64,
+    /// Milliseconds of the last time the socket accepted bytes we wrote.
+    last_progress_ms: AtomicU64,
+    /// The writer holds frames it has taken but not yet fully written.
+    writing: AtomicBool,
     /// Credential expiry in Unix nanoseconds; `i64::MAX`: never.
     expires_at: AtomicI64,
     soft_limit: usize,
@@ -84,6 +101,8 @@ impl ConnShared {
             inflight_writes: AtomicU32::new(0),
             last_recv_ms: AtomicU64::new(0),
             last_ping_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            writing: AtomicBool::new(false),
             expires_at: AtomicI64::new(i64::MAX),
             soft_limit,
             hard_limit,
@@ -107,7 +126,12 @@ impl ConnShared {
 
     /// Queues a frame (a reply or a change). Past the hard limit the
     /// connection is closed as a slow consumer instead.
-    pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
+    pub(crate) fn push(&self, frame: bytes::Bytes) -> bool {
+        self.push_frame(OutFrame::text(frame))
+    }
+
+    /// Queues any frame (text or control); see [`ConnShared::push`].
+    pub(crate) fn push_frame(&self, frame: OutFrame) -> bool {
         {
             let mut ob = self.outbox.lock();
             if ob.bytes + frame.len() > self.hard_limit && !ob.frames.is_empty() {
@@ -130,11 +154,51 @@ impl ConnShared {
         self.outbox.lock().frames.len() >= self.soft_limit
     }
 
-    pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
+    /// Moves queued frames into `out` (at most `max_frames`, and at most
+    /// `max_bytes` unless the first frame alone is larger). Marks the
+    /// connection as writing when it took any.
+    pub(crate) fn take_batch(&self, out: &mut Vec<OutFrame>, max_frames: usize, max_bytes: usize) {
         let mut ob = self.outbox.lock();
-        let f = ob.frames.pop_front()?;
-        ob.bytes -= f.len();
-        Some(f)
+        let mut bytes = 0;
+        while out.len() < max_frames {
+            let Some(next) = ob.frames.front() else {
+                break;
+            };
+            if !out.is_empty() && bytes + next.len() > max_bytes {
+                break;
+            }
+            bytes += next.len();
+            if let Some(f) = ob.frames.pop_front() {
+                out.push(f);
+            }
+        }
+        ob.bytes -= bytes;
+        if !out.is_empty() {
+            self.writing.store(true, Ordering::Release);
+        }
+    }
+
+    /// Records that the socket accepted bytes; `done`: the writer holds
+    /// nothing more.
+    pub(crate) fn progress(&self, clock: &Clock, done: bool) {
+        self.last_progress_ms
+            .store(clock.now_ms(), Ordering::Relaxed);
+        if done {
+            self.writing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the connection counts as idle at `now_ms` (see the module
+    /// docs): nothing received for `idle_ms`, and no backlog that the
+    /// socket is still accepting.
+    pub(crate) fn idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        if now_ms.saturating_sub(self.last_recv_ms()) < idle_ms {
+            return false;
+        }
+        let backlog = self.writing.load(Ordering::Acquire) || !self.outbox.lock().frames.is_empty();
+        let progressing =
+            now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) < idle_ms;
+        !(backlog && progressing)
     }
 
     /// (frames, bytes) queued now.
@@ -216,5 +280,70 @@ impl Clock {
 
     pub(crate) fn now_ms(&self) -> u64 {
         self.0.elapsed().as_millis() as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnShared {
+        ConnShared::new(1, Principal::Admin, 128, 1 << 20)
+    }
+
+    const IDLE: u64 = 1_000;
+
+    #[test]
+    fn a_silent_connection_with_nothing_to_send_is_idle() {
+        let c = conn();
+        c.last_recv_ms.store(10, Ordering::Relaxed);
+        assert!(!c.idle(10 + IDLE - 1, IDLE));
+        assert!(c.idle(10 + IDLE, IDLE));
+    }
+
+    #[test]
+    fn a_reader_behind_a_backlog_that_the_socket_accepts_is_not_idle() {
+        let c = conn();
+        c.last_recv_ms.store(10, Ordering::Relaxed);
+        // Frames queued and the writer busy with a batch: its pong is behind them.
+        for _ in 0..3 {
+            c.push(bytes::Bytes::from_static(b"{}"));
+        }
+        let mut batch = Vec::new();
+        c.take_batch(&mut batch, 1, usize::MAX);
+        assert_eq!(batch.len(), 1);
+        // The socket accepted bytes recently: alive, however long ago the
+        // client last sent anything.
+        c.last_progress_ms.store(5_000, Ordering::Relaxed);
+        assert!(!c.idle(5_000 + IDLE - 1, IDLE));
+        // Even with the queue empty, a batch still being written counts.
+        c.take_batch(&mut batch, usize::MAX, usize::MAX);
+        assert_eq!(c.queued(), (0, 0));
+        assert!(!c.idle(5_000 + IDLE - 1, IDLE));
+    }
+
+    #[test]
+    fn a_backlog_that_the_socket_stopped_accepting_is_idle() {
+        let c = conn();
+        c.last_recv_ms.store(10, Ordering::Relaxed);
+        c.push(bytes::Bytes::from_static(b"{}"));
+        c.last_progress_ms.store(500, Ordering::Relaxed);
+        // A dead peer: frames queued, no write progress for the timeout.
+        assert!(c.idle(500 + IDLE, IDLE));
+    }
+
+    #[test]
+    fn once_the_writer_has_drained_the_idle_clock_runs_again() {
+        let c = conn();
+        c.last_recv_ms.store(10, Ordering::Relaxed);
+        c.push(bytes::Bytes::from_static(b"{}"));
+        let mut batch = Vec::new();
+        c.take_batch(&mut batch, usize::MAX, usize::MAX);
+        c.last_progress_ms.store(5_000, Ordering::Relaxed);
+        c.writing.store(false, Ordering::Release);
+        assert!(
+            c.idle(5_000, IDLE),
+            "nothing left to send and silent since 10 ms"
+        );
     }
 }

@@ -6,9 +6,10 @@
 //! changes (same kinds, same document versions, same indexes) once, and each
 //! distinct whole frame (same `sub` name, same changes, same resume token)
 //! once. Subscribers that receive an identical frame share one
-//! reference-counted buffer ([`Utf8Bytes`] is a `Bytes`); subscribers whose
+//! reference-counted [`Bytes`] buffer all the way to the socket (the writer
+//! hands it to the kernel without copying, see `socket`); subscribers whose
 //! frames differ only by their `sub` name share the encoded changes and pay
-//! for one memcpy.
+//! for one memcpy. Cache lookups do not allocate.
 //!
 //! The hand-written encoders produce exactly the JSON of
 //! [`hearth_protocol::ws::ServerMessage`] (a test decodes them with serde).
@@ -17,19 +18,19 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use hearth_protocol::ws::{resume_token, ChangeKind, ServerMessage};
 use hearth_protocol::Document;
 
 use crate::view::ChangeOut;
 
 /// Serializes a server message with serde (replies, errors, control frames).
-pub(crate) fn message(msg: &ServerMessage) -> Utf8Bytes {
-    match serde_json::to_string(msg) {
-        Ok(text) => Utf8Bytes::from(text),
+pub(crate) fn message(msg: &ServerMessage) -> Bytes {
+    match serde_json::to_vec(msg) {
+        Ok(text) => Bytes::from(text),
         // Serializing our own types cannot fail (no non-string map keys);
         // answer something well-formed rather than panic.
-        Err(e) => Utf8Bytes::from(format!(
+        Err(e) => Bytes::from(format!(
             r#"{{"type":"error","code":"internal","message":{}}}"#,
             json_string(&e.to_string())
         )),
@@ -62,13 +63,19 @@ fn opt_index(out: &mut String, i: Option<u32>) {
 }
 
 type BodyKey = Vec<(ChangeKind, usize, Option<u32>, Option<u32>)>;
+/// The frames built from one body at one position, by `sub` name.
+type NamedFrames = Vec<(Box<str>, Bytes)>;
 
 /// Per-commit caches of encoded documents, change lists and frames.
 #[derive(Default)]
 pub(crate) struct FrameCache {
     docs: HashMap<usize, Arc<str>>,
+    /// Encoded change lists by (kind, document pointer, indexes) of each change.
     bodies: HashMap<BodyKey, Arc<str>>,
-    frames: HashMap<(Box<str>, usize, u64), Utf8Bytes>,
+    /// Whole frames by (body pointer, seq), then by `sub` name (usually one).
+    frames: HashMap<(usize, u64), NamedFrames>,
+    /// Scratch key, reused so that a lookup does not allocate.
+    key: BodyKey,
     /// Frames produced and frames handed out from the cache (for stats).
     pub encoded: u64,
     pub shared: u64,
@@ -85,18 +92,16 @@ impl FrameCache {
     }
 
     fn body(&mut self, changes: &[ChangeOut]) -> Arc<str> {
-        let key: BodyKey = changes
-            .iter()
-            .map(|c| {
-                (
-                    c.kind,
-                    Arc::as_ptr(&c.doc) as usize,
-                    c.old_index,
-                    c.new_index,
-                )
-            })
-            .collect();
-        if let Some(b) = self.bodies.get(&key) {
+        self.key.clear();
+        self.key.extend(changes.iter().map(|c| {
+            (
+                c.kind,
+                Arc::as_ptr(&c.doc) as usize,
+                c.old_index,
+                c.new_index,
+            )
+        }));
+        if let Some(b) = self.bodies.get(self.key.as_slice()) {
             return Arc::clone(b);
         }
         let mut out = String::with_capacity(64 * changes.len() + 2);
@@ -117,19 +122,16 @@ impl FrameCache {
         }
         out.push(']');
         let body: Arc<str> = Arc::from(out);
-        self.bodies.insert(key, Arc::clone(&body));
+        self.bodies.insert(self.key.clone(), Arc::clone(&body));
         body
     }
 
     /// A `changes` frame for `sub` at changelog position `seq`.
-    pub(crate) fn changes(&mut self, sub: &str, seq: u64, changes: &[ChangeOut]) -> Utf8Bytes {
+    pub(crate) fn changes(&mut self, sub: &str, seq: u64, changes: &[ChangeOut]) -> Bytes {
         let body = self.body(changes);
-        let key = (
-            Box::<str>::from(sub),
-            Arc::as_ptr(&body) as *const u8 as usize,
-            seq,
-        );
-        if let Some(f) = self.frames.get(&key) {
+        let key = (Arc::as_ptr(&body) as *const u8 as usize, seq);
+        let named = self.frames.entry(key).or_default();
+        if let Some((_, f)) = named.iter().find(|(n, _)| &**n == sub) {
             self.shared += 1;
             return f.clone();
         }
@@ -141,9 +143,9 @@ impl FrameCache {
         out.push_str(r#"","changes":"#);
         out.push_str(&body);
         out.push('}');
-        let frame = Utf8Bytes::from(out);
+        let frame = Bytes::from(out);
         self.encoded += 1;
-        self.frames.insert(key, frame.clone());
+        named.push((Box::from(sub), frame.clone()));
         frame
     }
 
@@ -154,7 +156,7 @@ impl FrameCache {
         seq: u64,
         reset: bool,
         docs: &[Arc<Document>],
-    ) -> Utf8Bytes {
+    ) -> Bytes {
         let mut out = String::with_capacity(64 + 128 * docs.len());
         out.push_str(r#"{"type":"snapshot","sub":"#);
         out.push_str(&json_string(sub));
@@ -171,7 +173,7 @@ impl FrameCache {
         }
         out.push_str("]}");
         self.encoded += 1;
-        Utf8Bytes::from(out)
+        Bytes::from(out)
     }
 }
 
@@ -212,14 +214,14 @@ mod tests {
             },
         ];
         let frame = cache.changes("s\"1", 42, &changes);
-        let msg: ServerMessage = serde_json::from_str(&frame).expect("decodes");
+        let msg: ServerMessage = serde_json::from_slice(&frame).expect("decodes");
         let ServerMessage::Changes {
             sub,
             resume,
             changes: got,
         } = msg
         else {
-            panic!("not a changes frame: {frame}");
+            panic!("not a changes frame: {frame:?}");
         };
         assert_eq!(sub, "s\"1");
         assert_eq!(resume, "p42");
@@ -233,7 +235,7 @@ mod tests {
             }
         );
         let snap = cache.snapshot("s", 7, true, &[a]);
-        let msg: ServerMessage = serde_json::from_str(&snap).expect("decodes");
+        let msg: ServerMessage = serde_json::from_slice(&snap).expect("decodes");
         assert!(
             matches!(msg, ServerMessage::Snapshot { reset: true, ref docs, .. } if docs.len() == 1)
         );
@@ -251,13 +253,9 @@ mod tests {
         }];
         let f1 = cache.changes("s", 1, &changes);
         let f2 = cache.changes("s", 1, &changes);
-        assert_eq!(
-            f1.as_str().as_ptr(),
-            f2.as_str().as_ptr(),
-            "same bytes, not a copy"
-        );
+        assert_eq!(f1.as_ptr(), f2.as_ptr(), "same bytes, not a copy");
         let f3 = cache.changes("other", 1, &changes);
-        assert_ne!(f1.as_str().as_ptr(), f3.as_str().as_ptr());
+        assert_ne!(f1.as_ptr(), f3.as_ptr());
         assert_eq!((cache.encoded, cache.shared), (2, 1));
     }
 }

@@ -12,9 +12,10 @@
 //!   how it is built (snapshot, resume, coalescing) and moved;
 //! - [`writes`]: writes and transactions applied once per mutation id.
 //!
-//! The socket is served by axum's `WebSocketUpgrade` (tokio-tungstenite
-//! underneath) with small buffers: per-connection memory is dominated by the
-//! subscriptions, not by I/O buffers (see [`GatewayConfig`]).
+//! The upgrade is done by the gateway itself ([`socket`]): tungstenite parses
+//! what clients send; the server's frames, encoded once and shared between
+//! subscribers, are written by the session in batches with one vectored
+//! write each (no per-connection write buffer).
 //!
 //! Mounting: `hearth_gateway::router(Gateway::new(config, store, access, authenticator))`
 //! gives a `Router` serving `/v1/ws` with its state applied; merge it into
@@ -29,6 +30,7 @@ mod conn;
 mod encode;
 mod fanout;
 mod session;
+mod socket;
 mod subscription;
 mod view;
 pub mod writes;
@@ -37,9 +39,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use dashmap::DashMap;
@@ -74,7 +73,10 @@ pub struct Authenticated {
 pub struct GatewayConfig {
     /// How often the server sends `ping`.
     pub heartbeat: Duration,
-    /// A connection that sends nothing (not even `pong`) for this long is closed with 4010.
+    /// A connection that sends nothing (not even `pong`) for this long is
+    /// closed with 4010 — unless the server is still sending it a backlog
+    /// that the socket keeps accepting (the client is reading; its `pong`
+    /// is behind our frames).
     pub idle_timeout: Duration,
     /// Time allowed between the upgrade and `hello`.
     pub hello_timeout: Duration,
@@ -93,7 +95,8 @@ pub struct GatewayConfig {
     pub resume_max_commits: usize,
     /// tungstenite's read buffer per connection (it grows for large frames).
     pub read_buffer_bytes: usize,
-    /// tungstenite's write buffer per connection (0: write each frame through).
+    /// Unused since the gateway writes frames itself (no write buffer);
+    /// kept so that existing configurations still compile.
     pub write_buffer_bytes: usize,
 }
 
@@ -301,19 +304,8 @@ impl Gateway {
 /// The router serving `GET /v1/ws`, state applied.
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
-        .route("/v1/ws", get(upgrade))
+        .route("/v1/ws", get(socket::upgrade))
         .with_state(gateway)
-}
-
-async fn upgrade(State(gateway): State<Gateway>, ws: WebSocketUpgrade) -> Response {
-    let c = &gateway.inner.config;
-    let max_frame = (c.max_frame_bytes as usize).saturating_mul(2);
-    ws.protocols([hearth_protocol::ws::SUBPROTOCOL_JSON])
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(c.write_buffer_bytes)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| session::run(gateway.inner, socket))
 }
 
 /// The error code used when a frame is not understood.

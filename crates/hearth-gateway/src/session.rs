@@ -14,9 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use hearth_protocol::ws::{
     close_code, parse_resume_token, ClientMessage, ServerMessage, SubscribeTarget, PROTOCOL_VERSION,
 };
@@ -24,9 +23,12 @@ use hearth_protocol::{ErrorBody, ErrorCode, Timestamp};
 use rand::RngCore;
 use serde::Deserialize;
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::{CloseReason, ConnShared};
 use crate::encode;
+use crate::socket::{self, write_frames, write_frames_with, OutFrame, ReadSocket, WriteHalf};
 use crate::subscription::{build, Build, Subscription};
 use crate::view::Target;
 use crate::{backend, bad_frame, writes, Authenticated, Inner};
@@ -35,19 +37,25 @@ use crate::{backend, bad_frame, writes, Authenticated, Inner};
 pub const MAX_SUB_NAME_BYTES: usize = 128;
 /// How long a closing connection may spend flushing queued frames.
 const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+/// After its close frame, how long the server keeps reading (and
+/// discarding) for the client's close reply before dropping the socket.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// After a 4009 close, how long the server keeps discarding the rest of
+/// the oversized frame while bytes keep arriving.
+const OVERSIZE_DRAIN_IDLE: Duration = Duration::from_secs(2);
+/// The writer takes at most this many frames / bytes per system call.
+const BATCH_FRAMES: usize = 256;
+const BATCH_BYTES: usize = 256 * 1024;
 
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
-
-async fn close_now(sink: &mut Sink, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    let _ = timeout(CLOSE_FLUSH, sink.send(Message::Close(Some(frame)))).await;
+async fn send_now(w: &mut WriteHalf, frames: &[OutFrame]) {
+    let _ = timeout(CLOSE_FLUSH, write_frames(w, frames)).await;
 }
 
-fn error_frame(id: Option<u64>, sub: Option<&str>, body: ErrorBody) -> Utf8Bytes {
+async fn close_now(w: &mut WriteHalf, code: u16, reason: &'static str) {
+    send_now(w, &[OutFrame::close(code, reason)]).await;
+}
+
+fn error_frame(id: Option<u64>, sub: Option<&str>, body: ErrorBody) -> Bytes {
     encode::message(&ServerMessage::error(id, sub.map(str::to_string), body))
 }
 
@@ -60,8 +68,15 @@ fn salvage_id(text: &str) -> Option<u64> {
     serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id)
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+/// How the reader ended.
+enum ReadEnd {
+    /// The client closed, the socket failed, or another branch ended first.
+    Done,
+    /// A frame exceeded the hard limit; the rest of it is still in flight.
+    Oversize,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, mut sink: WriteHalf) {
     if inner.shutting_down.load(Ordering::SeqCst) {
         close_now(&mut sink, close_code::GOING_AWAY, "server shutting down").await;
         return;
@@ -75,7 +90,9 @@ pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
         .await;
         return;
     }
-    let Some((auth, hello_ok)) = handshake(&inner, &mut sink, &mut stream).await else {
+    // Boxed: the handshake's state is large and needed only once; the
+    // connection's long-lived future stays small.
+    let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &mut sink, &mut stream)).await else {
         return;
     };
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -93,11 +110,25 @@ pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
         inner: &inner,
         conn: &conn,
     };
+    let mut end = ReadEnd::Done;
     tokio::select! {
-        _ = reader.run(&mut stream) => {}
+        e = reader.run(&mut stream) => { end = e; }
         _ = writer(&inner, &conn, &mut sink) => {}
         _ = conn.kill.notified() => {}
     }
+    Box::pin(finish(&inner, &conn, stream, sink, end)).await;
+}
+
+/// Flushes what may be flushed, sends the close frame, lingers briefly for
+/// the client's reply (so that it reads our close rather than a reset), and
+/// unregisters the connection.
+async fn finish(
+    inner: &Inner,
+    conn: &ConnShared,
+    mut stream: ReadSocket,
+    mut sink: WriteHalf,
+    end: ReadEnd,
+) {
     let reason = conn.close_reason().unwrap_or(CloseReason {
         code: close_code::NORMAL,
         reason: "",
@@ -109,37 +140,59 @@ pub(crate) async fn run(inner: Arc<Inner>, socket: WebSocket) {
             .fetch_add(1, Ordering::Relaxed);
     } else {
         // Flush what is queued (an error frame explaining the close, say).
-        let _ = timeout(CLOSE_FLUSH, async {
-            while let Some(f) = conn.pop() {
-                if sink.feed(Message::Text(f)).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.flush().await;
-        })
-        .await;
+        let mut rest = Vec::new();
+        conn.take_batch(&mut rest, usize::MAX, usize::MAX);
+        send_now(&mut sink, &rest).await;
     }
     close_now(&mut sink, reason.code, reason.reason).await;
+    // Unregister before lingering: nothing more is delivered.
     let subs: Vec<Arc<Subscription>> = std::mem::take(&mut *conn.subs.lock());
     for s in subs {
         s.state.lock().closed = true;
         inner.index.remove(&s);
     }
-    inner.conns.remove(&id);
+    inner.conns.remove(&conn.id);
+    match end {
+        ReadEnd::Oversize => {
+            // The client is still sending the frame we refused: read and
+            // discard it (bounded), or closing now would reset the
+            // connection before the client reads our 4009.
+            let limit = (inner.config.max_frame_bytes as u64)
+                .saturating_mul(8)
+                .max(16 << 20);
+            socket::drain(&mut stream, limit, OVERSIZE_DRAIN_IDLE).await;
+        }
+        ReadEnd::Done if reason.code != close_code::SLOW_CONSUMER => {
+            // Wait briefly for the client's close reply (or its end).
+            let _ = timeout(CLOSE_LINGER, async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        ReadEnd::Done => {}
+    }
     tracing::debug!(conn = conn.id, code = reason.code, "connection closed");
 }
 
 /// Waits for `hello`, authenticates, and returns the welcome frame to send.
 async fn handshake(
     inner: &Inner,
-    sink: &mut Sink,
-    stream: &mut Stream,
-) -> Option<(Authenticated, Utf8Bytes)> {
+    sink: &mut WriteHalf,
+    stream: &mut ReadSocket,
+) -> Option<(Authenticated, Bytes)> {
     let first = timeout(inner.config.hello_timeout, async {
         loop {
             match stream.next().await {
                 Some(Ok(Message::Text(t))) => return Some(t),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(p))) => {
+                    send_now(sink, &[OutFrame::pong(p)]).await;
+                    continue;
+                }
+                Some(Ok(Message::Pong(_))) => continue,
                 _ => return None,
             }
         }
@@ -153,15 +206,13 @@ async fn handshake(
             return None;
         }
     };
-    let (protocol, token) = match serde_json::from_str::<ClientMessage>(&text) {
+    let (protocol, token) = match serde_json::from_str::<ClientMessage>(text.as_str()) {
         Ok(ClientMessage::Hello {
             protocol, token, ..
         }) => (protocol, token),
         _ => {
             let body = bad_frame("the first frame must be hello");
-            let _ = sink
-                .send(Message::Text(error_frame(None, None, body)))
-                .await;
+            send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
             close_now(
                 sink,
                 close_code::PROTOCOL_ERROR,
@@ -177,9 +228,7 @@ async fn handshake(
             format!("protocol {protocol} is not supported; this server speaks {PROTOCOL_VERSION}"),
         )
         .with_details(serde_json::json!({ "supported": [PROTOCOL_VERSION] }));
-        let _ = sink
-            .send(Message::Text(error_frame(None, None, body)))
-            .await;
+        send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
         close_now(
             sink,
             close_code::PROTOCOL_ERROR,
@@ -191,17 +240,13 @@ async fn handshake(
     let auth = match inner.auth.authenticate(token.as_deref()) {
         Ok(a) if a.expires_at.is_some_and(|t| t <= Timestamp::now()) => {
             let body = ErrorBody::new(ErrorCode::Unauthenticated, "the token has expired");
-            let _ = sink
-                .send(Message::Text(error_frame(None, None, body)))
-                .await;
+            send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
             close_now(sink, close_code::UNAUTHENTICATED, "token expired").await;
             return None;
         }
         Ok(a) => a,
         Err(body) => {
-            let _ = sink
-                .send(Message::Text(error_frame(None, None, body)))
-                .await;
+            send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
             close_now(sink, close_code::UNAUTHENTICATED, "unauthenticated").await;
             return None;
         }
@@ -231,20 +276,23 @@ fn principal_fields(p: &hearth_rules::Principal) -> (Option<String>, bool) {
     }
 }
 
-/// Sends queued frames; rebuilds coalesced subscriptions when the queue is empty.
-async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut Sink) {
+/// Sends queued frames in batches (one vectored write each); rebuilds
+/// coalesced subscriptions when the queue is empty.
+async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut WriteHalf) {
+    let mut batch: Vec<OutFrame> = Vec::new();
     loop {
-        let mut sent = false;
-        while let Some(frame) = conn.pop() {
-            if sink.feed(Message::Text(frame)).await.is_err() {
+        conn.take_batch(&mut batch, BATCH_FRAMES, BATCH_BYTES);
+        if !batch.is_empty() {
+            let wrote = write_frames_with(sink, &batch, || conn.progress(&inner.clock, false));
+            if wrote.await.is_err() {
                 return;
             }
-            sent = true;
-        }
-        if sent && sink.flush().await.is_err() {
-            return;
-        }
-        if sent {
+            batch.clear();
+            conn.progress(&inner.clock, true);
+            if batch.capacity() > 64 {
+                // Do not keep a burst's worth of capacity on an idle connection.
+                batch = Vec::new();
+            }
             continue;
         }
         if conn.has_dirty.swap(false, Ordering::AcqRel) {
@@ -275,25 +323,27 @@ impl Reader<'_> {
     /// Handles client frames until the socket ends. Heartbeats, the idle
     /// timeout and token expiry are the sweeper's job (see `sweep`), so a
     /// connection holds no timer of its own.
-    async fn run(&mut self, stream: &mut Stream) {
+    async fn run(&mut self, stream: &mut ReadSocket) -> ReadEnd {
         while let Some(msg) = stream.next().await {
             let msg = match msg {
                 Ok(m) => m,
-                Err(e) => {
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("Space limit") {
-                        self.conn.close(CloseReason {
-                            code: close_code::FRAME_TOO_LARGE,
-                            reason: "frame too large",
-                        });
-                    }
-                    return;
+                Err(WsError::Capacity(e)) => {
+                    tracing::debug!(conn = self.conn.id, error = %e, "frame too large");
+                    self.conn.close(CloseReason {
+                        code: close_code::FRAME_TOO_LARGE,
+                        reason: "frame too large",
+                    });
+                    return match e {
+                        CapacityError::MessageTooLong { .. } => ReadEnd::Oversize,
+                        _ => ReadEnd::Done,
+                    };
                 }
+                Err(_) => return ReadEnd::Done,
             };
             self.conn.touch(&self.inner.clock);
             match msg {
                 Message::Text(t) => {
-                    self.handle_text(&t);
+                    self.handle_text(t.as_str());
                 }
                 Message::Binary(_) => {
                     self.conn.push(error_frame(
@@ -302,10 +352,14 @@ impl Reader<'_> {
                         bad_frame("binary frames are not part of hearth.v1; send JSON text frames"),
                     ));
                 }
-                Message::Close(_) => return,
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(_) => return ReadEnd::Done,
+                Message::Ping(p) => {
+                    self.conn.push_frame(OutFrame::pong(p));
+                }
+                Message::Pong(_) | Message::Frame(_) => {}
             }
         }
+        ReadEnd::Done
     }
 
     /// Handles one text frame; returns whether the frame was understood.
@@ -581,7 +635,7 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
         let now = inner.clock.now_ms();
         let wall = Timestamp::now();
         for c in inner.conns.iter() {
-            if now.saturating_sub(c.last_recv_ms()) >= idle {
+            if c.idle(now, idle) {
                 c.close(CloseReason {
                     code: close_code::IDLE_TIMEOUT,
                     reason: "idle timeout",

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use hearth_protocol::{DocPath, Document, ErrorBody};
 use parking_lot::Mutex;
 
@@ -140,7 +140,7 @@ pub(crate) fn build(
             frame_plan = Plan::Snapshot { reset: false };
         }
         let mut cache = FrameCache::default();
-        let frame: Option<Utf8Bytes> = match frame_plan {
+        let frame: Option<Bytes> = match frame_plan {
             Plan::Snapshot { reset } => Some(cache.snapshot(&sub.name, seq, reset, &now)),
             Plan::DiffFromCurrent => {
                 // Nothing the client holds changed: no frame needed.

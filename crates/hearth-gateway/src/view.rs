@@ -85,7 +85,8 @@ pub(crate) struct ChangeOut {
 
 /// The position of `doc` (by path) in `view`, using `key` (a version of the
 /// same document, normally the one the view holds) for a binary search and
-/// falling back to a scan.
+/// falling back to a scan only when `key` matches the target (so the view
+/// should hold it) but is not where it would sort.
 pub(crate) fn position(
     view: &[Arc<Document>],
     target: &Target,
@@ -97,8 +98,20 @@ pub(crate) fn position(
         if i < view.len() && &view[i].path == path {
             return Some(i);
         }
+        if !target.matches(key) {
+            // A version that does not match the target is not in the view
+            // (views hold matching documents only): no scan.
+            return None;
+        }
     }
     view.iter().position(|d| &d.path == path)
+}
+
+/// The position of exactly this version of a document in `view` (binary
+/// search only).
+fn find_exact(view: &[Arc<Document>], target: &Target, doc: &Document) -> Option<usize> {
+    let i = view.partition_point(|d| target.cmp(d, doc) == Ordering::Less);
+    (i < view.len() && view[i].path == doc.path).then_some(i)
 }
 
 fn insertion_point(view: &[Arc<Document>], target: &Target, doc: &Document) -> usize {
@@ -128,7 +141,16 @@ pub(crate) fn apply_incremental(
     let mut removed: Vec<usize> = Vec::new();
     let mut inserts: Vec<(Arc<Document>, Option<usize>)> = Vec::new();
     for step in steps {
-        let pos = position(view, target, step.old, step.path);
+        let pos = match step.old {
+            Some(old) => position(view, target, Some(old), step.path),
+            // The document did not exist before this commit, so the view
+            // cannot hold it — unless this commit was applied already, in
+            // which case it holds exactly the new version. No scan.
+            None => step
+                .new_visible
+                .as_deref()
+                .and_then(|n| find_exact(view, target, n)),
+        };
         match (pos, step.new_visible) {
             (None, None) => {}
             (Some(i), None) => {
@@ -169,7 +191,7 @@ pub(crate) fn apply_incremental(
     let mut upserts: Vec<ChangeOut> = inserts
         .into_iter()
         .map(|(doc, old)| {
-            let new_index = position(view, target, Some(&doc), &doc.path).map(|j| j as u32);
+            let new_index = find_exact(view, target, &doc).map(|j| j as u32);
             ChangeOut {
                 kind: if old.is_some() {
                     ChangeKind::Modified

@@ -1,0 +1,325 @@
+//! The WebSocket upgrade of `GET /v1/ws` and the connection's two halves.
+//!
+//! The gateway does the upgrade itself (rather than with axum's
+//! `WebSocketUpgrade`) so that a session owns the raw socket:
+//! - the **read half** is parsed by tungstenite ([`ReadSocket`]), with the
+//!   frame and message limits of [`GatewayConfig`](crate::GatewayConfig);
+//! - the **write half** ([`WriteHalf`]) is written by the session directly:
+//!   every queued frame is already encoded (and shared between subscribers
+//!   as a reference-counted [`Bytes`]), so the writer only prepends a 2–10
+//!   byte frame header to each and hands the whole batch to the kernel in
+//!   one vectored write — no copy into a per-connection buffer, one system
+//!   call per batch instead of one per frame;
+//! - after a frame that is far too large the session can send its 4009
+//!   close and then read and discard the rest of the frame (bounded), so the
+//!   client reads the close frame instead of a TCP reset.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{session, Gateway};
+
+/// The parsing (read) side of a connection.
+pub(crate) type ReadSocket = WebSocketStream<ReadSide>;
+
+/// WebSocket opcodes the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opcode {
+    Text = 0x1,
+    Close = 0x8,
+    Pong = 0xA,
+}
+
+/// One outgoing frame: opcode and (shared) payload.
+#[derive(Debug, Clone)]
+pub(crate) struct OutFrame {
+    pub opcode: Opcode,
+    pub payload: Bytes,
+}
+
+impl OutFrame {
+    pub(crate) fn text(payload: Bytes) -> OutFrame {
+        OutFrame {
+            opcode: Opcode::Text,
+            payload,
+        }
+    }
+
+    /// The answer to a client's WebSocket-level ping.
+    pub(crate) fn pong(mut payload: Bytes) -> OutFrame {
+        payload.truncate(125);
+        OutFrame {
+            opcode: Opcode::Pong,
+            payload,
+        }
+    }
+
+    pub(crate) fn close(code: u16, reason: &str) -> OutFrame {
+        let mut p = Vec::with_capacity(2 + reason.len());
+        p.extend_from_slice(&code.to_be_bytes());
+        // Control frames carry at most 125 bytes of payload.
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        p.extend_from_slice(&reason.as_bytes()[..end]);
+        OutFrame {
+            opcode: Opcode::Close,
+            payload: Bytes::from(p),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+/// The header of an unmasked, final server frame: (bytes, length).
+pub(crate) fn frame_header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | opcode as u8;
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if len <= u16::MAX as usize {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
+
+/// Writes `frames` with as few system calls as the kernel allows.
+pub(crate) async fn write_frames(w: &mut WriteHalf, frames: &[OutFrame]) -> io::Result<()> {
+    write_frames_with(w, frames, || {}).await
+}
+
+/// [`write_frames`], calling `progress` each time the socket accepted bytes.
+pub(crate) async fn write_frames_with(
+    w: &mut WriteHalf,
+    frames: &[OutFrame],
+    mut progress: impl FnMut(),
+) -> io::Result<()> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let heads: Vec<([u8; 10], usize)> = frames
+        .iter()
+        .map(|f| frame_header(f.opcode, f.len()))
+        .collect();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
+    for (f, (h, n)) in frames.iter().zip(&heads) {
+        slices.push(IoSlice::new(&h[..*n]));
+        if !f.payload.is_empty() {
+            slices.push(IoSlice::new(&f.payload));
+        }
+    }
+    let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+        progress();
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ the halves
+
+/// The read half. Its `AsyncWrite` side discards: tungstenite's automatic
+/// replies (pong to a client's ping, close echo) never reach the client
+/// through it — the session answers on the write half itself.
+pub(crate) struct ReadSide(tokio::io::ReadHalf<TokioIo<Upgraded>>);
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The write half of a connection (vectored writes reach the TCP socket).
+pub(crate) type WriteHalf = tokio::io::WriteHalf<TokioIo<Upgraded>>;
+
+/// Splits an upgraded connection into its parsing side and its write half.
+async fn split(upgraded: Upgraded, config: WebSocketConfig) -> (ReadSocket, WriteHalf) {
+    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+    let socket = WebSocketStream::from_raw_socket(ReadSide(read), Role::Server, Some(config)).await;
+    (socket, write)
+}
+
+/// Reads and discards what the client still sends (the rest of an
+/// oversized frame, its close reply) until it closes, `max_bytes` were
+/// read, or `idle` passes without data — so that closing the socket does
+/// not reset a connection whose close frame the client has not read yet.
+pub(crate) async fn drain(socket: &mut ReadSocket, max_bytes: u64, idle: std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let side = socket.get_mut();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    while total < max_bytes {
+        match tokio::time::timeout(idle, side.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => total += n as u64,
+            _ => break,
+        }
+    }
+}
+
+// ------------------------------------------------------------ the upgrade
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// `GET /v1/ws`: checks the upgrade request (RFC 6455 §4.2.1), answers 101
+/// with subprotocol `hearth.v1` when the client offered it, and runs the
+/// session on the upgraded connection.
+pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) -> Response {
+    if req.method() != Method::GET {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrade requires GET",
+        )
+            .into_response();
+    }
+    let headers = req.headers();
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        )
+            .into_response();
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` header did not include 'websocket'",
+        )
+            .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        )
+            .into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` header missing",
+        )
+            .into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let subprotocol = has_token(
+        headers,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        hearth_protocol::ws::SUBPROTOCOL_JSON,
+    );
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        )
+            .into_response();
+    };
+    let inner = gateway.inner;
+    let c = &inner.config;
+    let max_frame = (c.max_frame_bytes as usize).saturating_mul(2);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (socket, write) = split(upgraded, config).await;
+        session::run(inner, socket, write).await;
+    });
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if subprotocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(hearth_protocol::ws::SUBPROTOCOL_JSON),
+        );
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers_use_the_shortest_length_encoding() {
+        assert_eq!(frame_header(Opcode::Text, 5).0[..2], [0x81, 5]);
+        let (h, n) = frame_header(Opcode::Text, 300);
+        assert_eq!(&h[..n], &[0x81, 126, 1, 44]);
+        let (h, n) = frame_header(Opcode::Close, 70_000);
+        assert_eq!(&h[..n], &[0x88, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn close_payloads_are_truncated_to_a_control_frame() {
+        let long = "é".repeat(100);
+        let f = OutFrame::close(4009, &long);
+        assert!(f.len() <= 125);
+        assert_eq!(&f.payload[..2], &4009u16.to_be_bytes());
+        assert!(std::str::from_utf8(&f.payload[2..]).is_ok());
+    }
+}
