@@ -143,9 +143,10 @@ pub(crate) struct IndexSet {
 
 impl IndexSet {
     fn exempt(&self, collection_id: &str, segments: &[String]) -> bool {
-        self.exemptions.iter().any(|e| {
-            e.collection_group == collection_id && segments.starts_with(e.field.segments())
-        })
+        crate::system::field_is_unindexed(collection_id, segments)
+            || self.exemptions.iter().any(|e| {
+                e.collection_group == collection_id && segments.starts_with(e.field.segments())
+            })
     }
 
     /// All index keys of `doc`: single-field entries for every (nested) field
@@ -215,4 +216,35 @@ pub(crate) fn single_field_prefix(
             keys::MODE_VALUE
         },
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_documents_contribute_no_index_keys_for_secret_fields() {
+        let secret = "refresh-hash-0123456789abcdef";
+        let mut fields = Map::new();
+        fields.insert("uid".into(), Value::String("u1".into()));
+        fields.insert("refresh_hash".into(), Value::String(secret.into()));
+        let doc = Document {
+            path: hearth_protocol::DocPath::parse("__sessions__/s1").unwrap(),
+            fields,
+            create_time: hearth_protocol::Timestamp(0),
+            update_time: hearth_protocol::Timestamp(0),
+            version: 1,
+        };
+        let entries = IndexSet::default().entries(&doc);
+        assert_eq!(entries.len(), 1, "only uid is indexed");
+        let contains = |needle: &[u8]| {
+            entries
+                .iter()
+                .any(|k| k.windows(needle.len()).any(|w| w == needle))
+        };
+        assert!(!contains(secret.as_bytes()));
+        assert!(!contains(b"refresh_hash"));
+        assert!(contains(b"u1"));
+    }
 }

@@ -348,11 +348,13 @@ fn single_equality<'a>(
     }
 }
 
-/// Exempted fields have no single-field entries, so they need a declared index.
+/// Exempted fields (and the unindexed fields of system collections) have no
+/// single-field entries, so they need a declared index.
 fn exempt(ctx: &Ctx<'_>, collection_id: &str, field: &FieldPath) -> bool {
-    ctx.exemptions.iter().any(|e| {
-        e.collection_group == collection_id && field.segments().starts_with(e.field.segments())
-    })
+    crate::system::field_is_unindexed(collection_id, field.segments())
+        || ctx.exemptions.iter().any(|e| {
+            e.collection_group == collection_id && field.segments().starts_with(e.field.segments())
+        })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -446,6 +446,47 @@ async fn exempted_fields_are_not_indexed_and_need_a_declared_index() {
 }
 
 #[tokio::test]
+async fn secret_fields_of_system_collections_are_not_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let secret = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+    store
+        .commit(vec![set(
+            "__users__/u1",
+            json!({"email": "ada@example.com", "password_hash": secret, "disabled": false}),
+        )])
+        .await
+        .unwrap();
+    let query = |j: serde_json::Value| -> Query { serde_json::from_value(j).unwrap() };
+    // The fields the auth service queries on are indexed ...
+    let by_email = store
+        .query(&query(json!({"collection": "__users__",
+            "where": {"field": "email", "op": "==", "value": "ada@example.com"}})))
+        .unwrap();
+    assert_eq!(by_email.documents.len(), 1);
+    // ... a secret is not: a query on it needs a declared index instead of
+    // scanning (or silently missing) an index of password hashes.
+    assert!(matches!(
+        store.query(&query(json!({"collection": "__users__",
+            "where": {"field": "password_hash", "op": "==", "value": secret}}))),
+        Err(StoreError::MissingIndex { .. })
+    ));
+    // Ordinary collections still index every field.
+    store
+        .commit(vec![set("m/1", json!({"password_hash": secret}))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .query(&q().filter("password_hash", Op::Eq, secret))
+            .unwrap()
+            .documents
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn updates_and_deletes_maintain_index_entries() {
     let dir = tempfile::tempdir().unwrap();
     let store = seeded(dir.path(), vec![]).await;
