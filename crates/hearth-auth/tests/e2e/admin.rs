@@ -71,7 +71,7 @@ async fn admin_creates_updates_and_deletes_users() {
             .send(Method::PATCH, &format!("/v1/admin/users/{uid}"), Some(ADMIN_KEY), Some(json!({"custom_claims": {"role": "editor", "admin": true}})))
             .await;
         assert_eq!(patched.status, 200, "{}", patched.body);
-        let login = s.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"})).await;
+        let login = s.login("ada@example.com", "correct horse").await;
         let access = token(&login.body, "access_token");
         let v = s.auth.verify(&access).unwrap();
         assert_eq!(v.claims.custom["role"], "editor");
@@ -98,7 +98,7 @@ async fn admin_creates_updates_and_deletes_users() {
         let del = s.send(Method::DELETE, &format!("/v1/admin/users/{uid}"), Some(ADMIN_KEY), None).await;
         assert_eq!(del.status, 204);
         assert_error(&s.get(&format!("/v1/admin/users/{uid}"), Some(ADMIN_KEY)).await, 404, "not-found");
-        let login = s.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": "correct horse"})).await;
+        let login = s.login("ada@example.com", "correct horse").await;
         assert_error(&login, 401, "unauthenticated");
         // The email can be used again.
         s.sign_up("ada@example.com", "correct horse").await;

@@ -213,9 +213,7 @@ async fn refresh_token_reuse_revokes_the_whole_session_family() {
         let mut revocations = s.auth.subscribe_revocations();
         let first = s.sign_up("ada@example.com", "correct horse").await;
         let r1 = token(&first, "refresh_token");
-        let second = s
-            .post("/v1/auth/refresh", None, json!({"refresh_token": r1}))
-            .await;
+        let second = s.refresh(&r1).await;
         assert_eq!(second.status, 200, "{}", second.body);
         let r2 = token(&second.body, "refresh_token");
         let a2 = token(&second.body, "access_token");
@@ -223,14 +221,10 @@ async fn refresh_token_reuse_revokes_the_whole_session_family() {
         assert_eq!(s.me(&a2).await.status, 200);
 
         // The attacker replays the already-used r1.
-        let replay = s
-            .post("/v1/auth/refresh", None, json!({"refresh_token": r1}))
-            .await;
+        let replay = s.refresh(&r1).await;
         assert_error(&replay, 401, "unauthenticated");
         // The whole family is dead: the legitimate r2 and the access tokens.
-        let legit = s
-            .post("/v1/auth/refresh", None, json!({"refresh_token": r2}))
-            .await;
+        let legit = s.refresh(r2).await;
         assert_error(&legit, 401, "unauthenticated");
         assert_error(&s.me(&a2).await, 401, "unauthenticated");
         assert_error(
@@ -244,13 +238,7 @@ async fn refresh_token_reuse_revokes_the_whole_session_family() {
         assert!(rev.session_id.is_some());
 
         // Another session of the same user is unaffected.
-        let other = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let other = s.login("ada@example.com", "correct horse").await;
         assert_eq!(s.me(&token(&other.body, "access_token")).await.status, 200);
     })
     .await;
@@ -261,9 +249,7 @@ async fn garbage_refresh_tokens_are_refused() {
     within(60, async {
         let s = start(test_config()).await;
         for bad in ["", "short", &"A".repeat(43), &"é".repeat(30)] {
-            let r = s
-                .post("/v1/auth/refresh", None, json!({"refresh_token": bad}))
-                .await;
+            let r = s.refresh(bad).await;
             assert_error(&r, 401, "unauthenticated");
         }
     })
@@ -278,23 +264,11 @@ async fn login_rate_limit_trips_with_retry_after() {
         let s = start(config).await;
         s.sign_up("ada@example.com", "correct horse").await;
         for _ in 0..3 {
-            let r = s
-                .post(
-                    "/v1/auth/login",
-                    None,
-                    json!({"email": "ada@example.com", "password": "wrong password"}),
-                )
-                .await;
+            let r = s.login("ada@example.com", "wrong password").await;
             assert_eq!(r.status, 401);
         }
         // Even the right password is refused while limited.
-        let r = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let r = s.login("ada@example.com", "correct horse").await;
         assert_error(&r, 429, "resource-exhausted");
         let retry: u64 = r.retry_after.expect("Retry-After header").parse().unwrap();
         assert!((1..=20).contains(&retry), "retry after {retry}");
@@ -309,33 +283,15 @@ async fn per_account_limit_trips_across_ips_for_one_email() {
         config.rate_limits.login_per_account = Some(Rate::new(2, Duration::from_secs(60)));
         let s = start(config).await;
         for _ in 0..2 {
-            let r = s
-                .post(
-                    "/v1/auth/login",
-                    None,
-                    json!({"email": "Target@Example.com", "password": "wrong password"}),
-                )
-                .await;
+            let r = s.login("Target@Example.com", "wrong password").await;
             assert_eq!(r.status, 401);
         }
         // Normalization: another spelling of the same address shares the bucket.
-        let r = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": " target@example.COM", "password": "x"}),
-            )
-            .await;
+        let r = s.login(" target@example.COM", "x").await;
         assert_error(&r, 429, "resource-exhausted");
         assert!(r.retry_after.is_some());
         // Another account is not limited.
-        let r = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "other@example.com", "password": "wrong password"}),
-            )
-            .await;
+        let r = s.login("other@example.com", "wrong password").await;
         assert_eq!(r.status, 401);
     })
     .await;
@@ -358,21 +314,9 @@ async fn signup_refresh_and_reset_are_rate_limited_too() {
             )
             .await;
         assert_error(&r, 429, "resource-exhausted");
-        let r1 = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&t, "refresh_token")}),
-            )
-            .await;
+        let r1 = s.refresh(token(&t, "refresh_token")).await;
         assert_eq!(r1.status, 200);
-        let r2 = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&r1.body, "refresh_token")}),
-            )
-            .await;
+        let r2 = s.refresh(token(&r1.body, "refresh_token")).await;
         assert_error(&r2, 429, "resource-exhausted");
         let p1 = s
             .post(
@@ -407,13 +351,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
             let s = &s;
             async move {
                 let started = Instant::now();
-                let r = s
-                    .post(
-                        "/v1/auth/login",
-                        None,
-                        json!({"email": email, "password": "wrong password"}),
-                    )
-                    .await;
+                let r = s.login(email, "wrong password").await;
                 (r, started.elapsed())
             }
         };
@@ -456,26 +394,14 @@ async fn disabled_user_cannot_refresh_and_is_revoked() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["disabled"], true);
-        let refresh = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&t, "refresh_token")}),
-            )
-            .await;
+        let refresh = s.refresh(token(&t, "refresh_token")).await;
         assert_error(&refresh, 401, "unauthenticated");
         assert_error(&s.me(&access).await, 401, "unauthenticated");
         assert!(matches!(
             s.auth.verify_access_token(&access),
             Err(AuthError::UserDisabled | AuthError::InvalidToken(_))
         ));
-        let login = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let login = s.login("ada@example.com", "correct horse").await;
         assert_error(&login, 401, "unauthenticated");
         let rev = revocations
             .try_recv()
@@ -494,13 +420,7 @@ async fn disabled_user_cannot_refresh_and_is_revoked() {
             )
             .await;
         assert_eq!(r.status, 200);
-        let login = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let login = s.login("ada@example.com", "correct horse").await;
         assert_eq!(login.status, 200);
         assert_error(&s.me(&access).await, 401, "unauthenticated");
     })

@@ -137,6 +137,26 @@ impl TestServer {
         r.body
     }
 
+    /// `POST /v1/auth/login` with these credentials.
+    pub async fn login(&self, email: impl AsRef<str>, password: impl AsRef<str>) -> Reply {
+        self.post(
+            "/v1/auth/login",
+            None,
+            json!({"email": email.as_ref(), "password": password.as_ref()}),
+        )
+        .await
+    }
+
+    /// `POST /v1/auth/refresh` with this refresh token.
+    pub async fn refresh(&self, refresh_token: impl AsRef<str>) -> Reply {
+        self.post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": refresh_token.as_ref()}),
+        )
+        .await
+    }
+
     pub async fn me(&self, access_token: &str) -> Reply {
         self.get("/v1/auth/me", Some(access_token)).await
     }

@@ -176,34 +176,16 @@ async fn password_reset_over_smtp_sets_a_new_password_and_signs_out_everywhere()
             .await;
         assert_error(&again, 412, "failed-precondition");
 
-        let old = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let old = s.login("ada@example.com", "correct horse").await;
         assert_error(&old, 401, "unauthenticated");
-        let new = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "battery staple"}),
-            )
-            .await;
+        let new = s.login("ada@example.com", "battery staple").await;
         assert_eq!(new.status, 200);
         assert_error(
             &s.me(&token(&t, "access_token")).await,
             401,
             "unauthenticated",
         );
-        let refresh = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&t, "refresh_token")}),
-            )
-            .await;
+        let refresh = s.refresh(token(&t, "refresh_token")).await;
         assert_error(&refresh, 401, "unauthenticated");
     })
     .await;
@@ -274,13 +256,7 @@ async fn email_verification_over_smtp_marks_the_address_verified() {
         assert_eq!(ok.status, 200, "{}", ok.body);
         assert_eq!(ok.body["email_verified"], true);
         // The next access token says so.
-        let refreshed = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&t, "refresh_token")}),
-            )
-            .await;
+        let refreshed = s.refresh(token(&t, "refresh_token")).await;
         let v = s
             .auth
             .verify(&token(&refreshed.body, "access_token"))
@@ -335,21 +311,9 @@ async fn email_change_over_smtp_moves_the_account_to_the_new_address() {
         assert_eq!(ok.status, 200, "{}", ok.body);
         assert_eq!(ok.body["email"], "ada.new@example.com");
         assert_eq!(ok.body["email_verified"], true);
-        let old = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let old = s.login("ada@example.com", "correct horse").await;
         assert_error(&old, 401, "unauthenticated");
-        let new = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada.new@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let new = s.login("ada.new@example.com", "correct horse").await;
         assert_eq!(new.body["uid"], t["uid"]);
         // The old address is free again.
         s.sign_up("ada@example.com", "correct horse").await;
@@ -390,13 +354,7 @@ async fn without_smtp_mails_go_to_the_dev_outbox() {
             .await;
         assert_eq!(ok.status, 204, "{}", ok.body);
         // The outbox is admin-only.
-        let t = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "battery staple"}),
-            )
-            .await;
+        let t = s.login("ada@example.com", "battery staple").await;
         assert_error(
             &s.get("/v1/admin/outbox", Some(&token(&t.body, "access_token")))
                 .await,

@@ -129,22 +129,10 @@ async fn login_works_with_any_spelling_of_the_email() {
     within(60, async {
         let s = start(test_config()).await;
         let t = s.sign_up("ada@example.com", "correct horse").await;
-        let r = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ADA@EXAMPLE.COM ", "password": "correct horse"}),
-            )
-            .await;
+        let r = s.login("ADA@EXAMPLE.COM ", "correct horse").await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["uid"], t["uid"]);
-        let r = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "Correct horse"}),
-            )
-            .await;
+        let r = s.login("ada@example.com", "Correct horse").await;
         assert_error(&r, 401, "unauthenticated");
     })
     .await;
@@ -173,13 +161,7 @@ async fn anonymous_user_links_to_email_and_keeps_its_uid() {
         let me = s.me(&token(&linked.body, "access_token")).await;
         assert_eq!(me.body["provider"], "password");
         assert_eq!(me.body["email"], "ada@example.com");
-        let login = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await;
+        let login = s.login("ada@example.com", "correct horse").await;
         assert_eq!(login.body["uid"], uid.as_str(), "same uid after linking");
 
         // Linking twice, or linking to a taken email, is refused.
@@ -209,22 +191,8 @@ async fn sign_out_ends_this_session_and_everywhere_ends_all() {
     within(60, async {
         let s = start(test_config()).await;
         let a = s.sign_up("ada@example.com", "correct horse").await;
-        let b = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await
-            .body;
-        let c = s
-            .post(
-                "/v1/auth/login",
-                None,
-                json!({"email": "ada@example.com", "password": "correct horse"}),
-            )
-            .await
-            .body;
+        let b = s.login("ada@example.com", "correct horse").await.body;
+        let c = s.login("ada@example.com", "correct horse").await.body;
 
         let r = s
             .post(
@@ -239,13 +207,7 @@ async fn sign_out_ends_this_session_and_everywhere_ends_all() {
             401,
             "unauthenticated",
         );
-        let refresh = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&a, "refresh_token")}),
-            )
-            .await;
+        let refresh = s.refresh(token(&a, "refresh_token")).await;
         assert_error(&refresh, 401, "unauthenticated");
         assert_eq!(
             s.me(&token(&b, "access_token")).await.status,
@@ -267,13 +229,7 @@ async fn sign_out_ends_this_session_and_everywhere_ends_all() {
                 401,
                 "unauthenticated",
             );
-            let refresh = s
-                .post(
-                    "/v1/auth/refresh",
-                    None,
-                    json!({"refresh_token": token(t, "refresh_token")}),
-                )
-                .await;
+            let refresh = s.refresh(token(t, "refresh_token")).await;
             assert_error(&refresh, 401, "unauthenticated");
         }
     })
@@ -340,13 +296,7 @@ async fn key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_kid
             200,
             "old token still verifies"
         );
-        let refreshed = s
-            .post(
-                "/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token(&t, "refresh_token")}),
-            )
-            .await;
+        let refreshed = s.refresh(token(&t, "refresh_token")).await;
         let new_access = token(&refreshed.body, "access_token");
         assert_eq!(
             jsonwebtoken::decode_header(&new_access)

@@ -48,7 +48,7 @@ async fn pyjwt_verifies_access_tokens_against_the_jwks() {
         assert_eq!(check(token(&t, "access_token")).await, token(&t, "uid"));
         // After a rotation the new kid is found in the JWKS as well.
         s.post("/v1/admin/keys/rotate", Some(crate::common::ADMIN_KEY), json!({})).await;
-        let r = s.post("/v1/auth/refresh", None, json!({"refresh_token": token(&t, "refresh_token")})).await;
+        let r = s.refresh(token(&t, "refresh_token")).await;
         assert_eq!(check(token(&r.body, "access_token")).await, token(&t, "uid"));
     })
     .await;
