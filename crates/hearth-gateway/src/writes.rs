@@ -11,18 +11,19 @@
 //! is the record's `version`, its commit time the record's `update_time`,
 //! and the record lists the written paths and which were deletes.
 //!
-//! Every write is checked by `AccessControl::check_write` against the state
-//! it will be applied to (earlier writes of the same batch included), inside
-//! a store transaction so a concurrent change between check and commit
-//! aborts and retries instead of slipping past the rules.
-
-use std::collections::HashMap;
+//! Every write is checked by `AccessControl::authorize_writes` (the check
+//! REST uses too) against the state it will be applied to (earlier writes of
+//! the same batch included), inside a store transaction so a concurrent
+//! change between check and commit aborts and retries instead of slipping
+//! past the rules. A transaction's reads are `get`-checked before their
+//! versions are compared, so an `aborted` answer never reveals the version
+//! of a document the caller may not read.
 
 use hearth_protocol::write::MAX_WRITES_PER_COMMIT;
 use hearth_protocol::ws::TransactionRead;
 use hearth_protocol::{
-    apply_write, CollectionPath, CommitResult, DocPath, Document, ErrorBody, ErrorCode, Map,
-    Timestamp, Value, Write, WriteKind, WriteResult,
+    CollectionPath, CommitResult, DocPath, Document, ErrorBody, ErrorCode, Map, Timestamp, Value,
+    Write, WriteKind, WriteResult,
 };
 use hearth_rules::{AccessControl, Principal};
 use hearth_store::{Store, StoreError};
@@ -36,7 +37,10 @@ pub const MUTATIONS_COLLECTION: &str = "__mutations__";
 pub const MAX_MUTATION_ID_BYTES: usize = 128;
 /// Writes per frame (one slot of the store's commit limit is the record).
 pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT - 1;
-const MAX_ATTEMPTS: usize = 5;
+/// Attempts of the check-then-commit transaction before answering `aborted`
+/// (concurrent writes to the same document conflict; each retry waits a
+/// little longer, with jitter, so that contenders spread out).
+const MAX_ATTEMPTS: u32 = 12;
 
 fn principal_key(p: &Principal) -> String {
     match p {
@@ -171,11 +175,32 @@ pub(crate) async fn apply_once(
         record_path.clone(),
         record_fields(p, mutation_id, &writes),
     ));
+    if p.is_admin() && reads.is_empty() {
+        // Nothing to check against a snapshot: a plain commit, whose
+        // must-not-exist record still makes it apply once.
+        return match store.commit(all).await {
+            Ok(mut result) => {
+                result.results.truncate(writes.len());
+                Ok((result, false))
+            }
+            Err(e) => duplicate_or(store, &record_path, e),
+        };
+    }
     let mut last_abort = None;
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            let jitter = rand::random::<u64>() % 1000;
+            let wait = u64::from(attempt) * 1000 + jitter;
+            tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
+        }
         let tx = store.transaction();
         for r in reads {
             let current = tx.get(&r.path).map_err(store_error)?;
+            if !p.is_admin() {
+                access
+                    .check_get(p, &r.path, current.as_ref(), &StoreLookup(store))
+                    .map_err(access_error)?;
+            }
             if current.as_ref().map(|d| d.version) != r.version {
                 return Err(ErrorBody::new(
                     ErrorCode::Aborted,
@@ -195,23 +220,8 @@ pub(crate) async fn apply_once(
                 result.results.truncate(writes.len());
                 return Ok((result, false));
             }
-            Err(StoreError::AlreadyExists(path)) if path == record_path => {
-                let record = store
-                    .get(&record_path)
-                    .map_err(store_error)?
-                    .ok_or_else(|| {
-                        ErrorBody::new(ErrorCode::Internal, "mutation record vanished")
-                    })?;
-                return Ok((result_from_record(&record)?, true));
-            }
             Err(StoreError::Aborted(msg)) => last_abort = Some(msg),
-            Err(e) => {
-                // A concurrent retry of the same mutation may have won.
-                if let Ok(Some(record)) = store.get(&record_path) {
-                    return Ok((result_from_record(&record)?, true));
-                }
-                return Err(store_error(e));
-            }
+            Err(e) => return duplicate_or(store, &record_path, e),
         }
     }
     Err(ErrorBody::new(
@@ -223,8 +233,22 @@ pub(crate) async fn apply_once(
     ))
 }
 
+/// After a failed commit: if the mutation's record exists, a concurrent
+/// retry of the same mutation won and its result is ours (a duplicate);
+/// otherwise the commit's error stands.
+fn duplicate_or(
+    store: &Store,
+    record_path: &DocPath,
+    error: StoreError,
+) -> Result<(CommitResult, bool), ErrorBody> {
+    match store.get(record_path) {
+        Ok(Some(record)) => Ok((result_from_record(&record)?, true)),
+        _ => Err(store_error(error)),
+    }
+}
+
 /// Access checks for every write, each against the state the earlier writes
-/// of the batch leave.
+/// of the batch leave (the one shared write check of `hearth-rules`).
 fn check_writes(
     store: &Store,
     access: &AccessControl,
@@ -232,29 +256,15 @@ fn check_writes(
     tx: &hearth_store::Transaction,
     writes: &[Write],
 ) -> Result<(), ErrorBody> {
-    let lookup = StoreLookup(store);
-    let now = Timestamp::now();
-    let mut pending: HashMap<&DocPath, Option<Document>> = HashMap::new();
-    for w in writes {
-        let existing = match pending.get(&w.path) {
-            Some(d) => d.clone(),
-            None => tx.get(&w.path).map_err(store_error)?,
-        };
-        let new_fields = apply_write(existing.as_ref(), w, now)
-            .map_err(|e| ErrorBody::new(e.code(), e.to_string()))?;
-        access
-            .check_write(p, w, existing.as_ref(), new_fields.as_ref(), &lookup)
-            .map_err(access_error)?;
-        let next = new_fields.map(|fields| Document {
-            path: w.path.clone(),
-            fields,
-            create_time: existing.as_ref().map(|d| d.create_time).unwrap_or(now),
-            update_time: now,
-            version: existing.as_ref().map(|d| d.version + 1).unwrap_or(1),
-        });
-        pending.insert(&w.path, next);
-    }
-    Ok(())
+    access
+        .authorize_writes(
+            p,
+            writes,
+            Timestamp::now(),
+            &mut |path| tx.get(path).map_err(|e| e.to_string()),
+            &StoreLookup(store),
+        )
+        .map_err(|e| ErrorBody::new(e.code(), e.to_string()))
 }
 
 #[cfg(test)]

@@ -45,13 +45,16 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use hearth_protocol::{
-    path::is_reserved_id, DocPath, Document, Map, Query, QuerySource, Timestamp, Write, WriteKind,
+    apply_write, path::is_reserved_id, DocPath, Document, Map, Query, QuerySource, Timestamp,
+    Write, WriteKind,
 };
 use parking_lot::RwLock;
 
 use crate::ast::Method;
-use crate::error::AccessError;
+use crate::error::{AccessError, WriteRefusal};
 use crate::ruleset::{ListPrecheck, Principal, RuleRequest, Ruleset};
 use crate::DocumentLookup;
 
@@ -212,6 +215,78 @@ impl AccessControl {
         self.check_at(p, method, &write.path, existing, new_fields, time, lookup)
     }
 
+    /// Every write of one commit (a single write, a batch, a transaction's
+    /// writes), in order, each against the state the earlier writes of the
+    /// same commit leave: the one write check REST, the WebSocket gateway and
+    /// (later) functions share. `load` reads a document's stored state (the
+    /// transaction's snapshot, for transactions).
+    ///
+    /// **The rules decide before the write's own semantics.** A write that
+    /// cannot apply (create over an existing document, update of a missing
+    /// one, a failed precondition) is first checked as if it had no
+    /// existence conditions (`create` as `set`, `update` as `merge`, no
+    /// precondition); only when the rules allow that is its real error
+    /// returned. So `already-exists`, `not-found` and `failed-precondition`
+    /// never tell a caller anything about documents it may not write.
+    pub fn authorize_writes(
+        &self,
+        p: &Principal,
+        writes: &[Write],
+        time: Timestamp,
+        load: &mut dyn FnMut(&DocPath) -> Result<Option<Document>, String>,
+        lookup: &dyn DocumentLookup,
+    ) -> Result<(), WriteRefusal> {
+        if matches!(p, Principal::Admin) {
+            return Ok(());
+        }
+        let mut staged: HashMap<&DocPath, Option<Document>> = HashMap::new();
+        for write in writes {
+            let existing = match staged.get(&write.path) {
+                Some(doc) => doc.clone(),
+                None => load(&write.path).map_err(|message| WriteRefusal::Load {
+                    path: write.path.to_string(),
+                    message,
+                })?,
+            };
+            let new_fields = match apply_write(existing.as_ref(), write, time) {
+                Ok(fields) => fields,
+                Err(error) => {
+                    let relaxed = without_existence_conditions(write);
+                    if let Ok(fields) = apply_write(existing.as_ref(), &relaxed, time) {
+                        self.check_write_at(
+                            p,
+                            &relaxed,
+                            existing.as_ref(),
+                            fields.as_ref(),
+                            time,
+                            lookup,
+                        )?;
+                    }
+                    // Otherwise the write is invalid whatever is stored: its
+                    // error reveals nothing about the document.
+                    return Err(error.into());
+                }
+            };
+            self.check_write_at(
+                p,
+                write,
+                existing.as_ref(),
+                new_fields.as_ref(),
+                time,
+                lookup,
+            )?;
+            let next = new_fields.map(|fields| Document {
+                path: write.path.clone(),
+                fields,
+                create_time: existing.as_ref().map_or(time, |d| d.create_time),
+                update_time: time,
+                version: existing.as_ref().map_or(1, |d| d.version + 1),
+            });
+            staged.insert(&write.path, next);
+        }
+        Ok(())
+    }
+
     /// The general form of the checks above, for callers that already know
     /// the method (the rules test runner, functions).
     pub fn check(
@@ -299,4 +374,22 @@ fn list_allowed(
         time: now,
     };
     rules.evaluate(&req, lookup).allowed
+}
+
+/// The same write without conditions on the document's existence or
+/// version: what the rules judge when the real write cannot apply.
+fn without_existence_conditions(write: &Write) -> Write {
+    let kind = match &write.kind {
+        WriteKind::Create { data } => WriteKind::Set { data: data.clone() },
+        WriteKind::Update { fields } => WriteKind::Merge {
+            fields: fields.clone(),
+        },
+        other => other.clone(),
+    };
+    Write {
+        path: write.path.clone(),
+        kind,
+        precondition: None,
+        transforms: write.transforms.clone(),
+    }
 }

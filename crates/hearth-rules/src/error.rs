@@ -108,3 +108,29 @@ impl AccessError {
         }
     }
 }
+
+/// Why [`crate::AccessControl::authorize_writes`] refused a commit's writes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteRefusal {
+    /// The rules deny one of the writes.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// The rules allow it, but the write cannot apply (a precondition,
+    /// create over an existing document, update of a missing one, a bad
+    /// transform). Only reported to callers the rules let write there.
+    #[error(transparent)]
+    Write(#[from] hearth_protocol::WriteError),
+    /// Loading a document's current state failed (a storage error).
+    #[error("cannot read the current state of {path}: {message}")]
+    Load { path: String, message: String },
+}
+
+impl WriteRefusal {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WriteRefusal::Access(e) => e.code(),
+            WriteRefusal::Write(e) => e.code(),
+            WriteRefusal::Load { .. } => ErrorCode::Internal,
+        }
+    }
+}

@@ -62,7 +62,7 @@ use hearth_protocol::{DocPath, Document};
 
 pub use access::AccessControl;
 pub use ast::Method;
-pub use error::{AccessError, RulesError};
+pub use error::{AccessError, RulesError, WriteRefusal};
 pub use eval::{MAX_CALL_DEPTH, MAX_DOC_LOOKUPS, MAX_EVAL_DEPTH, MAX_STEPS};
 pub use file::{RulesFile, DEFAULT_POLL_INTERVAL};
 pub use parser::{MAX_EXPR_DEPTH, MAX_RULES_BYTES};

@@ -497,3 +497,97 @@ fn access_control_and_rulesets_can_be_shared_across_threads() {
         .unwrap();
     assert!(ok);
 }
+
+mod authorize_writes {
+    use super::*;
+    use hearth_protocol::{Document, Precondition, Timestamp};
+    use hearth_rules::WriteRefusal;
+
+    const OWNER_ONLY: &str = r#"
+        match /notes/{uid}/items/{id} {
+          allow read, write: if request.auth != null && request.auth.uid == uid;
+        }
+        match /counters/{id} {
+          allow create: if request.resource.data.n == 0;
+          allow update: if request.resource.data.n == resource.data.n + 1;
+        }
+    "#;
+
+    fn run(
+        access: &AccessControl,
+        who: &Principal,
+        stored: &[Document],
+        writes: &[Write],
+    ) -> Result<(), WriteRefusal> {
+        let mut load = |p: &DocPath| Ok(stored.iter().find(|d| &d.path == p).cloned());
+        access.authorize_writes(who, writes, Timestamp(1), &mut load, &NoDocuments)
+    }
+
+    fn data(json: serde_json::Value) -> hearth_protocol::Map {
+        common::fields(json)
+    }
+
+    #[test]
+    fn existence_errors_are_reported_only_to_callers_the_rules_let_write() {
+        let access = ac(OWNER_ONLY);
+        let stored = [doc("notes/alice/items/n1", serde_json::json!({"t": 1}))];
+        let existing = path("notes/alice/items/n1");
+        let missing = path("notes/alice/items/nope");
+        let mallory = Principal::user("mallory");
+        let attempts = [
+            Write::create(existing.clone(), data(serde_json::json!({"t": 2}))),
+            Write::update(
+                missing.clone(),
+                [(FieldPath::parse("t").unwrap(), Value::Integer(2))].into(),
+            ),
+            Write::set(existing.clone(), data(serde_json::json!({})))
+                .with_precondition(Precondition::Exists(false)),
+            Write::delete(missing.clone()).with_precondition(Precondition::Exists(true)),
+            Write::set(existing.clone(), data(serde_json::json!({})))
+                .with_precondition(Precondition::Version(7)),
+        ];
+        for w in &attempts {
+            // Someone else: the same answer whether the document exists or not.
+            let err = run(&access, &mallory, &stored, std::slice::from_ref(w)).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::PermissionDenied, "{w:?}: {err}");
+            // The owner learns the real reason.
+            let err = run(&access, &alice(), &stored, std::slice::from_ref(w)).unwrap_err();
+            assert_ne!(err.code(), ErrorCode::PermissionDenied, "{w:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_write_is_judged_against_the_state_earlier_writes_of_the_commit_leave() {
+        let access = ac(OWNER_ONLY);
+        let c = path("counters/c");
+        let zero = Write::create(c.clone(), data(serde_json::json!({"n": 0})));
+        let one = Write::set(c.clone(), data(serde_json::json!({"n": 1})));
+        let two = Write::set(c.clone(), data(serde_json::json!({"n": 2})));
+        // create n=0 then update to 1: the update sees the created document.
+        run(&access, &alice(), &[], &[zero.clone(), one.clone()]).unwrap();
+        // Skipping a step is refused even inside one batch.
+        let err = run(&access, &alice(), &[], &[zero, two]).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PermissionDenied);
+        // One forbidden write refuses the whole commit.
+        let err = run(
+            &access,
+            &alice(),
+            &[],
+            &[
+                Write::set(path("notes/alice/items/a"), data(serde_json::json!({}))),
+                Write::set(path("notes/bob/items/b"), data(serde_json::json!({}))),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PermissionDenied);
+    }
+
+    #[test]
+    fn the_admin_is_not_judged_and_system_paths_stay_admin_only() {
+        let access = ac("match /{all=**} { allow read, write; }");
+        let sys = Write::set(path("__users__/u1"), data(serde_json::json!({})));
+        run(&access, &Principal::Admin, &[], std::slice::from_ref(&sys)).unwrap();
+        let err = run(&access, &alice(), &[], &[sys]).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PermissionDenied);
+    }
+}

@@ -22,9 +22,7 @@
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
-use hearth_protocol::{
-    apply_write, CollectionPath, DocPath, Document, ErrorCode, Query, Timestamp, Write,
-};
+use hearth_protocol::{CollectionPath, DocPath, Document, ErrorCode, Query, Timestamp, Write};
 use hearth_rules::{AccessControl, AccessError, DocumentLookup};
 
 pub use hearth_rules::Principal;
@@ -219,32 +217,26 @@ impl Access {
 
     /// Does this principal need the current documents to decide on writes?
     /// (The admin never does, which keeps the admin write path read-free.)
-    pub fn needs_current_for_writes(&self, principal: &Principal) -> bool {
-        !principal.is_admin()
-    }
-
-    /// May `principal` perform `write` on a document currently `current`?
-    /// The rules see the document as the write would leave it
-    /// (`request.resource.data`), computed with the same `apply_write` the
-    /// store runs; inside a batch, `current` is the stored state (earlier
-    /// writes of the same batch are not visible to the rules).
-    pub fn check_write(
+    /// May `principal` commit `writes` (one write, a batch or a
+    /// transaction's writes)? `load` reads a document's stored state. The
+    /// rules see each document as the earlier writes of the commit leave it
+    /// and as the write would leave it (`request.resource.data`), and they
+    /// decide before the write's own errors (see
+    /// `hearth_rules::AccessControl::authorize_writes`), so `already-exists`
+    /// or `not-found` never reveal documents the caller may not write.
+    pub fn check_writes(
         &self,
         principal: &Principal,
-        write: &Write,
-        current: Option<&Document>,
+        writes: &[Write],
+        load: &mut dyn FnMut(&DocPath) -> Result<Option<Document>, String>,
     ) -> Result<(), ApiError> {
         if principal.is_admin() {
             return Ok(());
         }
-        if write.path.is_system() {
-            return Err(system_denied());
-        }
         let (rules, lookup) = self.rules(principal)?;
-        let new_fields = apply_write(current, write, Timestamp::now())?;
         rules
-            .check_write(principal, write, current, new_fields.as_ref(), lookup)
-            .map_err(access_error)
+            .authorize_writes(principal, writes, Timestamp::now(), load, lookup)
+            .map_err(|e| ApiError::new(e.code(), e.to_string()))
     }
 
     /// Admin-only endpoints (changelog, backup, export, indexes).
@@ -348,9 +340,14 @@ mod tests {
         );
         let mine = Write::create(doc.clone(), [("owner".to_string(), "u1".into())].into());
         let theirs = Write::create(doc.clone(), [("owner".to_string(), "u2".into())].into());
-        assert!(a.check_write(&user, &mine, None).is_ok());
-        assert!(a.check_write(&user, &theirs, None).is_err());
-        assert!(a.check_write(&user, &Write::delete(doc), None).is_err());
+        let mut nothing_stored = |_: &DocPath| Ok(None);
+        assert!(a.check_writes(&user, &[mine], &mut nothing_stored).is_ok());
+        assert!(a
+            .check_writes(&user, &[theirs], &mut nothing_stored)
+            .is_err());
+        assert!(a
+            .check_writes(&user, &[Write::delete(doc)], &mut nothing_stored)
+            .is_err());
         let q = Query::collection(CollectionPath::parse("rooms").unwrap());
         assert!(a.check_query(&user, &q).is_ok());
     }

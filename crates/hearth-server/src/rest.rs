@@ -128,17 +128,13 @@ fn check_writes(state: &AppState, principal: &Principal, writes: &[Write]) -> Re
             writes.len()
         )));
     }
-    let access = state.access();
     for write in writes {
         write.validate()?;
-        let current = if access.needs_current_for_writes(principal) {
-            state.store().get(&write.path)?
-        } else {
-            None
-        };
-        access.check_write(principal, write, current.as_ref())?;
     }
-    Ok(())
+    let store = state.store();
+    state.access().check_writes(principal, writes, &mut |path| {
+        store.get(path).map_err(|e| e.to_string())
+    })
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
