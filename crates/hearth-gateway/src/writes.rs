@@ -189,9 +189,7 @@ pub(crate) async fn apply_once(
     let mut last_abort = None;
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
-            let jitter = rand::random::<u64>() % 1000;
-            let wait = u64::from(attempt) * 1000 + jitter;
-            tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
+            hearth_store::contention_backoff(attempt).await;
         }
         let tx = store.transaction();
         for r in reads {

@@ -105,20 +105,55 @@ fn expect_doc(path: AnyPath, method: &str) -> Result<DocPath, ApiError> {
     }
 }
 
+/// Rules-checked commits that keep losing a race to concurrent writers of
+/// the same documents are answered `aborted` after this many attempts.
+const CHECKED_COMMIT_ATTEMPTS: u32 = 12;
+
 /// Commits writes after the access check of each one, recording metrics.
+///
+/// For callers the rules judge, the check reads the documents through a
+/// store transaction, so the commit fails (and the check runs again on the
+/// new state) if any of them changed in between: no write is ever let
+/// through by a state that is gone when it commits.
 pub(crate) async fn checked_commit(
     state: &AppState,
     principal: &Principal,
     writes: Vec<Write>,
 ) -> Result<CommitResult, ApiError> {
-    check_writes(state, principal, &writes)?;
     let count = writes.len();
-    let result = state.store().commit(writes).await?;
+    let result = if principal.is_admin() {
+        check_writes(state, principal, &writes, &mut |_| Ok(None))?;
+        state.store().commit(writes).await?
+    } else {
+        let mut attempt = 0;
+        loop {
+            let tx = state.store().transaction();
+            check_writes(state, principal, &writes, &mut |path| {
+                tx.get(path).map_err(|e| e.to_string())
+            })?;
+            match tx.commit(writes.clone()).await {
+                Err(hearth_store::StoreError::Aborted(_))
+                    if attempt + 1 < CHECKED_COMMIT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    hearth_store::contention_backoff(attempt).await;
+                }
+                other => break other?,
+            }
+        }
+    };
     crate::telemetry::record_commit(count);
     Ok(result)
 }
 
-fn check_writes(state: &AppState, principal: &Principal, writes: &[Write]) -> Result<(), ApiError> {
+/// Validates a commit's writes and asks the rules about each; `load` reads a
+/// document's current state (through the caller's transaction, if any).
+fn check_writes(
+    state: &AppState,
+    principal: &Principal,
+    writes: &[Write],
+    load: &mut dyn FnMut(&DocPath) -> Result<Option<Document>, String>,
+) -> Result<(), ApiError> {
     if writes.is_empty() {
         return Err(ApiError::invalid("a commit needs at least one write"));
     }
@@ -131,10 +166,7 @@ fn check_writes(state: &AppState, principal: &Principal, writes: &[Write]) -> Re
     for write in writes {
         write.validate()?;
     }
-    let store = state.store();
-    state.access().check_writes(principal, writes, &mut |path| {
-        store.get(path).map_err(|e| e.to_string())
-    })
+    state.access().check_writes(principal, writes, load)
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -498,7 +530,11 @@ pub async fn tx_commit(
     let mut guard = open.tx.lock().await;
     let tx = guard.take().ok_or_else(|| transaction_finished(&id))?;
     state.transactions().remove(&id);
-    check_writes(&state, &principal, &body.writes)?;
+    // The rules read through the transaction, so the documents they judged
+    // are validated at commit like the transaction's own reads.
+    check_writes(&state, &principal, &body.writes, &mut |path| {
+        tx.get(path).map_err(|e| e.to_string())
+    })?;
     let count = body.writes.len();
     let result = tx.commit(body.writes).await?;
     crate::telemetry::record_commit(count);

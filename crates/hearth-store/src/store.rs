@@ -71,6 +71,20 @@ fn read_meta_u64(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>, StoreEr
     Ok(engine.get(key)?.as_deref().and_then(keys::read_u64))
 }
 
+/// The wait before retry `attempt` (1, 2, …) of a commit that lost an
+/// optimistic-concurrency race: about `attempt` milliseconds plus up to one
+/// millisecond of jitter, so that contenders spread out.
+pub async fn contention_backoff(attempt: u32) {
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0),
+    ) % 1000;
+    let micros = u64::from(attempt) * 1000 + jitter;
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
+
 impl Store {
     /// Opens (or creates) the store in `config.data_dir` and starts its committer.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
