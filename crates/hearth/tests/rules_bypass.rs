@@ -679,7 +679,6 @@ async fn missing_forged_tampered_and_signed_out_tokens_get_no_access() {
 /// Probes whose answer would tell B whether A's document exists (or its
 /// version) if a write error were reported before the rules' verdict.
 #[tokio::test]
-#[ignore = "known leak: hearth-server Access::check_write and the gateway's check_writes run apply_write (preconditions, create/update existence) before the rules, so B gets already-exists/not-found/failed-precondition instead of permission-denied for A's documents"]
 async fn error_codes_do_not_reveal_whether_another_users_document_exists() {
     within(async {
         let w = World::start().await;
@@ -722,7 +721,6 @@ async fn error_codes_do_not_reveal_whether_another_users_document_exists() {
 /// A transaction's `reads` are reads: naming a document B may not read must
 /// not tell B its version (or whether it exists).
 #[tokio::test]
-#[ignore = "known leak: the gateway's apply_once compares transaction reads with the store before any access check, so `aborted ... now at Some(v)` tells B the version of documents (system ones included) it may not read"]
 async fn websocket_transaction_reads_of_unreadable_documents_are_denied() {
     within(async {
         let w = World::start().await;
