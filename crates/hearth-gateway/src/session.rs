@@ -46,6 +46,9 @@ const OVERSIZE_DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// The writer takes at most this many frames / bytes per system call.
 const BATCH_FRAMES: usize = 256;
 const BATCH_BYTES: usize = 256 * 1024;
+/// A connection is written at most once per this interval while frames keep
+/// coming (they are batched meanwhile); see `writer`.
+const MIN_WRITE_GAP: Duration = Duration::from_millis(4);
 
 async fn send_now(w: &mut WriteHalf, frames: &[OutFrame]) {
     let _ = timeout(CLOSE_FLUSH, write_frames(w, frames)).await;
@@ -280,9 +283,21 @@ fn principal_fields(p: &hearth_rules::Principal) -> (Option<String>, bool) {
 /// coalesced subscriptions when the queue is empty.
 async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut WriteHalf) {
     let mut batch: Vec<OutFrame> = Vec::new();
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(t) = last_write {
+            // Frames arrive faster than one write per MIN_WRITE_GAP (a
+            // burst): let them gather, so that one system call carries
+            // several. A connection that gets a frame now and then is never
+            // delayed.
+            let next = t + MIN_WRITE_GAP;
+            if tokio::time::Instant::now() < next && conn.queued().0 > 0 {
+                tokio::time::sleep_until(next).await;
+            }
+        }
         conn.take_batch(&mut batch, BATCH_FRAMES, BATCH_BYTES);
         if !batch.is_empty() {
+            last_write = Some(tokio::time::Instant::now());
             let wrote = write_frames_with(sink, &batch, || conn.progress(&inner.clock, false));
             if wrote.await.is_err() {
                 return;
