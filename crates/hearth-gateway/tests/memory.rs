@@ -7,11 +7,12 @@
 //! (`HEARTH_MEM_CONNECTIONS=n` sets the count, `HEARTH_MEM_SUBSCRIBE=0`
 //! measures bare connections).
 //!
-//! Measured 2026-11-25 (release, 2,000 and 5,000 connections): 5.2–5.3 KiB
-//! per connection, with or without its subscription — the cost is the
-//! connection itself (task and session future ≈1.3 KiB, tungstenite's
-//! stream, buffers and wakers, hyper's upgraded I/O, allocator overhead),
-//! not the subscription or the fan-out index.
+//! Measured 2026-11-25 with `hearth serve` and `ws_loadgen memory` (release,
+//! see benches/RESULTS.md): 4.4 KiB per connection at 10,000 connections
+//! after the gateway started writing frames itself (no write buffer); the
+//! cost is the connection itself (task and session future, tungstenite's
+//! read state, tokio's split halves and socket registration, allocator
+//! overhead) more than the subscription or the fan-out index.
 
 mod common;
 
