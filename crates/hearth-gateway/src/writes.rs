@@ -21,9 +21,12 @@
 
 use hearth_protocol::write::MAX_WRITES_PER_COMMIT;
 use hearth_protocol::ws::TransactionRead;
+use std::time::Duration;
+
+use hearth_protocol::query::Op;
 use hearth_protocol::{
-    CollectionPath, CommitResult, DocPath, Document, ErrorBody, ErrorCode, Map, Timestamp, Value,
-    Write, WriteKind, WriteResult,
+    CollectionPath, CommitResult, DocPath, Document, ErrorBody, ErrorCode, Map, Query, Timestamp,
+    Value, Write, WriteKind, WriteResult,
 };
 use hearth_rules::{AccessControl, Principal};
 use hearth_store::{Store, StoreError};
@@ -66,6 +69,8 @@ fn record_fields(p: &Principal, mutation_id: &str, writes: &[Write]) -> Map {
     let mut m = Map::new();
     m.insert("principal".into(), Value::from(principal_key(p)));
     m.insert("mutation_id".into(), Value::from(mutation_id));
+    // Indexed (a system field the services query), for pruning by age.
+    m.insert("created_at".into(), Value::Timestamp(Timestamp::now()));
     m.insert(
         "paths".into(),
         Value::Array(
@@ -231,6 +236,65 @@ pub(crate) async fn apply_once(
     ))
 }
 
+/// How long a mutation record is kept. A retry of the same mutation id
+/// within this window is answered with the original result; a client that
+/// retries later than this (it has been offline a day with the write
+/// queued) has it applied again. Documented in PROTOCOL.md.
+pub const MUTATION_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How often the pruner looks for expired mutation records.
+pub const MUTATION_PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+const PRUNE_BATCH: u32 = 400;
+
+/// Deletes the mutation records older than `ttl` (a few hundred per
+/// commit); returns how many it deleted.
+pub async fn prune_mutation_records(store: &Store, ttl: Duration) -> Result<usize, StoreError> {
+    let ttl_nanos = i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX);
+    let cutoff = Timestamp::from_nanos(Timestamp::now().nanos().saturating_sub(ttl_nanos));
+    let collection = CollectionPath::parse(MUTATIONS_COLLECTION)
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    let mut deleted = 0;
+    loop {
+        let query = Query::collection(collection.clone())
+            .filter("created_at", Op::Lt, Value::Timestamp(cutoff))
+            .limit(PRUNE_BATCH);
+        let expired = store.query(&query)?.documents;
+        if expired.is_empty() {
+            break;
+        }
+        let writes: Vec<Write> = expired
+            .iter()
+            .map(|d| Write::delete(d.path.clone()))
+            .collect();
+        deleted += writes.len();
+        store.commit(writes).await?;
+        if expired.len() < PRUNE_BATCH as usize {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Runs [`prune_mutation_records`] every `every` until the store shuts down.
+pub fn spawn_mutation_pruner(
+    store: Store,
+    ttl: Duration,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match prune_mutation_records(&store, ttl).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned expired mutation records"),
+                Err(StoreError::Unavailable(_)) => break, // the store shut down
+                Err(e) => tracing::warn!(error = %e, "pruning mutation records failed"),
+            }
+        }
+    })
+}
+
 /// After a failed commit: if the mutation's record exists, a concurrent
 /// retry of the same mutation won and its result is ours (a duplicate);
 /// otherwise the commit's error stands.
@@ -268,6 +332,51 @@ fn check_writes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn expired_mutation_records_are_pruned_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(hearth_store::config::StoreConfig::new(dir.path())).expect("store");
+        let access = AccessControl::allow_all();
+        let p = Principal::user("u");
+        let w = |i: u32| {
+            vec![Write::set(
+                DocPath::parse(&format!("c/d{i}")).expect("path"),
+                Map::new(),
+            )]
+        };
+        for i in 0..3 {
+            apply_once(&store, &access, &p, &format!("m{i}"), &[], w(i))
+                .await
+                .expect("applies");
+        }
+        // Nothing is older than an hour.
+        assert_eq!(
+            prune_mutation_records(&store, Duration::from_secs(3600))
+                .await
+                .expect("prunes"),
+            0
+        );
+        // Everything is older than zero seconds.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            prune_mutation_records(&store, Duration::ZERO)
+                .await
+                .expect("prunes"),
+            3
+        );
+        let left = store
+            .query(&Query::collection(
+                CollectionPath::parse(MUTATIONS_COLLECTION).expect("path"),
+            ))
+            .expect("query");
+        assert!(left.documents.is_empty());
+        // A pruned mutation id is applied again (documented trade-off).
+        let (_, duplicate) = apply_once(&store, &access, &p, "m0", &[], w(0))
+            .await
+            .expect("applies");
+        assert!(!duplicate);
+    }
 
     #[test]
     fn record_paths_separate_principals_and_ids() {

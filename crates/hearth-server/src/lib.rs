@@ -224,13 +224,20 @@ pub fn app(state: AppState, services: Vec<Router>) -> Router {
         .layer(CatchPanicLayer::custom(error::panic_response))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting, lets in-flight requests finish and returns.
+/// Serves `router` on `listener` (with `TCP_NODELAY` on every accepted
+/// connection) until `shutdown` resolves, then stops accepting, lets in-flight requests finish and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Small responses and WebSocket frames must not wait for Nagle's delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

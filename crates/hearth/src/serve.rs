@@ -125,6 +125,12 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         }),
     );
     forward_revocations(&auth, gateway.clone());
+    // Socket mutation records (idempotent retries) expire after a day.
+    hearth_gateway::writes::spawn_mutation_pruner(
+        store.clone(),
+        hearth_gateway::writes::MUTATION_RECORD_TTL,
+        hearth_gateway::writes::MUTATION_PRUNE_INTERVAL,
+    );
     let services = vec![
         hearth_auth::router(auth.clone(), admin_key_checker(admin_key.clone())),
         hearth_gateway::router(gateway.clone()),
