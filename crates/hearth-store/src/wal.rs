@@ -398,9 +398,27 @@ impl Engine for WalEngine {
 }
 
 impl Drop for WalEngine {
+    /// A clean shutdown ends with a checkpoint: the inner engine is flushed
+    /// (so it drops with no I/O pending and releases its files at once, and
+    /// the next start replays nothing) and the log segments are removed.
     fn drop(&mut self) {
-        if let Some(handle) = self.state.get_mut().checkpoint.take() {
+        let state = self.state.get_mut();
+        if let Some(handle) = state.checkpoint.take() {
             let _ = handle.join();
+        }
+        if let Err(e) = state.segment.file.sync_data() {
+            tracing::error!(error = %e, "write-ahead log: final sync failed");
+            return;
+        }
+        if let Err(e) = self.inner.flush() {
+            tracing::error!(error = %e, "final checkpoint failed; the log will be replayed at the next start");
+            return;
+        }
+        for n in list_segments(&self.dir).unwrap_or_default() {
+            let path = segment_path(&self.dir, n);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot remove a checkpointed log segment");
+            }
         }
     }
 }
@@ -498,7 +516,7 @@ mod tests {
             mem.flushed.lock().is_empty(),
             "the engine itself never flushed"
         );
-        drop(wal);
+        std::mem::forget(wal); // a crash: no clean shutdown
 
         let crashed = Arc::new(mem.after_crash());
         let (wal, recovery) = WalEngine::open(dir.path(), crashed.clone()).unwrap();
@@ -519,8 +537,8 @@ mod tests {
         wal.apply(batch(&[("kept", Some("yes"))])).unwrap();
         wal.flush().unwrap();
         let number = wal.state.lock().segment.number;
-        drop(wal);
-        // A second record cut short by the crash.
+        std::mem::forget(wal); // a crash: no clean shutdown
+                               // A second record cut short by the crash.
         let torn = encode(&batch(&[("lost", Some("never acknowledged"))]));
         let mut f = OpenOptions::new()
             .append(true)
@@ -534,6 +552,21 @@ mod tests {
         assert_eq!(recovery.truncated_bytes, (torn.len() - 3) as u64);
         assert_eq!(value(&wal, "kept").as_deref(), Some("yes"));
         assert_eq!(value(&wal, "lost"), None);
+    }
+
+    #[test]
+    fn a_clean_shutdown_checkpoints_so_the_next_start_replays_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemEngine::default());
+        let (wal, _) = WalEngine::open(dir.path(), mem.clone()).unwrap();
+        wal.apply(batch(&[("a", Some("1"))])).unwrap();
+        wal.flush().unwrap();
+        drop(wal);
+        assert_eq!(mem.flushed.lock().len(), 1);
+        assert!(list_segments(dir.path()).unwrap().is_empty());
+        let (wal, recovery) = WalEngine::open(dir.path(), Arc::new(mem.after_crash())).unwrap();
+        assert_eq!(recovery.batches, 0);
+        assert_eq!(value(&wal, "a").as_deref(), Some("1"));
     }
 
     #[test]
@@ -560,7 +593,7 @@ mod tests {
         // Writes after the checkpoint still land in the (new) log.
         wal.apply(batch(&[("b", Some("2"))])).unwrap();
         wal.flush().unwrap();
-        drop(wal);
+        std::mem::forget(wal); // a crash: no clean shutdown
         let (wal, recovery) = WalEngine::open(dir.path(), Arc::new(mem.after_crash())).unwrap();
         assert_eq!(recovery.batches, 1);
         assert_eq!(value(&wal, "a").as_deref(), Some("1"));
