@@ -188,7 +188,7 @@ pub(crate) async fn apply_once(
                 result.results.truncate(writes.len());
                 Ok((result, false))
             }
-            Err(e) => duplicate_or(store, &record_path, e),
+            Err(e) => duplicate_or(store, &record_path, e).await,
         };
     }
     let mut last_abort = None;
@@ -224,7 +224,7 @@ pub(crate) async fn apply_once(
                 return Ok((result, false));
             }
             Err(StoreError::Aborted(msg)) => last_abort = Some(msg),
-            Err(e) => return duplicate_or(store, &record_path, e),
+            Err(e) => return duplicate_or(store, &record_path, e).await,
         }
     }
     Err(ErrorBody::new(
@@ -298,15 +298,24 @@ pub fn spawn_mutation_pruner(
 /// After a failed commit: if the mutation's record exists, a concurrent
 /// retry of the same mutation won and its result is ours (a duplicate);
 /// otherwise the commit's error stands.
-fn duplicate_or(
+async fn duplicate_or(
     store: &Store,
     record_path: &DocPath,
     error: StoreError,
 ) -> Result<(CommitResult, bool), ErrorBody> {
-    match store.get(record_path) {
-        Ok(Some(record)) => Ok((result_from_record(&record)?, true)),
-        _ => Err(store_error(error)),
+    // A commit refused because the record exists may have lost to a retry
+    // committed in the same group, which becomes readable a moment later.
+    let lost_to_a_retry = matches!(&error, StoreError::AlreadyExists(p) if p == record_path);
+    let tries = if lost_to_a_retry { 200 } else { 1 };
+    for _ in 0..tries {
+        if let Ok(Some(record)) = store.get(record_path) {
+            return Ok((result_from_record(&record)?, true));
+        }
+        if lost_to_a_retry {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
+    Err(store_error(error))
 }
 
 /// Access checks for every write, each against the state the earlier writes
