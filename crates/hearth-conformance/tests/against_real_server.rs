@@ -66,43 +66,13 @@ async fn every_scenario_passes_against_a_default_server() {
     assert!(result.is_ok(), "the suite must finish within 240 s");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_past_retention_passes_against_a_tiny_retention_server() {
+/// Runs the scenarios matching `filter` that need `capability` against a
+/// server started with `config`, and expects exactly one to pass.
+async fn passes_on_a_server_with(config: &str, capability: &str, filter: &str) {
     // Building the binary (when stale) is not part of the time limit.
     hearth_testkit::hearth_binary().unwrap();
     let result = tokio::time::timeout(Duration::from_secs(120), async {
-        let server = TestServer::start(
-            TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),
-        )
-        .await
-        .unwrap();
-        let report = run_with(
-            &server.base_url(),
-            &scenarios_dir(),
-            RunOptions {
-                admin_key: Some(server.admin_key().to_string()),
-                schema_dir: Some(schema_dir()),
-                capabilities: vec!["tiny-retention".into()],
-                filter: Some("retention".into()),
-            },
-        )
-        .await;
-        assert_clean(&report, "tiny-retention server");
-        assert_eq!(report.passed(), 1, "{}", report.summary_line());
-    })
-    .await;
-    assert!(result.is_ok(), "must finish within 120 s");
-}
-
-/// The `[gateway]` config that offers the `fast-heartbeat` capability.
-const FAST_HEARTBEAT_CONFIG: &str = "[gateway]\nheartbeat = \"300ms\"\nidle_timeout = \"1500ms\"\n";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeat_and_idle_timeout_pass_against_a_fast_heartbeat_server() {
-    // Building the binary (when stale) is not part of the time limit.
-    hearth_testkit::hearth_binary().unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(120), async {
-        let server = TestServer::start(TestServerOptions::default().config(FAST_HEARTBEAT_CONFIG))
+        let server = TestServer::start(TestServerOptions::default().config(config))
             .await
             .unwrap();
         let report = run_with(
@@ -111,14 +81,32 @@ async fn heartbeat_and_idle_timeout_pass_against_a_fast_heartbeat_server() {
             RunOptions {
                 admin_key: Some(server.admin_key().to_string()),
                 schema_dir: Some(schema_dir()),
-                capabilities: vec!["fast-heartbeat".into()],
-                filter: Some("heartbeat".into()),
+                capabilities: vec![capability.into()],
+                filter: Some(filter.into()),
             },
         )
         .await;
-        assert_clean(&report, "fast-heartbeat server");
+        assert_clean(&report, &format!("{capability} server"));
         assert_eq!(report.passed(), 1, "{}", report.summary_line());
     })
     .await;
     assert!(result.is_ok(), "must finish within 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_retention_passes_against_a_tiny_retention_server() {
+    passes_on_a_server_with(
+        "[store.retention]\nmax_commits = 10\n",
+        "tiny-retention",
+        "retention",
+    )
+    .await;
+}
+
+/// The `[gateway]` config that offers the `fast-heartbeat` capability.
+const FAST_HEARTBEAT_CONFIG: &str = "[gateway]\nheartbeat = \"300ms\"\nidle_timeout = \"1500ms\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_and_idle_timeout_pass_against_a_fast_heartbeat_server() {
+    passes_on_a_server_with(FAST_HEARTBEAT_CONFIG, "fast-heartbeat", "heartbeat").await;
 }

@@ -6,37 +6,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use hearth_testkit::{TestServer, TestServerOptions};
+mod common;
+
+use common::chat_server;
+use hearth_testkit::TestServer;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The server exactly as the README starts it (rules + example config).
-async fn chat_server() -> TestServer {
-    let config = std::fs::read_to_string(repo().join("examples/chat/hearth.toml")).unwrap();
-    TestServer::start(
-        TestServerOptions::default()
-            .config(config)
-            .arg("--rules")
-            .arg(
-                repo()
-                    .join("crates/hearth-rules/examples/chat.rules")
-                    .display()
-                    .to_string(),
-            ),
-    )
-    .await
-    .unwrap()
-}
 
 /// One running `chat` process: its stdin, and its stdout+stderr lines.
 struct Chat {

@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hearth_testkit::{TestServer, TestServerOptions};
+mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{chat_server, repo};
+use hearth_testkit::TestServer;
 
 /// `node` plus the flag this version needs for a global WebSocket, or None.
 fn node() -> Option<Vec<String>> {
@@ -36,30 +34,13 @@ fn node() -> Option<Vec<String>> {
     }
 }
 
-async fn chat_server() -> TestServer {
-    let config = std::fs::read_to_string(repo().join("examples/chat/hearth.toml")).unwrap();
-    TestServer::start(
-        TestServerOptions::default()
-            .config(config)
-            .arg("--rules")
-            .arg(
-                repo()
-                    .join("crates/hearth-rules/examples/chat.rules")
-                    .display()
-                    .to_string(),
-            ),
-    )
-    .await
-    .unwrap()
-}
-
 async fn run_page(
     node: &[String],
     server: &TestServer,
     origin: &str,
     mode: Option<&str>,
 ) -> (bool, String) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web_page.mjs");
+    let script = repo().join("examples/chat/tests/web_page.mjs");
     let mut command = tokio::process::Command::new(&node[0]);
     command
         .args(&node[1..])
