@@ -45,18 +45,10 @@ pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT - 1;
 /// little longer, with jitter, so that contenders spread out).
 const MAX_ATTEMPTS: u32 = 12;
 
-fn principal_key(p: &Principal) -> String {
-    match p {
-        Principal::Admin => "admin".into(),
-        Principal::User { uid, .. } => format!("user:{uid}"),
-        Principal::Unauthenticated => "anonymous".into(),
-    }
-}
-
 /// Where the record of `mutation_id` for `p` lives.
 pub fn mutation_record_path(p: &Principal, mutation_id: &str) -> DocPath {
     let mut h = Sha256::new();
-    h.update(principal_key(p).as_bytes());
+    h.update(p.stable_key().as_bytes());
     h.update([0u8]);
     h.update(mutation_id.as_bytes());
     let id = hex::encode(h.finalize());
@@ -67,7 +59,7 @@ pub fn mutation_record_path(p: &Principal, mutation_id: &str) -> DocPath {
 
 fn record_fields(p: &Principal, mutation_id: &str, writes: &[Write]) -> Map {
     let mut m = Map::new();
-    m.insert("principal".into(), Value::from(principal_key(p)));
+    m.insert("principal".into(), Value::from(p.stable_key()));
     m.insert("mutation_id".into(), Value::from(mutation_id));
     // Indexed (a system field the services query), for pruning by age.
     m.insert("created_at".into(), Value::Timestamp(Timestamp::now()));

@@ -54,6 +54,17 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         matches!(self, Principal::Admin)
     }
+
+    /// A stable name for ownership (REST transactions) and for keys derived
+    /// from the caller (socket mutation records): `admin`, `user:<uid>` or
+    /// `anonymous`. Never a secret; changing it would orphan stored records.
+    pub fn stable_key(&self) -> String {
+        match self {
+            Principal::Admin => "admin".into(),
+            Principal::User { uid, .. } => format!("user:{uid}"),
+            Principal::Unauthenticated => "anonymous".into(),
+        }
+    }
 }
 
 /// One operation on one document, as a rule sees it.

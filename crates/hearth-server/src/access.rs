@@ -38,15 +38,6 @@ pub trait TokenVerifier: Send + Sync {
 /// Reads documents for rules' `get()`/`exists()`.
 pub type Lookup = Arc<dyn DocumentLookup + Send + Sync>;
 
-/// A stable name for ownership checks (transactions) and logs; never a secret.
-pub fn owner_key(principal: &Principal) -> String {
-    match principal {
-        Principal::Admin => "admin".into(),
-        Principal::User { uid, .. } => format!("user:{uid}"),
-        Principal::Unauthenticated => "anonymous".into(),
-    }
-}
-
 /// The access policy of one server.
 #[derive(Clone)]
 pub struct Access {

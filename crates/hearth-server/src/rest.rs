@@ -432,9 +432,7 @@ pub async fn tx_begin(
     Caller(principal): Caller,
 ) -> Result<Response<Body>, ApiError> {
     let tx = state.store().transaction();
-    let id = state
-        .transactions()
-        .insert(crate::access::owner_key(&principal), tx)?;
+    let id = state.transactions().insert(principal.stable_key(), tx)?;
     Ok(json_response(
         StatusCode::OK,
         &BeginTransactionResponse {
@@ -450,9 +448,7 @@ fn caller_transaction(
     principal: &Principal,
     id: &str,
 ) -> Result<std::sync::Arc<crate::transactions::OpenTransaction>, ApiError> {
-    state
-        .transactions()
-        .lookup(id, &crate::access::owner_key(principal))
+    state.transactions().lookup(id, &principal.stable_key())
 }
 
 /// A transaction that another request already committed or rolled back.
