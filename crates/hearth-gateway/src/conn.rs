@@ -19,6 +19,16 @@
 //! the writer takes them in batches ([`ConnShared::take_batch`]) so that one
 //! system call sends many frames.
 //!
+//! ## Writing without waking the writer
+//! Most frames find the connection with nothing queued and nothing being
+//! written. Then whoever queues the frame (the fan-out engine, usually)
+//! offers it to the socket directly, without waiting ([`SharedSink::try_write`]);
+//! only what the socket does not take is queued for the writer task. A
+//! commit delivered to a thousand idle subscribers is then a thousand
+//! system calls from one thread, not a thousand task wake-ups. Under a burst
+//! the direct path stays out of the way: a connection written less than
+//! `MIN_WRITE_GAP` ago queues instead, so that its frames leave in batches.
+//!
 //! ## Liveness (idle timeout)
 //! A connection is idle when nothing was received from it for
 //! `idle_timeout` *and* the server is not busy sending to it: while frames
@@ -38,8 +48,22 @@ use hearth_rules::Principal;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
-use crate::socket::OutFrame;
+use crate::socket::{frame_header, OutFrame, SharedSink};
 use crate::subscription::Subscription;
+
+/// A connection is written at most once per this interval while frames keep
+/// coming (they are batched meanwhile; see `session::writer`).
+pub(crate) const MIN_WRITE_GAP_MS: u64 = 4;
+
+/// What a direct write achieved.
+enum Direct {
+    /// The socket took the whole frame.
+    All,
+    /// It took the beginning; this is the rest.
+    Part(OutFrame),
+    /// Nothing was written.
+    Nothing,
+}
 
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -76,6 +100,11 @@ pub(crate) struct ConnShared {
     last_progress_ms: AtomicU64,
     /// The writer holds frames it has taken but not yet fully written.
     writing: AtomicBool,
+    /// Milliseconds of the last write to the socket (direct or by the writer).
+    last_write_ms: AtomicU64,
+    /// The socket's write half (`None` in unit tests: nothing is written).
+    sink: Option<SharedSink>,
+    clock: Clock,
     /// Credential expiry in Unix nanoseconds; `i64::MAX`: never.
     expires_at: AtomicI64,
     soft_limit: usize,
@@ -88,6 +117,8 @@ impl ConnShared {
         principal: Principal,
         soft_limit: usize,
         hard_limit: usize,
+        clock: Clock,
+        sink: Option<SharedSink>,
     ) -> ConnShared {
         ConnShared {
             id,
@@ -103,6 +134,9 @@ impl ConnShared {
             last_ping_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
             writing: AtomicBool::new(false),
+            last_write_ms: AtomicU64::new(0),
+            sink,
+            clock,
             expires_at: AtomicI64::new(i64::MAX),
             soft_limit,
             hard_limit,
@@ -130,10 +164,20 @@ impl ConnShared {
         self.push_frame(OutFrame::text(frame))
     }
 
-    /// Queues any frame (text or control); see [`ConnShared::push`].
+    /// Queues any frame (text or control); see [`ConnShared::push`]. With
+    /// nothing queued and nothing being written, the frame is first offered
+    /// to the socket directly (see the module docs).
     pub(crate) fn push_frame(&self, frame: OutFrame) -> bool {
         {
             let mut ob = self.outbox.lock();
+            let mut frame = frame;
+            if ob.frames.is_empty() && !self.writing.load(Ordering::Acquire) {
+                match self.write_direct(&frame) {
+                    Direct::All => return true,
+                    Direct::Part(rest) => frame = rest,
+                    Direct::Nothing => {}
+                }
+            }
             if ob.bytes + frame.len() > self.hard_limit && !ob.frames.is_empty() {
                 drop(ob);
                 self.close(CloseReason {
@@ -147,6 +191,53 @@ impl ConnShared {
         }
         self.wake.notify_one();
         true
+    }
+
+    /// Offers one frame to the socket without waiting (the caller holds the
+    /// outbox lock and saw it empty, with no batch being written).
+    fn write_direct(&self, frame: &OutFrame) -> Direct {
+        let Some(sink) = &self.sink else {
+            return Direct::Nothing;
+        };
+        let now = self.clock.now_ms();
+        if now.saturating_sub(self.last_write_ms.load(Ordering::Relaxed)) < MIN_WRITE_GAP_MS {
+            return Direct::Nothing;
+        }
+        let (h, n) = frame_header(frame.opcode, frame.len());
+        let bufs = [
+            std::io::IoSlice::new(&h[..n]),
+            std::io::IoSlice::new(&frame.payload),
+        ];
+        match sink.try_write(&bufs) {
+            // Would block, or a socket error: the writer deals with it.
+            None | Some(Err(_)) | Some(Ok(0)) => Direct::Nothing,
+            Some(Ok(written)) => {
+                self.last_write_ms.store(now, Ordering::Relaxed);
+                self.last_progress_ms.store(now, Ordering::Relaxed);
+                match frame.rest_after(written) {
+                    None => Direct::All,
+                    Some(rest) => Direct::Part(rest),
+                }
+            }
+        }
+    }
+
+    /// The socket, for the connection's own writer.
+    pub(crate) fn sink(&self) -> Option<&SharedSink> {
+        self.sink.as_ref()
+    }
+
+    /// Records a write by the writer task (for `MIN_WRITE_GAP_MS`).
+    pub(crate) fn wrote(&self) {
+        self.last_write_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last write to the socket.
+    pub(crate) fn since_last_write_ms(&self) -> u64 {
+        self.clock
+            .now_ms()
+            .saturating_sub(self.last_write_ms.load(Ordering::Relaxed))
     }
 
     /// Whether the engine should stop queueing change frames (soft limit).
@@ -270,7 +361,7 @@ impl ConnShared {
 
 /// A monotonic millisecond clock shared by the gateway (starts at 1 so that
 /// 0 can mean "never").
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock(std::time::Instant);
 
 impl Clock {
@@ -288,7 +379,7 @@ mod tests {
     use super::*;
 
     fn conn() -> ConnShared {
-        ConnShared::new(1, Principal::Admin, 128, 1 << 20)
+        ConnShared::new(1, Principal::Admin, 128, 1 << 20, Clock::new(), None)
     }
 
     const IDLE: u64 = 1_000;

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use futures::StreamExt;
 use hearth_protocol::ws::ServerMessage;
@@ -34,9 +35,10 @@ use hearth_protocol::{
 use hearth_store::{ChangelogError, CommitRecord};
 
 use crate::backend;
+use crate::conn::ConnShared;
 use crate::encode::{self, FrameCache};
-use crate::subscription::{window_edge, Subscription};
-use crate::view::{apply_incremental, diff, Step, Target};
+use crate::subscription::{empty_view, window_edge, SubState, Subscription};
+use crate::view::{apply_incremental, diff, ChangeOut, Step, Target, View};
 use crate::Inner;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -259,11 +261,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 
 /// Delivers one commit to every affected subscription.
 ///
-/// Cost per candidate subscription: a few uncontended locks, the query's
-/// predicate on each changed document, an O(log n) view update and a frame
-/// cache lookup (no allocation when the frame is shared). The engine never
-/// holds a store lock while delivering: unlimited views move from the
-/// changelog record alone; only limit windows re-run their query.
+/// Views are moved once per *share group* (same target, same principal,
+/// same position: see `subscription::share_key`) and the result — the new
+/// view, the changes and their encoded frames — is handed to every other
+/// member of the group. So a thousand subscribers of one query cost one view
+/// update and one encoding, plus a few uncontended locks and a frame push
+/// each. The engine never holds a store lock while delivering: unlimited
+/// views move from the changelog record alone; only limit windows re-run
+/// their query (once per distinct query per commit).
 pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
     // (subscription, change index) for every candidate, grouped by
     // subscription below (a commit touching several documents of a view
@@ -282,14 +287,18 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
     if rec.changes.len() > 1 {
         cands.sort_by_key(|(s, i)| (s.uid, *i));
     }
-    // Each new document version is shared by every view that takes it.
-    let new_docs: Vec<Option<Arc<Document>>> = rec
-        .changes
-        .iter()
-        .map(|ch| ch.new.clone().map(Arc::new))
-        .collect();
-    let mut cache = FrameCache::default();
-    let mut requeries: HashMap<String, Result<backend::Snapshot, ErrorBody>> = HashMap::new();
+    let mut commit = CommitWork {
+        rec,
+        // Each new document version is shared by every view that takes it.
+        new_docs: rec
+            .changes
+            .iter()
+            .map(|ch| ch.new.clone().map(Arc::new))
+            .collect(),
+        cache: FrameCache::default(),
+        requeries: HashMap::new(),
+        moves: HashMap::new(),
+    };
     let mut idxs: Vec<usize> = Vec::new();
     let mut evaluated = 0u64;
     let mut rest = &cands[..];
@@ -300,43 +309,75 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
         idxs.clear();
         idxs.extend(group.iter().map(|(_, i)| *i));
         evaluated += 1;
-        deliver(
-            inner,
-            rec,
-            first,
-            &idxs,
-            &new_docs,
-            &mut cache,
-            &mut requeries,
-        );
+        deliver(inner, &mut commit, first, &idxs);
     }
-    inner
-        .stats
+    let stats = &inner.stats;
+    stats
         .candidates
         .fetch_add(evaluated, AtomicOrdering::Relaxed);
-    inner
-        .stats
+    stats
+        .views_moved
+        .fetch_add(commit.moves.len() as u64, AtomicOrdering::Relaxed);
+    stats
         .frames_encoded
-        .fetch_add(cache.encoded, AtomicOrdering::Relaxed);
-    inner
-        .stats
+        .fetch_add(commit.cache.encoded, AtomicOrdering::Relaxed);
+    stats
         .frames_shared
-        .fetch_add(cache.shared, AtomicOrdering::Relaxed);
+        .fetch_add(commit.cache.shared, AtomicOrdering::Relaxed);
 }
 
-/// Moves one subscription's view by the changes `idxs` of `rec`.
-fn deliver(
-    inner: &Inner,
-    rec: &CommitRecord,
-    sub: &Arc<Subscription>,
-    idxs: &[usize],
-    new_docs: &[Option<Arc<Document>>],
-    cache: &mut FrameCache,
-    requeries: &mut HashMap<String, Result<backend::Snapshot, ErrorBody>>,
-) {
+/// What one commit's delivery shares between subscriptions.
+struct CommitWork<'a> {
+    rec: &'a CommitRecord,
+    new_docs: Vec<Option<Arc<Document>>>,
+    cache: FrameCache,
+    /// Limit windows re-run, by query.
+    requeries: HashMap<String, Result<backend::Snapshot, ErrorBody>>,
+    /// Views moved, by (share key, position before).
+    moves: HashMap<(u128, u64), Move>,
+}
+
+/// One share group's view moved by a commit.
+struct Move {
+    view: View,
+    seq: u64,
+    edge: Option<Arc<Document>>,
+    changes: Vec<ChangeOut>,
+    /// The changes frame, by `sub` name (members usually share one name).
+    frames: Vec<(Box<str>, Bytes)>,
+    /// The window could not be re-run: every member ends with this error.
+    error: Option<ErrorBody>,
+}
+
+impl Move {
+    fn unchanged(st: &SubState, seq: u64) -> Move {
+        Move {
+            view: Arc::clone(&st.view),
+            seq,
+            edge: st.edge.clone(),
+            changes: Vec::new(),
+            frames: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn frame(&mut self, name: &str, cache: &mut FrameCache) -> Bytes {
+        if let Some((_, f)) = self.frames.iter().find(|(n, _)| &**n == name) {
+            cache.shared += 1;
+            return f.clone();
+        }
+        let f = cache.changes(name, self.seq, &self.changes);
+        self.frames.push((Box::from(name), f.clone()));
+        f
+    }
+}
+
+/// Moves one subscription's view by the changes `idxs` of the commit.
+fn deliver(inner: &Inner, commit: &mut CommitWork<'_>, sub: &Arc<Subscription>, idxs: &[usize]) {
     let Some(conn) = sub.conn.upgrade() else {
         return;
     };
+    let rec = commit.rec;
     let mut st = sub.state.lock();
     if st.closed || st.seq >= rec.seq {
         return;
@@ -345,72 +386,68 @@ fn deliver(
         st.skipped_max = st.skipped_max.max(rec.seq);
         return;
     }
-    if conn.congested() {
-        // Coalesce: keep the view the client will have; the writer
-        // rebuilds this subscription once the queue has drained. (A
-        // commit that turns out not to concern the view costs one
-        // needless rebuild — cheaper than evaluating it here.)
-        st.dirty = true;
-        st.skipped_max = st.skipped_max.max(rec.seq);
+    // A subscription that is coalescing (or whose connection is congested)
+    // gets no frame: the view keeps moving and `sent` keeps what the client
+    // holds; the writer sends one frame from `sent` to the newest view once
+    // the queue has drained.
+    let coalescing = st.sent.is_some() || conn.congested();
+    if coalescing && st.sent.is_none() {
+        st.sent = Some(Arc::clone(&st.view));
+    }
+    let key = (st.share, st.seq);
+    if !commit.moves.contains_key(&key) {
+        let moved = move_view(inner, commit, &conn, sub, &mut st, idxs);
+        commit.moves.insert(key, moved);
+    }
+    let Some(moved) = commit.moves.get_mut(&key) else {
+        return;
+    };
+    st.view = Arc::clone(&moved.view);
+    st.seq = moved.seq;
+    st.edge = moved.edge.clone();
+    if let Some(e) = &moved.error {
+        st.closed = true;
+        conn.push(encode::message(&ServerMessage::error(
+            None,
+            Some(sub.name.to_string()),
+            e.clone(),
+        )));
+        return;
+    }
+    if moved.changes.is_empty() {
+        if st.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, &st.view)) {
+            st.sent = None;
+        }
+        return;
+    }
+    if coalescing {
         inner.stats.coalesced.fetch_add(1, AtomicOrdering::Relaxed);
         conn.mark_dirty();
         return;
     }
+    conn.push(moved.frame(&sub.name, &mut commit.cache));
+}
+
+/// Computes how one commit moves a subscription's view (the first member of
+/// its share group to be delivered to pays for the whole group).
+fn move_view(
+    inner: &Inner,
+    commit: &mut CommitWork<'_>,
+    conn: &ConnShared,
+    sub: &Subscription,
+    st: &mut SubState,
+    idxs: &[usize],
+) -> Move {
+    let rec = commit.rec;
     let principal = conn.principal();
     let readable =
         |d: &Document| backend::readable(&inner.store, &inner.access, &principal, &sub.target, d);
-    if let Some((_, to_last)) = sub.target.limit() {
-        let affected = idxs.iter().any(|&i| {
-            let ch = &rec.changes[i];
-            let was_in = ch.old.as_ref().is_some_and(|o| {
-                crate::view::position(&st.view, &sub.target, Some(o), &ch.path).is_some()
-                    || sub.target.matches(o)
-                        && ranks_inside(&sub.target, o, st.edge.as_deref(), to_last)
-            });
-            let enters = ch.new.as_ref().is_some_and(|n| {
-                sub.target.matches(n) && ranks_inside(&sub.target, n, st.edge.as_deref(), to_last)
-            });
-            was_in || enters
-        });
-        if !affected {
-            st.seq = rec.seq;
-            return;
-        }
-        let Target::Query { query, .. } = &sub.target else {
-            return;
-        };
-        let key = serde_json::to_string(query).unwrap_or_default();
-        let result = requeries
-            .entry(key)
-            .or_insert_with(|| backend::run_query(&inner.store, query));
-        match result {
-            Ok((seq, unfiltered)) => {
-                let edge = window_edge(&sub.target, unfiltered);
-                let now: Vec<Arc<Document>> =
-                    unfiltered.iter().filter(|d| readable(d)).cloned().collect();
-                let changes = diff(&st.view, &now);
-                st.view = now;
-                st.seq = *seq;
-                st.edge = edge;
-                if !changes.is_empty() {
-                    conn.push(cache.changes(&sub.name, *seq, &changes));
-                }
-            }
-            Err(e) => {
-                st.closed = true;
-                conn.push(encode::message(&ServerMessage::error(
-                    None,
-                    Some(sub.name.to_string()),
-                    e.clone(),
-                )));
-            }
-        }
-    } else {
+    let Some((_, to_last)) = sub.target.limit() else {
         let steps: Vec<Step<'_>> = idxs
             .iter()
             .map(|&i| {
                 let ch = &rec.changes[i];
-                let new_visible = new_docs[i]
+                let new_visible = commit.new_docs[i]
                     .as_ref()
                     .filter(|n| sub.target.matches(n) && readable(n))
                     .cloned();
@@ -421,11 +458,59 @@ fn deliver(
                 }
             })
             .collect();
-        let changes = apply_incremental(&mut st.view, &sub.target, steps);
-        st.seq = rec.seq;
-        if !changes.is_empty() {
-            conn.push(cache.changes(&sub.name, rec.seq, &changes));
+        // Moves the list in place when no one else holds it (a view of its
+        // own); otherwise the group's members keep theirs until they adopt
+        // this one.
+        let mut view = std::mem::replace(&mut st.view, empty_view());
+        let changes = apply_incremental(Arc::make_mut(&mut view), &sub.target, steps);
+        st.view = view;
+        return Move {
+            changes,
+            ..Move::unchanged(st, rec.seq)
+        };
+    };
+    let affected = idxs.iter().any(|&i| {
+        let ch = &rec.changes[i];
+        let was_in = ch.old.as_ref().is_some_and(|o| {
+            crate::view::position(&st.view, &sub.target, Some(o), &ch.path).is_some()
+                || sub.target.matches(o)
+                    && ranks_inside(&sub.target, o, st.edge.as_deref(), to_last)
+        });
+        let enters = ch.new.as_ref().is_some_and(|n| {
+            sub.target.matches(n) && ranks_inside(&sub.target, n, st.edge.as_deref(), to_last)
+        });
+        was_in || enters
+    });
+    if !affected {
+        return Move::unchanged(st, rec.seq);
+    }
+    let Target::Query { query, .. } = &sub.target else {
+        return Move::unchanged(st, rec.seq);
+    };
+    let key = serde_json::to_string(query).unwrap_or_default();
+    let result = commit
+        .requeries
+        .entry(key)
+        .or_insert_with(|| backend::run_query(&inner.store, query));
+    match result {
+        Ok((seq, unfiltered)) => {
+            let edge = window_edge(&sub.target, unfiltered);
+            let now: Vec<Arc<Document>> =
+                unfiltered.iter().filter(|d| readable(d)).cloned().collect();
+            let changes = diff(&sub.target, &st.view, &now);
+            Move {
+                view: Arc::new(now),
+                seq: *seq,
+                edge,
+                changes,
+                frames: Vec::new(),
+                error: None,
+            }
         }
+        Err(e) => Move {
+            error: Some(e.clone()),
+            ..Move::unchanged(st, rec.seq)
+        },
     }
 }
 

@@ -141,6 +141,7 @@ pub(crate) struct Counters {
     pub frames_shared: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub candidates: AtomicU64,
+    pub views_moved: AtomicU64,
 }
 
 /// A snapshot of the gateway's state (see [`Gateway::stats`]).
@@ -160,6 +161,10 @@ pub struct GatewayStats {
     pub slow_consumer_closes: u64,
     /// Subscriptions the fan-out engine evaluated (candidates from the index).
     pub candidates_evaluated: u64,
+    /// View updates the engine computed: one per share group (same target,
+    /// same principal, same position) per commit, however many subscribers
+    /// the group has.
+    pub views_moved: u64,
     /// The largest outbound queue of any connection, in frames and bytes.
     pub max_queued_frames: usize,
     pub max_queued_bytes: usize,
@@ -295,6 +300,7 @@ impl Gateway {
             frames_shared: s.frames_shared.load(Ordering::Relaxed),
             slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
             candidates_evaluated: s.candidates.load(Ordering::Relaxed),
+            views_moved: s.views_moved.load(Ordering::Relaxed),
             max_queued_frames,
             max_queued_bytes,
         }

@@ -4,7 +4,7 @@
 //! The socket is split in two halves driven by two futures inside the same
 //! task (no second task per connection): the *reader* handles client frames
 //! and timers and queues every reply in the outbox; the *writer* sends what
-//! is queued and, once the queue is empty, rebuilds coalesced
+//! is queued and, once the queue is empty, flushes coalesced
 //! subscriptions. A third branch waits for a close request (slow consumer,
 //! revocation, shutdown, expiry, protocol error). Whatever ends first, the
 //! connection then flushes what it can (briefly), sends its close frame and
@@ -26,10 +26,12 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{CloseReason, ConnShared};
+use crate::conn::{CloseReason, ConnShared, MIN_WRITE_GAP_MS};
 use crate::encode;
-use crate::socket::{self, write_frames, write_frames_with, OutFrame, ReadSocket, WriteHalf};
-use crate::subscription::{build, Build, Subscription};
+use crate::socket::{
+    self, write_frames, write_frames_with, Opcode, OutFrame, ReadSocket, SharedSink,
+};
+use crate::subscription::{build, flush_coalesced, share_key, Build, Subscription};
 use crate::view::Target;
 use crate::{backend, bad_frame, writes, Authenticated, Inner};
 
@@ -46,15 +48,12 @@ const OVERSIZE_DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// The writer takes at most this many frames / bytes per system call.
 const BATCH_FRAMES: usize = 256;
 const BATCH_BYTES: usize = 256 * 1024;
-/// A connection is written at most once per this interval while frames keep
-/// coming (they are batched meanwhile); see `writer`.
-const MIN_WRITE_GAP: Duration = Duration::from_millis(4);
 
-async fn send_now(w: &mut WriteHalf, frames: &[OutFrame]) {
+async fn send_now(w: &SharedSink, frames: &[OutFrame]) {
     let _ = timeout(CLOSE_FLUSH, write_frames(w, frames)).await;
 }
 
-async fn close_now(w: &mut WriteHalf, code: u16, reason: &'static str) {
+async fn close_now(w: &SharedSink, code: u16, reason: &'static str) {
     send_now(w, &[OutFrame::close(code, reason)]).await;
 }
 
@@ -79,14 +78,14 @@ enum ReadEnd {
     Oversize,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, mut sink: WriteHalf) {
+pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, sink: SharedSink) {
     if inner.shutting_down.load(Ordering::SeqCst) {
-        close_now(&mut sink, close_code::GOING_AWAY, "server shutting down").await;
+        close_now(&sink, close_code::GOING_AWAY, "server shutting down").await;
         return;
     }
     if inner.conns.len() >= inner.config.max_connections {
         close_now(
-            &mut sink,
+            &sink,
             close_code::TOO_MANY_CONNECTIONS,
             "too many connections",
         )
@@ -95,7 +94,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, mut sink: Wri
     }
     // Boxed: the handshake's state is large and needed only once; the
     // connection's long-lived future stays small.
-    let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &mut sink, &mut stream)).await else {
+    let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &sink, &mut stream)).await else {
         return;
     };
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -104,6 +103,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, mut sink: Wri
         auth.principal,
         inner.config.max_pending_events as usize,
         inner.config.max_queued_bytes as usize,
+        inner.clock,
+        Some(sink),
     ));
     inner.conns.insert(id, Arc::clone(&conn));
     conn.push(hello_ok);
@@ -116,38 +117,37 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, mut sink: Wri
     let mut end = ReadEnd::Done;
     tokio::select! {
         e = reader.run(&mut stream) => { end = e; }
-        _ = writer(&inner, &conn, &mut sink) => {}
+        _ = writer(&inner, &conn) => {}
         _ = conn.kill.notified() => {}
     }
-    Box::pin(finish(&inner, &conn, stream, sink, end)).await;
+    Box::pin(finish(&inner, &conn, stream, end)).await;
 }
 
 /// Flushes what may be flushed, sends the close frame, lingers briefly for
 /// the client's reply (so that it reads our close rather than a reset), and
 /// unregisters the connection.
-async fn finish(
-    inner: &Inner,
-    conn: &ConnShared,
-    mut stream: ReadSocket,
-    mut sink: WriteHalf,
-    end: ReadEnd,
-) {
+async fn finish(inner: &Inner, conn: &ConnShared, mut stream: ReadSocket, end: ReadEnd) {
     let reason = conn.close_reason().unwrap_or(CloseReason {
         code: close_code::NORMAL,
         reason: "",
     });
+    let mut rest = Vec::new();
+    conn.take_batch(&mut rest, usize::MAX, usize::MAX);
     if reason.code == close_code::SLOW_CONSUMER {
         inner
             .stats
             .slow_consumer_closes
             .fetch_add(1, Ordering::Relaxed);
-    } else {
-        // Flush what is queued (an error frame explaining the close, say).
-        let mut rest = Vec::new();
-        conn.take_batch(&mut rest, usize::MAX, usize::MAX);
-        send_now(&mut sink, &rest).await;
+        // Drop the backlog, but finish a frame the socket has begun.
+        rest.truncate(usize::from(
+            rest.first().is_some_and(|f| f.opcode == Opcode::Rest),
+        ));
     }
-    close_now(&mut sink, reason.code, reason.reason).await;
+    if let Some(sink) = conn.sink() {
+        // Flush what is queued (an error frame explaining the close, say).
+        send_now(sink, &rest).await;
+        close_now(sink, reason.code, reason.reason).await;
+    }
     // Unregister before lingering: nothing more is delivered.
     let subs: Vec<Arc<Subscription>> = std::mem::take(&mut *conn.subs.lock());
     for s in subs {
@@ -184,7 +184,7 @@ async fn finish(
 /// Waits for `hello`, authenticates, and returns the welcome frame to send.
 async fn handshake(
     inner: &Inner,
-    sink: &mut WriteHalf,
+    sink: &SharedSink,
     stream: &mut ReadSocket,
 ) -> Option<(Authenticated, Bytes)> {
     let first = timeout(inner.config.hello_timeout, async {
@@ -279,25 +279,26 @@ fn principal_fields(p: &hearth_rules::Principal) -> (Option<String>, bool) {
     }
 }
 
-/// Sends queued frames in batches (one vectored write each); rebuilds
-/// coalesced subscriptions when the queue is empty.
-async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut WriteHalf) {
+/// Sends queued frames in batches (one vectored write each); once the queue
+/// is empty, sends each coalesced subscription's held-back changes as one
+/// frame and rebuilds subscriptions marked dirty.
+async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>) {
+    let Some(sink) = conn.sink() else {
+        return;
+    };
     let mut batch: Vec<OutFrame> = Vec::new();
-    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
-        if let Some(t) = last_write {
-            // Frames arrive faster than one write per MIN_WRITE_GAP (a
+        let since = conn.since_last_write_ms();
+        if since < MIN_WRITE_GAP_MS && conn.queued().0 > 0 {
+            // Frames arrive faster than one write per MIN_WRITE_GAP_MS (a
             // burst): let them gather, so that one system call carries
             // several. A connection that gets a frame now and then is never
-            // delayed.
-            let next = t + MIN_WRITE_GAP;
-            if tokio::time::Instant::now() < next && conn.queued().0 > 0 {
-                tokio::time::sleep_until(next).await;
-            }
+            // delayed (and usually written directly, see `conn`).
+            tokio::time::sleep(Duration::from_millis(MIN_WRITE_GAP_MS - since)).await;
         }
         conn.take_batch(&mut batch, BATCH_FRAMES, BATCH_BYTES);
         if !batch.is_empty() {
-            last_write = Some(tokio::time::Instant::now());
+            conn.wrote();
             let wrote = write_frames_with(sink, &batch, || conn.progress(&inner.clock, false));
             if wrote.await.is_err() {
                 return;
@@ -311,16 +312,15 @@ async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>, sink: &mut WriteHalf
             continue;
         }
         if conn.has_dirty.swap(false, Ordering::AcqRel) {
-            let dirty: Vec<Arc<Subscription>> = conn
-                .subs
-                .lock()
-                .iter()
-                .filter(|s| s.state.lock().dirty)
-                .cloned()
-                .collect();
-            for s in dirty {
-                if let Err(e) = build(inner, conn, &s, Build::Coalesced) {
-                    conn.push(error_frame(None, Some(&s.name), e));
+            let subs: Vec<Arc<Subscription>> = conn.subs.lock().clone();
+            for s in subs {
+                let dirty = s.state.lock().dirty;
+                if dirty {
+                    if let Err(e) = build(inner, conn, &s, Build::Rebuild) {
+                        conn.push(error_frame(None, Some(&s.name), e));
+                    }
+                } else {
+                    flush_coalesced(conn, &s);
                 }
             }
             continue;
@@ -502,6 +502,7 @@ impl Reader<'_> {
                 let (uid, admin) = principal_fields(&a.principal);
                 self.conn.set_principal(a.principal);
                 self.conn.set_expiry(a.expires_at);
+                self.reshare();
                 self.conn.push(encode::message(&ServerMessage::AuthOk {
                     id,
                     uid,
@@ -511,6 +512,26 @@ impl Reader<'_> {
             }
             // The current credential stays in force until it expires.
             Err(body) => self.conn.push(error_frame(Some(id), None, body)),
+        }
+    }
+
+    /// After the principal changed (new claims): subscriptions whose share
+    /// key changed were computed for the old claims, which the rules may
+    /// read; they are rebuilt (the client gets the difference, if any).
+    fn reshare(&self) {
+        let principal = self.conn.principal();
+        let mut changed = false;
+        for s in self.conn.subs.lock().iter() {
+            let key = share_key(&principal, &s.target);
+            let mut st = s.state.lock();
+            if st.share != key {
+                st.share = key;
+                st.dirty = true;
+                changed = true;
+            }
+        }
+        if changed {
+            self.conn.mark_dirty();
         }
     }
 

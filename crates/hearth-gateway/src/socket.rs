@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -41,6 +41,9 @@ pub(crate) enum Opcode {
     Text = 0x1,
     Close = 0x8,
     Pong = 0xA,
+    /// Not an opcode: the unwritten rest of a frame whose beginning the
+    /// socket already took (sent as is, without a header).
+    Rest = 0xF,
 }
 
 /// One outgoing frame: opcode and (shared) payload.
@@ -82,6 +85,27 @@ impl OutFrame {
         }
     }
 
+    /// What is left of `self` after the socket accepted its first
+    /// `written` bytes (header included), or `None` if it took all of it.
+    pub(crate) fn rest_after(&self, written: usize) -> Option<OutFrame> {
+        let (h, n) = frame_header(self.opcode, self.len());
+        if written >= n + self.len() {
+            return None;
+        }
+        let payload = if written >= n {
+            self.payload.slice(written - n..)
+        } else {
+            let mut p = Vec::with_capacity(n - written + self.len());
+            p.extend_from_slice(&h[written..n]);
+            p.extend_from_slice(&self.payload);
+            Bytes::from(p)
+        };
+        Some(OutFrame {
+            opcode: Opcode::Rest,
+            payload,
+        })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.payload.len()
     }
@@ -91,7 +115,9 @@ impl OutFrame {
 pub(crate) fn frame_header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
     let mut h = [0u8; 10];
     h[0] = 0x80 | opcode as u8;
-    if len < 126 {
+    if opcode == Opcode::Rest {
+        (h, 0)
+    } else if len < 126 {
         h[1] = len as u8;
         (h, 2)
     } else if len <= u16::MAX as usize {
@@ -106,13 +132,13 @@ pub(crate) fn frame_header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
 }
 
 /// Writes `frames` with as few system calls as the kernel allows.
-pub(crate) async fn write_frames(w: &mut WriteHalf, frames: &[OutFrame]) -> io::Result<()> {
+pub(crate) async fn write_frames(w: &SharedSink, frames: &[OutFrame]) -> io::Result<()> {
     write_frames_with(w, frames, || {}).await
 }
 
 /// [`write_frames`], calling `progress` each time the socket accepted bytes.
 pub(crate) async fn write_frames_with(
-    w: &mut WriteHalf,
+    w: &SharedSink,
     frames: &[OutFrame],
     mut progress: impl FnMut(),
 ) -> io::Result<()> {
@@ -125,7 +151,9 @@ pub(crate) async fn write_frames_with(
         .collect();
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 2);
     for (f, (h, n)) in frames.iter().zip(&heads) {
-        slices.push(IoSlice::new(&h[..*n]));
+        if *n > 0 {
+            slices.push(IoSlice::new(&h[..*n]));
+        }
         if !f.payload.is_empty() {
             slices.push(IoSlice::new(&f.payload));
         }
@@ -140,6 +168,38 @@ pub(crate) async fn write_frames_with(
         progress();
     }
     Ok(())
+}
+
+/// The write half, shared by the connection's writer and whoever queues a
+/// frame for it (the fan-out engine, mostly): when the connection has
+/// nothing queued, the one queueing a frame hands it straight to the kernel
+/// with [`SharedSink::try_write`] (see `ConnShared::push_frame`), so a frame
+/// that fits in the socket buffer costs no task wake-up. The lock is held
+/// for one non-blocking poll at a time, never across an await.
+pub(crate) struct SharedSink(parking_lot::Mutex<WriteHalf>);
+
+impl SharedSink {
+    pub(crate) fn new(w: WriteHalf) -> SharedSink {
+        SharedSink(parking_lot::Mutex::new(w))
+    }
+
+    /// One vectored write that never waits: `None` if the socket cannot
+    /// take bytes now (or the writer holds it); else what the kernel took.
+    pub(crate) fn try_write(&self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let mut w = self.0.try_lock()?;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut *w).poll_write_vectored(&mut cx, bufs) {
+            Poll::Ready(r) => Some(r),
+            // Our no-op waker is registered now; the writer task, which
+            // takes over from here, polls again with its own.
+            Poll::Pending => None,
+        }
+    }
+
+    /// One vectored write, waiting for the socket to accept bytes.
+    pub(crate) async fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self.0.lock()).poll_write_vectored(cx, bufs)).await
+    }
 }
 
 // ------------------------------------------------------------ the halves
@@ -179,10 +239,10 @@ impl AsyncWrite for ReadSide {
 pub(crate) type WriteHalf = tokio::io::WriteHalf<TokioIo<Upgraded>>;
 
 /// Splits an upgraded connection into its parsing side and its write half.
-async fn split(upgraded: Upgraded, config: WebSocketConfig) -> (ReadSocket, WriteHalf) {
+async fn split(upgraded: Upgraded, config: WebSocketConfig) -> (ReadSocket, SharedSink) {
     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
     let socket = WebSocketStream::from_raw_socket(ReadSide(read), Role::Server, Some(config)).await;
-    (socket, write)
+    (socket, SharedSink::new(write))
 }
 
 /// Reads and discards what the client still sends (the rest of an
@@ -312,6 +372,24 @@ mod tests {
         assert_eq!(&h[..n], &[0x81, 126, 1, 44]);
         let (h, n) = frame_header(Opcode::Close, 70_000);
         assert_eq!(&h[..n], &[0x88, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn the_rest_of_a_partly_written_frame_is_its_unwritten_bytes() {
+        let f = OutFrame::text(Bytes::from_static(b"hello"));
+        let (h, n) = frame_header(f.opcode, f.len());
+        let mut whole = h[..n].to_vec();
+        whole.extend_from_slice(b"hello");
+        for written in 0..whole.len() {
+            let rest = f.rest_after(written).expect("something is left");
+            assert_eq!(
+                frame_header(rest.opcode, rest.len()).1,
+                0,
+                "no second header"
+            );
+            assert_eq!(&rest.payload[..], &whole[written..]);
+        }
+        assert!(f.rest_after(whole.len()).is_none());
     }
 
     #[test]

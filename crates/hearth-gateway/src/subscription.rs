@@ -19,20 +19,27 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use hearth_protocol::{DocPath, Document, ErrorBody};
+use hearth_rules::Principal;
 use parking_lot::Mutex;
 
 use crate::backend;
 use crate::conn::ConnShared;
 use crate::encode::FrameCache;
-use crate::view::{diff, Target};
+use crate::view::{diff, Target, View};
 use crate::Inner;
 
 pub(crate) struct SubState {
-    /// What the client holds (or will hold once the queued frames are read).
-    pub view: Vec<Arc<Document>>,
+    /// The view at `seq` (what the client holds, or will hold once the
+    /// queued frames are read — unless `sent` says otherwise).
+    pub view: View,
+    /// While coalescing: the view the client holds. The engine keeps moving
+    /// `view` without queueing frames; the writer sends one frame from
+    /// `sent` to `view` once the queue has drained (see `flush_coalesced`).
+    pub sent: Option<View>,
     /// The changelog position `view` reflects.
     pub seq: u64,
-    /// The view must be rebuilt by the connection task (new, or coalesced).
+    /// The view must be rebuilt by the connection task (new, or the engine
+    /// lagged past the changelog's retention).
     pub dirty: bool,
     /// Newest commit the engine skipped because the subscription was dirty.
     pub skipped_max: u64,
@@ -41,6 +48,10 @@ pub(crate) struct SubState {
     /// Limited queries: the last document of the unfiltered window when the
     /// window is full (a change ranking after it cannot enter the window).
     pub edge: Option<Arc<Document>>,
+    /// Subscriptions with the same share key see the same view at the same
+    /// position (same target, same principal); the engine moves such views
+    /// once per commit and shares the result (see [`share_key`]).
+    pub share: u128,
 }
 
 pub(crate) struct Subscription {
@@ -60,20 +71,81 @@ impl Subscription {
         target: Target,
         conn: &Arc<ConnShared>,
     ) -> Subscription {
+        let share = share_key(&conn.principal(), &target);
         Subscription {
             uid,
             name: name.into(),
             target,
             conn: Arc::downgrade(conn),
             state: Mutex::new(SubState {
-                view: Vec::new(),
+                view: empty_view(),
+                sent: None,
                 seq: 0,
                 dirty: true,
                 skipped_max: 0,
                 closed: false,
                 edge: None,
+                share,
             }),
         }
+    }
+}
+
+/// One shared empty view (most new and idle subscriptions hold it).
+pub(crate) fn empty_view() -> View {
+    static EMPTY: std::sync::OnceLock<View> = std::sync::OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::new(Vec::new())))
+}
+
+/// The key under which views are shared: a 128-bit digest of the target and
+/// of everything about the principal that the rules can see (uid and every
+/// claim). Two subscriptions with the same key hold equal views at equal
+/// changelog positions, because a view is the target's result at that
+/// position filtered by what this principal may read.
+pub(crate) fn share_key(principal: &Principal, target: &Target) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match principal {
+        Principal::Admin => h.update(b"admin\0"),
+        Principal::Unauthenticated => h.update(b"anonymous\0"),
+        Principal::User { uid, claims } => {
+            h.update(b"user\0");
+            h.update(uid.as_bytes());
+            h.update(b"\0");
+            h.update(serde_json::to_vec(claims).unwrap_or_default());
+            h.update(b"\0");
+        }
+    }
+    match target {
+        Target::Doc(p) => {
+            h.update(b"doc\0");
+            h.update(p.as_string().as_bytes());
+        }
+        Target::Query { query, .. } => {
+            h.update(b"query\0");
+            h.update(serde_json::to_vec(query).unwrap_or_default());
+        }
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(first)
+}
+
+/// Sends a coalescing subscription's held-back changes as one frame: the
+/// diff from the view its client holds to the current one.
+pub(crate) fn flush_coalesced(conn: &ConnShared, sub: &Subscription) {
+    let mut st = sub.state.lock();
+    if st.closed || st.dirty {
+        // A rebuild is due: it diffs from `sent` itself.
+        return;
+    }
+    let Some(sent) = st.sent.take() else {
+        return;
+    };
+    let changes = diff(&sub.target, &sent, &st.view);
+    if !changes.is_empty() {
+        conn.push(FrameCache::default().changes(&sub.name, st.seq, &changes));
     }
 }
 
@@ -85,8 +157,8 @@ pub(crate) enum Build {
     /// Resume from a changelog position: `changes` since then (unlimited
     /// targets) or a replacing `snapshot` (limited queries, too many commits).
     Resume(u64),
-    /// The subscription was coalesced: `changes` from the client's view to now.
-    Coalesced,
+    /// Rebuilt after the engine lagged: `changes` from the client's view to now.
+    Rebuild,
 }
 
 /// The window of a limited query's unfiltered result, for `SubState::edge`.
@@ -123,7 +195,7 @@ pub(crate) fn build(
         // For a resume of an unlimited target: the view at the token.
         let mut frame_plan = match how {
             Build::Initial => Plan::Snapshot { reset: false },
-            Build::Coalesced => Plan::DiffFromCurrent,
+            Build::Rebuild => Plan::DiffFromCurrent,
             Build::Resume(from) => resume_plan(inner, &principal, sub, from, seq, &now)?,
         };
         let mut st = sub.state.lock();
@@ -143,13 +215,17 @@ pub(crate) fn build(
         let frame: Option<Bytes> = match frame_plan {
             Plan::Snapshot { reset } => Some(cache.snapshot(&sub.name, seq, reset, &now)),
             Plan::DiffFromCurrent => {
-                // Nothing the client holds changed: no frame needed.
-                let changes = diff(&st.view, &now);
+                // From what the client holds; nothing changed: no frame.
+                let client = st.sent.as_ref().unwrap_or(&st.view);
+                let changes = diff(&sub.target, client, &now);
                 (!changes.is_empty()).then(|| cache.changes(&sub.name, seq, &changes))
             }
-            Plan::DiffFrom(then) => Some(cache.changes(&sub.name, seq, &diff(&then, &now))),
+            Plan::DiffFrom(then) => {
+                Some(cache.changes(&sub.name, seq, &diff(&sub.target, &then, &now)))
+            }
         };
-        st.view = now;
+        st.view = Arc::new(now);
+        st.sent = None;
         st.seq = seq;
         st.edge = edge;
         st.dirty = false;

@@ -25,6 +25,11 @@ use hearth_protocol::query::compare_in_order;
 use hearth_protocol::ws::ChangeKind;
 use hearth_protocol::{DocPath, Document, Order, Query};
 
+/// A view, shared: subscriptions of the same target for the same principal
+/// hold the same list (see `fanout`), and a coalescing subscription keeps
+/// the list its client holds next to the current one.
+pub(crate) type View = Arc<Vec<Arc<Document>>>;
+
 /// What a subscription watches, with what is needed to evaluate it fast.
 #[derive(Debug)]
 pub(crate) enum Target {
@@ -209,42 +214,83 @@ pub(crate) fn apply_incremental(
     out
 }
 
-/// The changes that turn `old` into `new` (both sorted views of the same
-/// target). A document present in both with a different version is
-/// `modified`; one with the same version is unchanged (even if it moved
-/// because others came or went).
-pub(crate) fn diff(old: &[Arc<Document>], new: &[Arc<Document>]) -> Vec<ChangeOut> {
-    let before: HashMap<&DocPath, usize> =
-        old.iter().enumerate().map(|(i, d)| (&d.path, i)).collect();
-    let after: HashMap<&DocPath, usize> =
-        new.iter().enumerate().map(|(j, d)| (&d.path, j)).collect();
-    let mut out: Vec<ChangeOut> = old
+/// The changes that turn `old` into `new` (both sorted views of `target`).
+/// A document present in both with a different version is `modified`; one
+/// with the same version is unchanged (even if it moved because others came
+/// or went).
+///
+/// Both views are walked in step, in the target's order. Views that descend
+/// from one another share their unchanged documents (the same `Arc`), so for
+/// those the walk costs a pointer comparison each; only the documents that
+/// differ are compared by order and then paired up by path. O(n + k log k)
+/// for k differing documents.
+pub(crate) fn diff(
+    target: &Target,
+    old: &[Arc<Document>],
+    new: &[Arc<Document>],
+) -> Vec<ChangeOut> {
+    let unchanged = |a: &Arc<Document>, b: &Arc<Document>| {
+        Arc::ptr_eq(a, b) || (a.path == b.path && a.version == b.version && a.fields == b.fields)
+    };
+    let (mut i, mut j) = (0, 0);
+    let mut gone: Vec<usize> = Vec::new();
+    let mut came: Vec<usize> = Vec::new();
+    while i < old.len() && j < new.len() {
+        if unchanged(&old[i], &new[j]) {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        match target.cmp(&old[i], &new[j]) {
+            Ordering::Less => {
+                gone.push(i);
+                i += 1;
+            }
+            Ordering::Greater => {
+                came.push(j);
+                j += 1;
+            }
+            Ordering::Equal => {
+                gone.push(i);
+                came.push(j);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    gone.extend(i..old.len());
+    came.extend(j..new.len());
+    if gone.is_empty() && came.is_empty() {
+        return Vec::new();
+    }
+    let gone_at: HashMap<&DocPath, usize> = gone.iter().map(|&i| (&old[i].path, i)).collect();
+    let came_paths: std::collections::HashSet<&DocPath> =
+        came.iter().map(|&j| &new[j].path).collect();
+    let mut out: Vec<ChangeOut> = gone
         .iter()
-        .enumerate()
-        .filter(|(_, d)| !after.contains_key(&d.path))
-        .map(|(i, d)| ChangeOut {
+        .filter(|&&i| !came_paths.contains(&old[i].path))
+        .map(|&i| ChangeOut {
             kind: ChangeKind::Removed,
-            doc: Arc::clone(d),
+            doc: Arc::clone(&old[i]),
             old_index: Some(i as u32),
             new_index: None,
         })
         .collect();
-    for (j, d) in new.iter().enumerate() {
-        match before.get(&d.path) {
+    for &j in &came {
+        let d = &new[j];
+        match gone_at.get(&d.path) {
             None => out.push(ChangeOut {
                 kind: ChangeKind::Added,
                 doc: Arc::clone(d),
                 old_index: None,
                 new_index: Some(j as u32),
             }),
-            Some(&i) if old[i].version != d.version || old[i].fields != d.fields => {
-                out.push(ChangeOut {
-                    kind: ChangeKind::Modified,
-                    doc: Arc::clone(d),
-                    old_index: Some(i as u32),
-                    new_index: Some(j as u32),
-                })
-            }
+            Some(&i) if !unchanged(&old[i], d) => out.push(ChangeOut {
+                kind: ChangeKind::Modified,
+                doc: Arc::clone(d),
+                old_index: Some(i as u32),
+                new_index: Some(j as u32),
+            }),
             Some(_) => {}
         }
     }
@@ -366,7 +412,7 @@ mod tests {
     fn diff_reports_window_moves_with_absolute_indexes() {
         let old = vec![doc("a", 1, 1), doc("b", 2, 1), doc("c", 3, 1)];
         let new = vec![doc("b", 2, 1), doc("c", 3, 2), doc("d", 4, 3)];
-        let changes = diff(&old, &new);
+        let changes = diff(&target(), &old, &new);
         assert_eq!(paths(&client_apply(&old, &changes)), paths(&new));
         assert_eq!(changes.len(), 3, "{changes:?}");
         assert_eq!(changes[0].kind, ChangeKind::Removed);
@@ -376,5 +422,52 @@ mod tests {
             (Some(2), Some(1))
         );
         assert_eq!(changes[2].kind, ChangeKind::Added);
+    }
+
+    #[test]
+    fn diff_of_random_views_rebuilds_the_new_view_on_the_client() {
+        use rand::{Rng, SeedableRng};
+        let t = target();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for case in 0..500 {
+            // Documents c/0..c/19 at random values; the new view keeps some
+            // Arcs, replaces some versions, drops some and adds others.
+            let mut old: Vec<Arc<Document>> = Vec::new();
+            for i in 0..20 {
+                if rng.gen_bool(0.6) {
+                    old.push(doc(&format!("{i:02}"), rng.gen_range(0..8), 1));
+                }
+            }
+            old.sort_by(|a, b| t.cmp(a, b));
+            let mut new: Vec<Arc<Document>> = Vec::new();
+            for i in 0..20 {
+                let id = format!("{i:02}");
+                let before = old.iter().find(|d| d.path.id() == id);
+                match (before, rng.gen_range(0..4)) {
+                    (Some(d), 0 | 1) => new.push(Arc::clone(d)),
+                    (Some(_), 2) => new.push(doc(&id, rng.gen_range(0..8), 2)),
+                    (None, 0) => new.push(doc(&id, rng.gen_range(0..8), 2)),
+                    _ => {}
+                }
+            }
+            new.sort_by(|a, b| t.cmp(a, b));
+            let changes = diff(&t, &old, &new);
+            assert_eq!(
+                paths(&client_apply(&old, &changes)),
+                paths(&new),
+                "case {case}: {changes:?}"
+            );
+            for c in &changes {
+                if let Some(j) = c.new_index {
+                    assert!(Arc::ptr_eq(&new[j as usize], &c.doc), "case {case}");
+                }
+            }
+            assert!(
+                changes
+                    .iter()
+                    .all(|c| c.kind != ChangeKind::Modified || c.doc.version == 2),
+                "an unchanged document is never reported: case {case}"
+            );
+        }
     }
 }

@@ -92,6 +92,92 @@ async fn identical_frames_are_encoded_once_for_all_subscribers() {
     assert_eq!(after.frames_shared - before.frames_shared, 9);
 }
 
+/// Subscribers of one query for one principal share one view (moved once
+/// per commit); another principal's subscription of the same query is its
+/// own group and sees only what its rules let it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_view_is_shared_only_by_the_same_principal() {
+    let rules = r#"
+rules_version = '2';
+service cloud.firestore {
+  match /databases/{database}/documents {
+    match /notes/{id} {
+      allow read: if resource.data.owner == request.auth.uid;
+      allow write: if request.auth != null;
+    }
+  }
+}"#;
+    let access =
+        hearth_rules::AccessControl::new(hearth_rules::Ruleset::parse(rules).expect("rules parse"));
+    let server = start(Options {
+        access,
+        ..Options::default()
+    })
+    .await;
+    let target = json!({"query": {"collection": "notes"}});
+    let mut a1 = Client::connect(server.addr, Some("user:a")).await;
+    let mut a2 = Client::connect(server.addr, Some("user:a")).await;
+    let mut b = Client::connect(server.addr, Some("user:b")).await;
+    for c in [&mut a1, &mut a2, &mut b] {
+        assert_eq!(
+            c.subscribe("s", target.clone(), None).await["docs"],
+            json!([])
+        );
+    }
+    let note = |owner: &str, n: i64| {
+        let mut m = Map::new();
+        m.insert("owner".into(), HValue::from(owner));
+        m.insert("n".into(), HValue::from(n));
+        m
+    };
+    let mut views = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..5 {
+        let before = server.gateway.stats();
+        server
+            .store
+            .commit(vec![
+                Write::set(
+                    DocPath::parse(&format!("notes/a{i}")).expect("p"),
+                    note("a", i),
+                ),
+                Write::set(
+                    DocPath::parse(&format!("notes/b{i}")).expect("p"),
+                    note("b", i),
+                ),
+            ])
+            .await
+            .expect("commit");
+        let fa1 = a1.recv().await;
+        let fa2 = a2.recv().await;
+        let fb = b.recv().await;
+        assert_eq!(fa1, fa2, "one principal, one frame");
+        apply(&mut views[0], &fa1);
+        apply(&mut views[1], &fa2);
+        apply(&mut views[2], &fb);
+        let after = server.gateway.stats();
+        assert_eq!(
+            (
+                after.frames_encoded - before.frames_encoded,
+                after.frames_shared - before.frames_shared
+            ),
+            (2, 1),
+            "a's group encodes once and shares once; b's group encodes its own"
+        );
+        assert_eq!(
+            (
+                after.candidates_evaluated - before.candidates_evaluated,
+                after.views_moved - before.views_moved
+            ),
+            (3, 2),
+            "three subscriptions, two share groups: two view updates"
+        );
+    }
+    let expect = |who: &str| -> Vec<String> { (0..5).map(|i| format!("notes/{who}{i}")).collect() };
+    assert_eq!(view_paths(&views[0]), expect("a"));
+    assert_eq!(view_paths(&views[1]), expect("a"));
+    assert_eq!(view_paths(&views[2]), expect("b"), "b never sees a's notes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_closed_with_4029() {
     let config = GatewayConfig {
