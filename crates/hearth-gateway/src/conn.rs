@@ -50,6 +50,7 @@ use tokio::sync::Notify;
 
 use crate::socket::{frame_header, OutFrame, SharedSink};
 use crate::subscription::Subscription;
+use crate::Counters;
 
 /// A connection is written at most once per this interval while frames keep
 /// coming (they are batched meanwhile; see `session::writer`).
@@ -104,6 +105,7 @@ pub(crate) struct ConnShared {
     last_write_ms: AtomicU64,
     /// The socket's write half (`None` in unit tests: nothing is written).
     sink: Option<SharedSink>,
+    stats: Arc<Counters>,
     clock: Clock,
     /// Credential expiry in Unix nanoseconds; `i64::MAX`: never.
     expires_at: AtomicI64,
@@ -118,8 +120,12 @@ impl ConnShared {
         soft_limit: usize,
         hard_limit: usize,
         clock: Clock,
-        sink: Option<SharedSink>,
+        sink: Option<(SharedSink, Arc<Counters>)>,
     ) -> ConnShared {
+        let (sink, stats) = match sink {
+            Some((sink, stats)) => (Some(sink), stats),
+            None => (None, Arc::default()),
+        };
         ConnShared {
             id,
             outbox: Mutex::new(Outbox::default()),
@@ -136,6 +142,7 @@ impl ConnShared {
             writing: AtomicBool::new(false),
             last_write_ms: AtomicU64::new(0),
             sink,
+            stats,
             clock,
             expires_at: AtomicI64::new(i64::MAX),
             soft_limit,
@@ -173,7 +180,10 @@ impl ConnShared {
             let mut frame = frame;
             if ob.frames.is_empty() && !self.writing.load(Ordering::Acquire) {
                 match self.write_direct(&frame) {
-                    Direct::All => return true,
+                    Direct::All => {
+                        self.stats.frames_direct.fetch_add(1, Ordering::Relaxed);
+                        return true;
+                    }
                     Direct::Part(rest) => frame = rest,
                     Direct::Nothing => {}
                 }
@@ -189,6 +199,7 @@ impl ConnShared {
             ob.bytes += frame.len();
             ob.frames.push_back(frame);
         }
+        self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
         true
     }

@@ -142,6 +142,8 @@ pub(crate) struct Counters {
     pub slow_consumer_closes: AtomicU64,
     pub candidates: AtomicU64,
     pub views_moved: AtomicU64,
+    pub frames_direct: AtomicU64,
+    pub frames_queued: AtomicU64,
 }
 
 /// A snapshot of the gateway's state (see [`Gateway::stats`]).
@@ -165,6 +167,10 @@ pub struct GatewayStats {
     /// same principal, same position) per commit, however many subscribers
     /// the group has.
     pub views_moved: u64,
+    /// Frames handed to the socket by whoever produced them (no writer
+    /// wake-up), and frames queued for the connection's writer.
+    pub frames_direct: u64,
+    pub frames_queued: u64,
     /// The largest outbound queue of any connection, in frames and bytes.
     pub max_queued_frames: usize,
     pub max_queued_bytes: usize,
@@ -178,7 +184,7 @@ pub(crate) struct Inner {
     pub index: SubIndex,
     pub conns: DashMap<u64, Arc<ConnShared>>,
     pub next_id: AtomicU64,
-    pub stats: Counters,
+    pub stats: Arc<Counters>,
     pub shutdown: Notify,
     pub shutting_down: AtomicBool,
     pub clock: conn::Clock,
@@ -214,12 +220,16 @@ impl Gateway {
             index: SubIndex::default(),
             conns: DashMap::new(),
             next_id: AtomicU64::new(1),
-            stats: Counters::default(),
+            stats: Arc::default(),
             shutdown: Notify::new(),
             shutting_down: AtomicBool::new(false),
             clock: conn::Clock::new(),
         });
-        tokio::spawn(fanout::run(Arc::clone(&inner)));
+        // Unconstrained by Tokio's cooperative budget: the engine hands
+        // frames to sockets directly (see `conn`), a thousand per commit
+        // when a thousand subscribers are idle, and a socket poll past the
+        // budget would report "not ready" and push them all to the writers.
+        tokio::spawn(tokio::task::unconstrained(fanout::run(Arc::clone(&inner))));
         tokio::spawn(session::sweep(Arc::clone(&inner)));
         Gateway { inner }
     }
@@ -301,8 +311,44 @@ impl Gateway {
             slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
             candidates_evaluated: s.candidates.load(Ordering::Relaxed),
             views_moved: s.views_moved.load(Ordering::Relaxed),
+            frames_direct: s.frames_direct.load(Ordering::Relaxed),
+            frames_queued: s.frames_queued.load(Ordering::Relaxed),
             max_queued_frames,
             max_queued_bytes,
+        }
+    }
+}
+
+impl Gateway {
+    /// Publishes [`Gateway::stats`] through the `metrics` facade (called by
+    /// the server before each `/metrics` render): `hearth_ws_*` gauges for
+    /// what is live now, counters for what happened since the start.
+    pub fn publish_metrics(&self) {
+        let s = self.stats();
+        metrics::gauge!("hearth_ws_connections").set(s.connections as f64);
+        metrics::gauge!("hearth_ws_subscriptions").set(s.subscriptions as f64);
+        metrics::gauge!("hearth_ws_engine_seq").set(s.engine_seq as f64);
+        metrics::gauge!("hearth_ws_max_queued_frames").set(s.max_queued_frames as f64);
+        metrics::gauge!("hearth_ws_max_queued_bytes").set(s.max_queued_bytes as f64);
+        let counters = [
+            ("hearth_ws_view_builds_total", s.builds),
+            ("hearth_ws_changes_coalesced_total", s.coalesced),
+            ("hearth_ws_frames_encoded_total", s.frames_encoded),
+            ("hearth_ws_frames_shared_total", s.frames_shared),
+            ("hearth_ws_frames_direct_total", s.frames_direct),
+            ("hearth_ws_frames_queued_total", s.frames_queued),
+            (
+                "hearth_ws_slow_consumer_closes_total",
+                s.slow_consumer_closes,
+            ),
+            (
+                "hearth_ws_candidates_evaluated_total",
+                s.candidates_evaluated,
+            ),
+            ("hearth_ws_views_moved_total", s.views_moved),
+        ];
+        for (name, value) in counters {
+            metrics::counter!(name).absolute(value);
         }
     }
 }

@@ -104,7 +104,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, sink: SharedS
         inner.config.max_pending_events as usize,
         inner.config.max_queued_bytes as usize,
         inner.clock,
-        Some(sink),
+        Some((sink, Arc::clone(&inner.stats))),
     ));
     inner.conns.insert(id, Arc::clone(&conn));
     conn.push(hello_ok);

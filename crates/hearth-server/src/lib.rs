@@ -75,9 +75,14 @@ struct Inner {
     access: Access,
     transactions: Transactions,
     metrics: PrometheusHandle,
+    /// Called before each `/metrics` render (services publish their gauges).
+    scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     ready: AtomicBool,
     options: ServerOptions,
 }
+
+/// A service's "publish your figures now" callback (see [`AppState::on_scrape`]).
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
 
 /// Shared state of the REST handlers (cheap to clone).
 #[derive(Clone)]
@@ -104,6 +109,7 @@ impl AppState {
             access,
             transactions,
             metrics: telemetry::install_recorder(),
+            scrape_hooks: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(true),
             options,
         }))
@@ -117,6 +123,14 @@ impl AppState {
     }
     pub fn transactions(&self) -> &Transactions {
         &self.0.transactions
+    }
+    /// Registers a callback run before every `/metrics` render, for a
+    /// service that keeps its own counters (the gateway) to publish them
+    /// through the `metrics` facade.
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.0.scrape_hooks.lock() {
+            hooks.push(Box::new(hook));
+        }
     }
     /// Marks the server as draining: `/readyz` answers 503 from now on.
     pub fn set_not_ready(&self) {
@@ -156,6 +170,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse
 pub async fn metrics_text(State(state): State<AppState>) -> Response<Body> {
     metrics::gauge!("hearth_changelog_head").set(state.store().changelog().head() as f64);
     metrics::gauge!("hearth_open_transactions").set(state.transactions().len() as f64);
+    if let Ok(hooks) = state.0.scrape_hooks.lock() {
+        hooks.iter().for_each(|hook| hook());
+    }
     let mut response = Response::new(Body::from(state.0.metrics.render()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

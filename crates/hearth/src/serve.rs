@@ -138,6 +138,8 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
     // /v1/openapi.json describes the auth routes too.
     hearth_server::openapi::set_service_documents(vec![hearth_auth::openapi()]);
     let state = AppState::new(store.clone(), access, options);
+    let metrics_gateway = gateway.clone();
+    state.on_scrape(move || metrics_gateway.publish_metrics());
     let mut app = hearth_server::app(state.clone(), services);
     if let Some(cors) = cors {
         app = app.layer(cors);

@@ -265,11 +265,15 @@ async fn operations_endpoints_answer() {
         "{}",
         metrics.text
     );
-    assert!(
-        metrics.text.contains("hearth_commits_total"),
-        "{}",
-        metrics.text
-    );
+    for name in [
+        "hearth_commits_total",
+        "hearth_ws_connections",
+        "hearth_ws_subscriptions",
+        "hearth_ws_frames_direct_total",
+        "hearth_ws_views_moved_total",
+    ] {
+        assert!(metrics.text.contains(name), "{name}: {}", metrics.text);
+    }
     let spec = c.get("/v1/openapi.json").await;
     assert_eq!(spec.status, 200);
     let committed: Value = serde_json::from_str(
