@@ -25,6 +25,7 @@
 //! Every loop is bounded in count and in time (`--max-secs`). Each command
 //! ends with one `RESULT {json}` line for scripts.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -542,6 +543,21 @@ struct WriterReport {
     acked: u64,
     errors: u64,
     first_send_us: u64,
+    /// Write frame sent → its `write_ok` received (the durable commit), in µs.
+    ack_hist: Histogram<u64>,
+}
+
+impl WriterReport {
+    fn ack_json(&self) -> Value {
+        let h = &self.ack_hist;
+        let ms = |us: u64| round3(us as f64 / 1000.0);
+        json!({
+            "count": h.len(),
+            "p50_ms": ms(h.value_at_quantile(0.50)),
+            "p99_ms": ms(h.value_at_quantile(0.99)),
+            "max_ms": ms(h.max()),
+        })
+    }
 }
 
 /// Writes `count` frames of `batch` documents each over one admin connection,
@@ -563,15 +579,27 @@ async fn writer(
     let permits = Arc::new(Semaphore::new(window.clamp(1, 32)));
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let sent_at: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
     let reader = {
         let (permits, acked, errors) = (permits.clone(), acked.clone(), errors.clone());
+        let sent_at = sent_at.clone();
         tokio::spawn(async move {
+            let mut ack_hist =
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
             while acked.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) < count as u64 {
                 match timeout_at(deadline, rx.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => {
                         let head = &t.as_str()[..t.len().min(40)];
                         if head.contains("\"type\":\"write_ok\"") {
+                            let now = now_us();
+                            let id = serde_json::from_str::<Value>(t.as_str())
+                                .ok()
+                                .and_then(|v| v["id"].as_u64());
+                            let sent = id.and_then(|id| sent_at.lock().ok()?.remove(&id));
+                            if let Some(sent) = sent {
+                                let _ = ack_hist.record(now.saturating_sub(sent).max(1));
+                            }
                             acked.fetch_add(1, Ordering::Relaxed);
                             permits.add_permits(1);
                         } else if head.contains("\"type\":\"error\"") {
@@ -584,6 +612,7 @@ async fn writer(
                     _ => break,
                 }
             }
+            ack_hist
         })
     };
     let mut ticker = interval.map(|d| {
@@ -603,6 +632,9 @@ async fn writer(
         permit.forget();
         let bt = now_us();
         first_send_us = first_send_us.min(bt);
+        if let Ok(mut m) = sent_at.lock() {
+            m.insert(i as u64 + 1, bt);
+        }
         let writes: Vec<Value> = (0..batch)
             .map(|b| {
                 let (path, mut data) = doc(i * batch + b);
@@ -615,11 +647,15 @@ async fn writer(
             .await
             .map_err(|e| format!("write: {e}"))?;
     }
-    let _ = timeout(Duration::from_secs(60), reader).await;
+    let ack_hist = match timeout(Duration::from_secs(60), reader).await {
+        Ok(Ok(h)) => h,
+        _ => Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
+    };
     Ok(WriterReport {
         acked: acked.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         first_send_us,
+        ack_hist,
     })
 }
 
@@ -672,7 +708,7 @@ async fn paced(
     let result = json!({
         "scenario": label, "subs": subs, "writes": writes, "interval_ms": interval_ms,
         "expected": expected, "delivered_pct": round3(100.0 * delivered as f64 / expected.max(1) as f64),
-        "writes_acked": w.acked, "write_errors": w.errors,
+        "writes_acked": w.acked, "write_errors": w.errors, "write_ack_latency": w.ack_json(),
         "latency": stats.latency_json(), "counters": stats.counters_json(), "cpu": cpu,
     });
     s.stop().await;
@@ -848,7 +884,7 @@ async fn selectivity(
         "writes": writes, "interval_ms": interval_ms, "expected": expected,
         "delivered_pct": round3(100.0 * delivered.min(expected) as f64 / expected.max(1) as f64),
         "misrouted": delivered.saturating_sub(expected),
-        "writes_acked": w.acked, "write_errors": w.errors,
+        "writes_acked": w.acked, "write_errors": w.errors, "write_ack_latency": w.ack_json(),
         "latency": stats.latency_json(), "counters": stats.counters_json(), "cpu": cpu,
     });
     s.stop().await;

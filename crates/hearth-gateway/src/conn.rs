@@ -39,6 +39,7 @@
 //! closed (see [`ConnShared::idle`]).
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -55,21 +56,27 @@ use crate::Counters;
 /// A connection is written at most once per this interval while frames keep
 /// coming (they are batched meanwhile; see `session::writer`).
 pub(crate) const MIN_WRITE_GAP_MS: u64 = 4;
-
-/// What a direct write achieved.
-enum Direct {
-    /// The socket took the whole frame.
-    All,
-    /// It took the beginning; this is the rest.
-    Part(OutFrame),
-    /// Nothing was written.
-    Nothing,
-}
+/// At most this many frames per direct write (the writer takes the rest).
+const DIRECT_MAX_FRAMES: usize = 64;
 
 #[derive(Default)]
 pub(crate) struct Outbox {
     frames: VecDeque<OutFrame>,
     bytes: usize,
+}
+
+impl Outbox {
+    /// Whether the queue is empty; if so, frees its buffer (most
+    /// connections are idle most of the time).
+    fn release_if_empty(&mut self) -> bool {
+        if !self.frames.is_empty() {
+            return false;
+        }
+        if self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
+        true
+    }
 }
 
 /// A reason to close, with the close code sent to the client.
@@ -172,65 +179,112 @@ impl ConnShared {
     }
 
     /// Queues any frame (text or control); see [`ConnShared::push`]. With
-    /// nothing queued and nothing being written, the frame is first offered
-    /// to the socket directly (see the module docs).
+    /// nothing else queued and nothing being written, the frame is offered
+    /// to the socket at once (see the module docs); otherwise, or for what
+    /// the socket does not take, the writer is woken.
     pub(crate) fn push_frame(&self, frame: OutFrame) -> bool {
-        {
-            let mut ob = self.outbox.lock();
-            let mut frame = frame;
-            if ob.frames.is_empty() && !self.writing.load(Ordering::Acquire) {
-                match self.write_direct(&frame) {
-                    Direct::All => {
-                        self.stats.frames_direct.fetch_add(1, Ordering::Relaxed);
-                        return true;
-                    }
-                    Direct::Part(rest) => frame = rest,
-                    Direct::Nothing => {}
-                }
-            }
-            if ob.bytes + frame.len() > self.hard_limit && !ob.frames.is_empty() {
-                drop(ob);
-                self.close(CloseReason {
-                    code: close_code::SLOW_CONSUMER,
-                    reason: "slow consumer: outbound queue limit exceeded",
-                });
-                return false;
-            }
-            ob.bytes += frame.len();
-            ob.frames.push_back(frame);
+        let mut ob = self.outbox.lock();
+        if !self.enqueue(&mut ob, frame) {
+            return false;
         }
-        self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
-        self.wake.notify_one();
+        if !self.try_flush(&mut ob) {
+            drop(ob);
+            self.wake.notify_one();
+        }
         true
     }
 
-    /// Offers one frame to the socket without waiting (the caller holds the
-    /// outbox lock and saw it empty, with no batch being written).
-    fn write_direct(&self, frame: &OutFrame) -> Direct {
+    /// Queues a frame without writing it or waking the writer: the fan-out
+    /// engine queues a whole batch of commits this way and then calls
+    /// [`ConnShared::flush`] once per connection, so that the frames of
+    /// several commits leave in one system call.
+    pub(crate) fn queue(&self, frame: bytes::Bytes) -> bool {
+        let mut ob = self.outbox.lock();
+        self.enqueue(&mut ob, OutFrame::text(frame))
+    }
+
+    /// Writes what is queued now if the socket takes it, else wakes the
+    /// writer (see [`ConnShared::queue`]).
+    pub(crate) fn flush(&self) {
+        let mut ob = self.outbox.lock();
+        if ob.frames.is_empty() || self.try_flush(&mut ob) {
+            return;
+        }
+        drop(ob);
+        self.wake.notify_one();
+    }
+
+    /// Appends a frame; past the hard limit closes the connection as a slow
+    /// consumer instead (a single frame larger than the limit still goes).
+    fn enqueue(&self, ob: &mut Outbox, frame: OutFrame) -> bool {
+        if ob.bytes + frame.len() > self.hard_limit && !ob.frames.is_empty() {
+            self.close(CloseReason {
+                code: close_code::SLOW_CONSUMER,
+                reason: "slow consumer: outbound queue limit exceeded",
+            });
+            return false;
+        }
+        ob.bytes += frame.len();
+        ob.frames.push_back(frame);
+        true
+    }
+
+    /// Offers the queued frames to the socket without waiting, when the
+    /// writer holds none (so the queue's head is next on the wire) and the
+    /// last write is at least `MIN_WRITE_GAP_MS` old. Returns whether the
+    /// queue is empty afterwards.
+    fn try_flush(&self, ob: &mut Outbox) -> bool {
         let Some(sink) = &self.sink else {
-            return Direct::Nothing;
+            return false;
         };
+        if self.writing.load(Ordering::Acquire) {
+            return false;
+        }
         let now = self.clock.now_ms();
         if now.saturating_sub(self.last_write_ms.load(Ordering::Relaxed)) < MIN_WRITE_GAP_MS {
-            return Direct::Nothing;
+            return false;
         }
-        let (h, n) = frame_header(frame.opcode, frame.len());
-        let bufs = [
-            std::io::IoSlice::new(&h[..n]),
-            std::io::IoSlice::new(&frame.payload),
-        ];
-        match sink.try_write(&bufs) {
+        let take = ob.frames.len().min(DIRECT_MAX_FRAMES);
+        let heads: Vec<([u8; 10], usize)> = ob
+            .frames
+            .iter()
+            .take(take)
+            .map(|f| frame_header(f.opcode, f.len()))
+            .collect();
+        let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(take * 2);
+        for (f, (h, n)) in ob.frames.iter().zip(&heads) {
+            bufs.push(IoSlice::new(&h[..*n]));
+            bufs.push(IoSlice::new(&f.payload));
+        }
+        let written = match sink.try_write(&bufs) {
             // Would block, or a socket error: the writer deals with it.
-            None | Some(Err(_)) | Some(Ok(0)) => Direct::Nothing,
-            Some(Ok(written)) => {
-                self.last_write_ms.store(now, Ordering::Relaxed);
-                self.last_progress_ms.store(now, Ordering::Relaxed);
-                match frame.rest_after(written) {
-                    None => Direct::All,
-                    Some(rest) => Direct::Part(rest),
+            None | Some(Err(_)) | Some(Ok(0)) => return false,
+            Some(Ok(n)) => n,
+        };
+        drop(bufs);
+        self.last_write_ms.store(now, Ordering::Relaxed);
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+        let mut left = written;
+        let mut sent = 0u64;
+        while let Some(front) = ob.frames.front_mut() {
+            let whole = frame_header(front.opcode, front.len()).1 + front.len();
+            if left >= whole {
+                left -= whole;
+                ob.bytes -= front.len();
+                ob.frames.pop_front();
+                sent += 1;
+                continue;
+            }
+            if left > 0 {
+                if let Some(rest) = front.rest_after(left) {
+                    ob.bytes = ob.bytes - front.len() + rest.len();
+                    *front = rest;
                 }
             }
+            break;
         }
+        self.stats.frames_direct.fetch_add(sent, Ordering::Relaxed);
+        ob.release_if_empty()
     }
 
     /// The socket, for the connection's own writer.
@@ -275,6 +329,7 @@ impl ConnShared {
             }
         }
         ob.bytes -= bytes;
+        ob.release_if_empty();
         if !out.is_empty() {
             self.writing.store(true, Ordering::Release);
         }

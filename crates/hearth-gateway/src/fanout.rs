@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use hearth_protocol::ws::ServerMessage;
 use hearth_protocol::{
     DocPath, Document, ErrorBody, FieldPath, Filter, Op, Query, QuerySource, Value,
@@ -37,7 +37,7 @@ use hearth_store::{ChangelogError, CommitRecord};
 use crate::backend;
 use crate::conn::ConnShared;
 use crate::encode::{self, FrameCache};
-use crate::subscription::{empty_view, window_edge, SubState, Subscription};
+use crate::subscription::{empty_view, window_edge, ShareKey, SubState, Subscription};
 use crate::view::{apply_incremental, diff, ChangeOut, Step, Target, View};
 use crate::Inner;
 
@@ -105,7 +105,7 @@ fn eq_key(query: &Query) -> Option<(FieldPath, Value)> {
 impl SubIndex {
     pub(crate) fn insert(&self, sub: &Arc<Subscription>) {
         let mut bucket = self.buckets.entry(source_key(&sub.target)).or_default();
-        let eq = match &sub.target {
+        let eq = match &*sub.target {
             Target::Query { query, .. } => eq_key(query),
             Target::Doc(_) => None,
         };
@@ -131,7 +131,7 @@ impl SubIndex {
             let Some(mut bucket) = self.buckets.get_mut(&key) else {
                 return;
             };
-            let eq = match &sub.target {
+            let eq = match &*sub.target {
                 Target::Query { query, .. } => eq_key(query),
                 Target::Doc(_) => None,
             };
@@ -213,27 +213,90 @@ impl SubIndex {
     }
 }
 
+/// At most this many commits are delivered before the engine writes to
+/// the sockets (see [`run`]).
+const BATCH_COMMITS: usize = 64;
+
+/// How a batch of commits ended.
+enum BatchEnd {
+    /// Nothing more is ready now.
+    Drained,
+    /// The engine fell behind the changelog's retention.
+    Lagged(u64),
+    Failed(ChangelogError),
+    /// The changelog ended (the store is closing).
+    Closed,
+}
+
+/// The connections that got frames in this batch, each flushed once.
+#[derive(Default)]
+pub(crate) struct Touched {
+    seen: std::collections::HashSet<u64>,
+    conns: Vec<Arc<ConnShared>>,
+}
+
+impl Touched {
+    fn add(&mut self, conn: &Arc<ConnShared>) {
+        if self.seen.insert(conn.id) {
+            self.conns.push(Arc::clone(conn));
+        }
+    }
+
+    fn flush(self) {
+        for conn in self.conns {
+            conn.flush();
+        }
+    }
+}
+
 /// The engine task: consumes the changelog until the gateway shuts down.
+///
+/// Commits are delivered in batches: after one commit, whatever further
+/// commits are already readable are delivered too (up to
+/// [`BATCH_COMMITS`]) with their frames only queued, and then every
+/// connection that got frames is written once. At a steady pace a batch is
+/// one commit and frames leave at once; when commits come faster than the
+/// sockets take them, a subscriber's frames of several commits share one
+/// system call instead of the engine falling further behind.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let changelog = inner.store.changelog();
     let mut after = changelog.head();
     loop {
         let mut stream = Box::pin(changelog.subscribe(after));
         loop {
-            let item = tokio::select! {
+            let mut item = tokio::select! {
                 item = stream.next() => item,
                 _ = inner.shutdown.notified() => return,
             };
             if inner.shutting_down.load(AtomicOrdering::Relaxed) {
                 return;
             }
-            match item {
-                Some(Ok(rec)) => {
-                    after = rec.seq;
-                    inner.stats.head.store(rec.seq, AtomicOrdering::Relaxed);
-                    process_commit(&inner, &rec);
+            let mut touched = Touched::default();
+            let mut taken = 0;
+            let end = loop {
+                match item {
+                    Some(Ok(rec)) => {
+                        after = rec.seq;
+                        inner.stats.head.store(rec.seq, AtomicOrdering::Relaxed);
+                        process_commit(&inner, &rec, &mut touched);
+                    }
+                    Some(Err(ChangelogError::TooOld { oldest })) => break BatchEnd::Lagged(oldest),
+                    Some(Err(e)) => break BatchEnd::Failed(e),
+                    None => break BatchEnd::Closed,
                 }
-                Some(Err(ChangelogError::TooOld { oldest })) => {
+                taken += 1;
+                if taken >= BATCH_COMMITS {
+                    break BatchEnd::Drained;
+                }
+                match stream.next().now_or_never() {
+                    Some(next) => item = next,
+                    None => break BatchEnd::Drained,
+                }
+            };
+            touched.flush();
+            match end {
+                BatchEnd::Drained => {}
+                BatchEnd::Lagged(oldest) => {
                     // We fell behind retention: every view may be stale.
                     // Rebuild them all from the store and carry on from now.
                     tracing::warn!(after, oldest, "fan-out engine lagged past changelog retention; rebuilding every subscription");
@@ -248,12 +311,12 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     after = changelog.head();
                     break;
                 }
-                Some(Err(e)) => {
+                BatchEnd::Failed(e) => {
                     tracing::error!(error = %e, "changelog read failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     break;
                 }
-                None => return,
+                BatchEnd::Closed => return,
             }
         }
     }
@@ -269,7 +332,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 /// each. The engine never holds a store lock while delivering: unlimited
 /// views move from the changelog record alone; only limit windows re-run
 /// their query (once per distinct query per commit).
-pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
+pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord, touched: &mut Touched) {
     // (subscription, change index) for every candidate, grouped by
     // subscription below (a commit touching several documents of a view
     // gives one frame).
@@ -309,7 +372,7 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord) {
         idxs.clear();
         idxs.extend(group.iter().map(|(_, i)| *i));
         evaluated += 1;
-        deliver(inner, &mut commit, first, &idxs);
+        deliver(inner, &mut commit, first, &idxs, touched);
     }
     let stats = &inner.stats;
     stats
@@ -334,7 +397,7 @@ struct CommitWork<'a> {
     /// Limit windows re-run, by query.
     requeries: HashMap<String, Result<backend::Snapshot, ErrorBody>>,
     /// Views moved, by (share key, position before).
-    moves: HashMap<(u128, u64), Move>,
+    moves: HashMap<(ShareKey, u64), Move>,
 }
 
 /// One share group's view moved by a commit.
@@ -373,7 +436,13 @@ impl Move {
 }
 
 /// Moves one subscription's view by the changes `idxs` of the commit.
-fn deliver(inner: &Inner, commit: &mut CommitWork<'_>, sub: &Arc<Subscription>, idxs: &[usize]) {
+fn deliver(
+    inner: &Inner,
+    commit: &mut CommitWork<'_>,
+    sub: &Arc<Subscription>,
+    idxs: &[usize],
+    touched: &mut Touched,
+) {
     let Some(conn) = sub.conn.upgrade() else {
         return;
     };
@@ -407,11 +476,13 @@ fn deliver(inner: &Inner, commit: &mut CommitWork<'_>, sub: &Arc<Subscription>, 
     st.edge = moved.edge.clone();
     if let Some(e) = &moved.error {
         st.closed = true;
-        conn.push(encode::message(&ServerMessage::error(
+        if conn.queue(encode::message(&ServerMessage::error(
             None,
             Some(sub.name.to_string()),
             e.clone(),
-        )));
+        ))) {
+            touched.add(&conn);
+        }
         return;
     }
     if moved.changes.is_empty() {
@@ -425,7 +496,9 @@ fn deliver(inner: &Inner, commit: &mut CommitWork<'_>, sub: &Arc<Subscription>, 
         conn.mark_dirty();
         return;
     }
-    conn.push(moved.frame(&sub.name, &mut commit.cache));
+    if conn.queue(moved.frame(&sub.name, &mut commit.cache)) {
+        touched.add(&conn);
+    }
 }
 
 /// Computes how one commit moves a subscription's view (the first member of
@@ -484,7 +557,7 @@ fn move_view(
     if !affected {
         return Move::unchanged(st, rec.seq);
     }
-    let Target::Query { query, .. } = &sub.target else {
+    let Target::Query { query, .. } = &*sub.target else {
         return Move::unchanged(st, rec.seq);
     };
     let key = serde_json::to_string(query).unwrap_or_default();

@@ -143,7 +143,7 @@ pub(crate) struct Counters {
     pub candidates: AtomicU64,
     pub views_moved: AtomicU64,
     pub frames_direct: AtomicU64,
-    pub frames_queued: AtomicU64,
+    pub frames_by_writer: AtomicU64,
 }
 
 /// A snapshot of the gateway's state (see [`Gateway::stats`]).
@@ -168,9 +168,9 @@ pub struct GatewayStats {
     /// the group has.
     pub views_moved: u64,
     /// Frames handed to the socket by whoever produced them (no writer
-    /// wake-up), and frames queued for the connection's writer.
+    /// wake-up), and frames the connection's writer task wrote.
     pub frames_direct: u64,
-    pub frames_queued: u64,
+    pub frames_by_writer: u64,
     /// The largest outbound queue of any connection, in frames and bytes.
     pub max_queued_frames: usize,
     pub max_queued_bytes: usize,
@@ -182,6 +182,7 @@ pub(crate) struct Inner {
     pub access: AccessControl,
     pub auth: Arc<dyn Authenticator>,
     pub index: SubIndex,
+    pub targets: subscription::Targets,
     pub conns: DashMap<u64, Arc<ConnShared>>,
     pub next_id: AtomicU64,
     pub stats: Arc<Counters>,
@@ -218,6 +219,7 @@ impl Gateway {
             access,
             auth,
             index: SubIndex::default(),
+            targets: subscription::Targets::default(),
             conns: DashMap::new(),
             next_id: AtomicU64::new(1),
             stats: Arc::default(),
@@ -312,7 +314,7 @@ impl Gateway {
             candidates_evaluated: s.candidates.load(Ordering::Relaxed),
             views_moved: s.views_moved.load(Ordering::Relaxed),
             frames_direct: s.frames_direct.load(Ordering::Relaxed),
-            frames_queued: s.frames_queued.load(Ordering::Relaxed),
+            frames_by_writer: s.frames_by_writer.load(Ordering::Relaxed),
             max_queued_frames,
             max_queued_bytes,
         }
@@ -336,7 +338,7 @@ impl Gateway {
             ("hearth_ws_frames_encoded_total", s.frames_encoded),
             ("hearth_ws_frames_shared_total", s.frames_shared),
             ("hearth_ws_frames_direct_total", s.frames_direct),
-            ("hearth_ws_frames_queued_total", s.frames_queued),
+            ("hearth_ws_frames_by_writer_total", s.frames_by_writer),
             (
                 "hearth_ws_slow_consumer_closes_total",
                 s.slow_consumer_closes,

@@ -78,49 +78,61 @@ enum ReadEnd {
     Oversize,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut stream: ReadSocket, sink: SharedSink) {
-    if inner.shutting_down.load(Ordering::SeqCst) {
-        close_now(&sink, close_code::GOING_AWAY, "server shutting down").await;
-        return;
+/// One connection, from its first frame to its close.
+///
+/// Memory per idle connection is dominated by this future, so it is kept
+/// small: a plain function returning an `async move` block (an `async fn`
+/// would store its arguments twice, rust-lang/rust#62958), and every step
+/// that runs once (refusals, handshake, close) is boxed rather than sized
+/// into the state that lives as long as the connection.
+pub(crate) fn run(
+    inner: Arc<Inner>,
+    mut stream: ReadSocket,
+    sink: SharedSink,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let refused = if inner.shutting_down.load(Ordering::SeqCst) {
+            Some((close_code::GOING_AWAY, "server shutting down"))
+        } else if inner.conns.len() >= inner.config.max_connections {
+            Some((close_code::TOO_MANY_CONNECTIONS, "too many connections"))
+        } else {
+            None
+        };
+        if let Some((code, reason)) = refused {
+            Box::pin(close_now(&sink, code, reason)).await;
+            return;
+        }
+        let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &sink, &mut stream)).await else {
+            return;
+        };
+        let conn = {
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let conn = Arc::new(ConnShared::new(
+                id,
+                auth.principal,
+                inner.config.max_pending_events as usize,
+                inner.config.max_queued_bytes as usize,
+                inner.clock,
+                Some((sink, Arc::clone(&inner.stats))),
+            ));
+            inner.conns.insert(id, Arc::clone(&conn));
+            conn.push(hello_ok);
+            conn.set_expiry(auth.expires_at);
+            conn.touch(&inner.clock);
+            conn
+        };
+        let mut reader = Reader {
+            inner: &inner,
+            conn: &conn,
+        };
+        let mut end = ReadEnd::Done;
+        tokio::select! {
+            e = reader.run(&mut stream) => { end = e; }
+            _ = writer(&inner, &conn) => {}
+            _ = conn.kill.notified() => {}
+        }
+        Box::pin(finish(&inner, &conn, stream, end)).await;
     }
-    if inner.conns.len() >= inner.config.max_connections {
-        close_now(
-            &sink,
-            close_code::TOO_MANY_CONNECTIONS,
-            "too many connections",
-        )
-        .await;
-        return;
-    }
-    // Boxed: the handshake's state is large and needed only once; the
-    // connection's long-lived future stays small.
-    let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &sink, &mut stream)).await else {
-        return;
-    };
-    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let conn = Arc::new(ConnShared::new(
-        id,
-        auth.principal,
-        inner.config.max_pending_events as usize,
-        inner.config.max_queued_bytes as usize,
-        inner.clock,
-        Some((sink, Arc::clone(&inner.stats))),
-    ));
-    inner.conns.insert(id, Arc::clone(&conn));
-    conn.push(hello_ok);
-    conn.set_expiry(auth.expires_at);
-    conn.touch(&inner.clock);
-    let mut reader = Reader {
-        inner: &inner,
-        conn: &conn,
-    };
-    let mut end = ReadEnd::Done;
-    tokio::select! {
-        e = reader.run(&mut stream) => { end = e; }
-        _ = writer(&inner, &conn) => {}
-        _ = conn.kill.notified() => {}
-    }
-    Box::pin(finish(&inner, &conn, stream, end)).await;
 }
 
 /// Flushes what may be flushed, sends the close frame, lingers briefly for
@@ -294,15 +306,26 @@ async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>) {
             // burst): let them gather, so that one system call carries
             // several. A connection that gets a frame now and then is never
             // delayed (and usually written directly, see `conn`).
-            tokio::time::sleep(Duration::from_millis(MIN_WRITE_GAP_MS - since)).await;
+            // (Boxed, like the write below: an idle connection's task keeps
+            // no room for a timer or a write in progress.)
+            Box::pin(tokio::time::sleep(Duration::from_millis(
+                MIN_WRITE_GAP_MS - since,
+            )))
+            .await;
         }
         conn.take_batch(&mut batch, BATCH_FRAMES, BATCH_BYTES);
         if !batch.is_empty() {
             conn.wrote();
-            let wrote = write_frames_with(sink, &batch, || conn.progress(&inner.clock, false));
+            let wrote = Box::pin(write_frames_with(sink, &batch, || {
+                conn.progress(&inner.clock, false)
+            }));
             if wrote.await.is_err() {
                 return;
             }
+            inner
+                .stats
+                .frames_by_writer
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             batch.clear();
             conn.progress(&inner.clock, true);
             if batch.capacity() > 64 {
@@ -589,6 +612,7 @@ impl Reader<'_> {
         let principal = self.conn.principal();
         backend::check_subscribe(&self.inner.store, &self.inner.access, &principal, &target)?;
         let uid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let target = self.inner.targets.intern(target);
         let sub = Arc::new(Subscription::new(uid, name, target, self.conn));
         self.conn.subs.lock().push(Arc::clone(&sub));
         self.inner.index.insert(&sub);
@@ -660,6 +684,7 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
     let heartbeat = inner.config.heartbeat.as_millis() as u64;
     let idle = inner.config.idle_timeout.as_millis() as u64;
     let mut ping_id: u64 = 0;
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -667,6 +692,10 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
         }
         if inner.shutting_down.load(Ordering::Relaxed) {
             return;
+        }
+        ticks += 1;
+        if ticks % TARGET_PURGE_TICKS == 0 {
+            inner.targets.purge();
         }
         let now = inner.clock.now_ms();
         let wall = Timestamp::now();
@@ -701,6 +730,9 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
         }
     }
 }
+
+/// Every this many sweeps, targets no subscription holds are forgotten.
+const TARGET_PURGE_TICKS: u64 = 40;
 
 /// How often the sweeper runs (at most; never less often than the heartbeat).
 const SWEEP_TICK: Duration = Duration::from_millis(250);

@@ -51,7 +51,7 @@ pub(crate) struct SubState {
     /// Subscriptions with the same share key see the same view at the same
     /// position (same target, same principal); the engine moves such views
     /// once per commit and shares the result (see [`share_key`]).
-    pub share: u128,
+    pub share: ShareKey,
 }
 
 pub(crate) struct Subscription {
@@ -59,7 +59,8 @@ pub(crate) struct Subscription {
     pub uid: u64,
     /// The client's name for it.
     pub name: Box<str>,
-    pub target: Target,
+    /// Shared by every subscription of the same target (see [`Targets`]).
+    pub target: Arc<Target>,
     pub conn: Weak<ConnShared>,
     pub state: Mutex<SubState>,
 }
@@ -68,7 +69,7 @@ impl Subscription {
     pub(crate) fn new(
         uid: u64,
         name: &str,
-        target: Target,
+        target: Arc<Target>,
         conn: &Arc<ConnShared>,
     ) -> Subscription {
         let share = share_key(&conn.principal(), &target);
@@ -97,39 +98,84 @@ pub(crate) fn empty_view() -> View {
     Arc::clone(EMPTY.get_or_init(|| Arc::new(Vec::new())))
 }
 
-/// The key under which views are shared: a 128-bit digest of the target and
-/// of everything about the principal that the rules can see (uid and every
+/// A 128-bit digest (two words, so that `SubState` keeps an 8-byte alignment).
+pub(crate) type ShareKey = [u64; 2];
+
+fn digest(parts: &[&[u8]]) -> ShareKey {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let d = h.finalize();
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&d[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    [word(0), word(1)]
+}
+
+/// The identity of a target (two targets with the same digest select the
+/// same documents in the same order).
+pub(crate) fn target_digest(target: &Target) -> ShareKey {
+    match target {
+        Target::Doc(p) => digest(&[b"doc", p.as_string().as_bytes()]),
+        Target::Query { query, .. } => {
+            digest(&[b"query", &serde_json::to_vec(query).unwrap_or_default()])
+        }
+    }
+}
+
+/// The key under which views are shared: a digest of the target and of
+/// everything about the principal that the rules can see (uid and every
 /// claim). Two subscriptions with the same key hold equal views at equal
 /// changelog positions, because a view is the target's result at that
 /// position filtered by what this principal may read.
-pub(crate) fn share_key(principal: &Principal, target: &Target) -> u128 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+pub(crate) fn share_key(principal: &Principal, target: &Target) -> ShareKey {
+    let [t0, t1] = target_digest(target);
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&t0.to_le_bytes());
+    t[8..].copy_from_slice(&t1.to_le_bytes());
     match principal {
-        Principal::Admin => h.update(b"admin\0"),
-        Principal::Unauthenticated => h.update(b"anonymous\0"),
-        Principal::User { uid, claims } => {
-            h.update(b"user\0");
-            h.update(uid.as_bytes());
-            h.update(b"\0");
-            h.update(serde_json::to_vec(claims).unwrap_or_default());
-            h.update(b"\0");
-        }
+        Principal::Admin => digest(&[b"admin", &t]),
+        Principal::Unauthenticated => digest(&[b"anonymous", &t]),
+        Principal::User { uid, claims } => digest(&[
+            b"user",
+            uid.as_bytes(),
+            &serde_json::to_vec(claims).unwrap_or_default(),
+            &t,
+        ]),
     }
-    match target {
-        Target::Doc(p) => {
-            h.update(b"doc\0");
-            h.update(p.as_string().as_bytes());
+}
+
+/// Identical targets are stored once: a thousand clients subscribed to one
+/// room's query hold one parsed query (and its sort order) between them.
+#[derive(Default)]
+pub(crate) struct Targets(dashmap::DashMap<ShareKey, Weak<Target>>);
+
+impl Targets {
+    /// The shared copy of `target`.
+    pub(crate) fn intern(&self, target: Target) -> Arc<Target> {
+        let mut slot = self.0.entry(target_digest(&target)).or_default();
+        if let Some(existing) = slot.upgrade() {
+            return existing;
         }
-        Target::Query { query, .. } => {
-            h.update(b"query\0");
-            h.update(serde_json::to_vec(query).unwrap_or_default());
-        }
+        let shared = Arc::new(target);
+        *slot = Arc::downgrade(&shared);
+        shared
     }
-    let digest = h.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    u128::from_le_bytes(first)
+
+    /// Forgets the targets that no subscription holds any more.
+    pub(crate) fn purge(&self) {
+        self.0.retain(|_, t| t.strong_count() > 0);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// Sends a coalescing subscription's held-back changes as one frame: the
@@ -299,4 +345,58 @@ fn resume_plan(
     }
     then.sort_by(|a, b| sub.target.cmp(a, b));
     Ok(Plan::DiffFrom(then))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::{CollectionPath, Query};
+
+    fn room(k: i64) -> Target {
+        Target::query(
+            Query::collection(CollectionPath::parse("msgs").expect("path")).filter(
+                "room",
+                hearth_protocol::Op::Eq,
+                k,
+            ),
+        )
+    }
+
+    #[test]
+    fn identical_targets_are_stored_once_and_forgotten_when_unused() {
+        let targets = Targets::default();
+        let a = targets.intern(room(1));
+        let b = targets.intern(room(1));
+        let c = targets.intern(room(2));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(targets.len(), 2);
+        drop((a, b));
+        targets.purge();
+        assert_eq!(targets.len(), 1, "room 1 is held by nobody");
+    }
+
+    #[test]
+    fn share_keys_differ_by_principal_and_by_claims() {
+        let t = room(1);
+        let mut claims = std::collections::BTreeMap::new();
+        claims.insert("role".to_string(), hearth_protocol::Value::from("mod"));
+        let keys = [
+            share_key(&Principal::Admin, &t),
+            share_key(&Principal::Unauthenticated, &t),
+            share_key(&Principal::user("u1"), &t),
+            share_key(&Principal::user("u2"), &t),
+            share_key(
+                &Principal::User {
+                    uid: "u1".into(),
+                    claims,
+                },
+                &t,
+            ),
+            share_key(&Principal::user("u1"), &room(2)),
+        ];
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert_eq!(share_key(&Principal::user("u1"), &room(1)), keys[2]);
+    }
 }
