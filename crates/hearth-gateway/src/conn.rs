@@ -49,6 +49,7 @@ use hearth_rules::Principal;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use crate::codec::Codec;
 use crate::socket::{frame_header, OutFrame, SharedSink};
 use crate::subscription::Subscription;
 use crate::Counters;
@@ -113,6 +114,8 @@ pub(crate) struct ConnShared {
     /// The socket's write half (`None` in unit tests: nothing is written).
     sink: Option<SharedSink>,
     stats: Arc<Counters>,
+    /// The connection's encoding (JSON text or MessagePack binary frames).
+    codec: Codec,
     clock: Clock,
     /// Credential expiry in Unix nanoseconds; `i64::MAX`: never.
     expires_at: AtomicI64,
@@ -127,6 +130,7 @@ impl ConnShared {
         soft_limit: usize,
         hard_limit: usize,
         clock: Clock,
+        codec: Codec,
         sink: Option<(SharedSink, Arc<Counters>)>,
     ) -> ConnShared {
         let (sink, stats) = match sink {
@@ -150,6 +154,7 @@ impl ConnShared {
             last_write_ms: AtomicU64::new(0),
             sink,
             stats,
+            codec,
             clock,
             expires_at: AtomicI64::new(i64::MAX),
             soft_limit,
@@ -174,8 +179,14 @@ impl ConnShared {
 
     /// Queues a frame (a reply or a change). Past the hard limit the
     /// connection is closed as a slow consumer instead.
-    pub(crate) fn push(&self, frame: bytes::Bytes) -> bool {
-        self.push_frame(OutFrame::text(frame))
+    /// `json` is the message's JSON encoding; a MessagePack connection gets
+    /// it transcoded.
+    pub(crate) fn push(&self, json: bytes::Bytes) -> bool {
+        self.push_frame(self.codec.frame(json))
+    }
+
+    pub(crate) fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// Queues any frame (text or control); see [`ConnShared::push`]. With
@@ -198,9 +209,10 @@ impl ConnShared {
     /// engine queues a whole batch of commits this way and then calls
     /// [`ConnShared::flush`] once per connection, so that the frames of
     /// several commits leave in one system call.
-    pub(crate) fn queue(&self, frame: bytes::Bytes) -> bool {
+    /// `payload` is already in the connection's encoding (see `codec`).
+    pub(crate) fn queue(&self, payload: bytes::Bytes) -> bool {
         let mut ob = self.outbox.lock();
-        self.enqueue(&mut ob, OutFrame::text(frame))
+        self.enqueue(&mut ob, self.codec.wrap(payload))
     }
 
     /// Writes what is queued now if the socket takes it, else wakes the
@@ -445,7 +457,15 @@ mod tests {
     use super::*;
 
     fn conn() -> ConnShared {
-        ConnShared::new(1, Principal::Admin, 128, 1 << 20, Clock::new(), None)
+        ConnShared::new(
+            1,
+            Principal::Admin,
+            128,
+            1 << 20,
+            Clock::new(),
+            Codec::Json,
+            None,
+        )
     }
 
     const IDLE: u64 = 1_000;

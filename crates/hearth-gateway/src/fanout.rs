@@ -35,6 +35,7 @@ use hearth_protocol::{
 use hearth_store::{ChangelogError, CommitRecord};
 
 use crate::backend;
+use crate::codec::Codec;
 use crate::conn::ConnShared;
 use crate::encode::{self, FrameCache};
 use crate::subscription::{empty_view, window_edge, ShareKey, SubState, Subscription};
@@ -406,8 +407,9 @@ struct Move {
     seq: u64,
     edge: Option<Arc<Document>>,
     changes: Vec<ChangeOut>,
-    /// The changes frame, by `sub` name (members usually share one name).
-    frames: Vec<(Box<str>, Bytes)>,
+    /// The changes frame, by `sub` name (members usually share one name)
+    /// and encoding.
+    frames: Vec<(Box<str>, Codec, Bytes)>,
     /// The window could not be re-run: every member ends with this error.
     error: Option<ErrorBody>,
 }
@@ -424,13 +426,33 @@ impl Move {
         }
     }
 
-    fn frame(&mut self, name: &str, cache: &mut FrameCache) -> Bytes {
-        if let Some((_, f)) = self.frames.iter().find(|(n, _)| &**n == name) {
+    /// The changes frame for `sub` name `name` in `codec`, encoded (and
+    /// transcoded) once per commit, whatever the number of subscribers.
+    fn frame(&mut self, name: &str, codec: Codec, cache: &mut FrameCache) -> Bytes {
+        let find = |frames: &[(Box<str>, Codec, Bytes)], c: Codec| {
+            frames
+                .iter()
+                .find(|(n, fc, _)| &**n == name && *fc == c)
+                .map(|(_, _, f)| f.clone())
+        };
+        if let Some(f) = find(&self.frames, codec) {
             cache.shared += 1;
-            return f.clone();
+            return f;
         }
-        let f = cache.changes(name, self.seq, &self.changes);
-        self.frames.push((Box::from(name), f.clone()));
+        let json = match find(&self.frames, Codec::Json) {
+            Some(json) => json,
+            None => {
+                let json = cache.changes(name, self.seq, &self.changes);
+                self.frames
+                    .push((Box::from(name), Codec::Json, json.clone()));
+                json
+            }
+        };
+        if codec == Codec::Json {
+            return json;
+        }
+        let f = codec.encode(json);
+        self.frames.push((Box::from(name), codec, f.clone()));
         f
     }
 }
@@ -476,11 +498,12 @@ fn deliver(
     st.edge = moved.edge.clone();
     if let Some(e) = &moved.error {
         st.closed = true;
-        if conn.queue(encode::message(&ServerMessage::error(
+        let frame = encode::message(&ServerMessage::error(
             None,
             Some(sub.name.to_string()),
             e.clone(),
-        ))) {
+        ));
+        if conn.queue(conn.codec().encode(frame)) {
             touched.add(&conn);
         }
         return;
@@ -496,7 +519,7 @@ fn deliver(
         conn.mark_dirty();
         return;
     }
-    if conn.queue(moved.frame(&sub.name, &mut commit.cache)) {
+    if conn.queue(moved.frame(&sub.name, conn.codec(), &mut commit.cache)) {
         touched.add(&conn);
     }
 }

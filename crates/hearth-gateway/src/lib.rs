@@ -26,6 +26,7 @@
 //! is revoked (its tokens carry the claim `sid`).
 
 mod backend;
+mod codec;
 mod conn;
 mod encode;
 mod fanout;

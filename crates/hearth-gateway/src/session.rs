@@ -26,6 +26,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::codec::Codec;
 use crate::conn::{CloseReason, ConnShared, MIN_WRITE_GAP_MS};
 use crate::encode;
 use crate::socket::{
@@ -92,6 +93,7 @@ pub(crate) fn run(
     inner: Arc<Inner>,
     mut stream: ReadSocket,
     sink: SharedSink,
+    codec: Codec,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let refused = if inner.shutting_down.load(Ordering::SeqCst) {
@@ -105,7 +107,8 @@ pub(crate) fn run(
             Box::pin(close_now(&sink, code, reason)).await;
             return;
         }
-        let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &sink, &mut stream)).await else {
+        let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &sink, &mut stream, codec)).await
+        else {
             return;
         };
         let conn = {
@@ -116,6 +119,7 @@ pub(crate) fn run(
                 inner.config.max_pending_events as usize,
                 inner.config.max_queued_bytes as usize,
                 inner.clock,
+                codec,
                 Some((sink, Arc::clone(&inner.stats))),
             ));
             inner.conns.insert(id, Arc::clone(&conn));
@@ -201,11 +205,13 @@ async fn handshake(
     inner: &Inner,
     sink: &SharedSink,
     stream: &mut ReadSocket,
+    codec: Codec,
 ) -> Option<(Authenticated, Bytes)> {
     let first = timeout(inner.config.hello_timeout, async {
         loop {
             match stream.next().await {
-                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(Message::Text(t))) => return Some((Codec::Json, Bytes::from(t))),
+                Some(Ok(Message::Binary(b))) => return Some((Codec::MsgPack, b)),
                 Some(Ok(Message::Ping(p))) => {
                     send_now(sink, &[OutFrame::pong(p)]).await;
                     continue;
@@ -216,21 +222,25 @@ async fn handshake(
         }
     })
     .await;
-    let text = match first {
-        Ok(Some(t)) => t,
+    let (kind, payload) = match first {
+        Ok(Some(frame)) => frame,
         Ok(None) => return None,
         Err(_) => {
             close_now(sink, close_code::PROTOCOL_ERROR, "no hello in time").await;
             return None;
         }
     };
-    let (protocol, token) = match serde_json::from_str::<ClientMessage>(text.as_str()) {
-        Ok(ClientMessage::Hello {
+    // A frame of the other encoding than the subprotocol's is not a hello.
+    let hello = (kind == codec)
+        .then(|| codec.decode(&payload).ok())
+        .flatten();
+    let (protocol, token) = match hello {
+        Some(ClientMessage::Hello {
             protocol, token, ..
         }) => (protocol, token),
         _ => {
             let body = bad_frame("the first frame must be hello");
-            send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
+            send_now(sink, &[codec.frame(error_frame(None, None, body))]).await;
             close_now(
                 sink,
                 close_code::PROTOCOL_ERROR,
@@ -246,7 +256,7 @@ async fn handshake(
             format!("protocol {protocol} is not supported; this server speaks {PROTOCOL_VERSION}"),
         )
         .with_details(serde_json::json!({ "supported": [PROTOCOL_VERSION] }));
-        send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
+        send_now(sink, &[codec.frame(error_frame(None, None, body))]).await;
         close_now(
             sink,
             close_code::PROTOCOL_ERROR,
@@ -258,13 +268,13 @@ async fn handshake(
     let auth = match inner.auth.authenticate(token.as_deref()) {
         Ok(a) if a.expires_at.is_some_and(|t| t <= Timestamp::now()) => {
             let body = ErrorBody::new(ErrorCode::Unauthenticated, "the token has expired");
-            send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
+            send_now(sink, &[codec.frame(error_frame(None, None, body))]).await;
             close_now(sink, close_code::UNAUTHENTICATED, "token expired").await;
             return None;
         }
         Ok(a) => a,
         Err(body) => {
-            send_now(sink, &[OutFrame::text(error_frame(None, None, body))]).await;
+            send_now(sink, &[codec.frame(error_frame(None, None, body))]).await;
             close_now(sink, close_code::UNAUTHENTICATED, "unauthenticated").await;
             return None;
         }
@@ -383,15 +393,18 @@ impl Reader<'_> {
             };
             self.conn.touch(&self.inner.clock);
             match msg {
-                Message::Text(t) => {
+                Message::Text(t) if self.conn.codec() == Codec::Json => {
                     self.handle_text(t.as_str());
                 }
-                Message::Binary(_) => {
-                    self.conn.push(error_frame(
-                        None,
-                        None,
-                        bad_frame("binary frames are not part of hearth.v1; send JSON text frames"),
-                    ));
+                Message::Binary(b) if self.conn.codec() == Codec::MsgPack => {
+                    self.handle_msgpack(&b);
+                }
+                Message::Text(_) | Message::Binary(_) => {
+                    let hint = match self.conn.codec() {
+                        Codec::Json => "binary frames are not part of hearth.v1; send JSON text frames",
+                        Codec::MsgPack => "this connection speaks hearth.v1.msgpack; send MessagePack binary frames",
+                    };
+                    self.conn.push(error_frame(None, None, bad_frame(hint)));
                 }
                 Message::Close(_) => return ReadEnd::Done,
                 Message::Ping(p) => {
@@ -431,6 +444,45 @@ impl Reader<'_> {
                 return false;
             }
         };
+        self.dispatch(msg);
+        true
+    }
+
+    /// Handles one MessagePack frame (subprotocol `hearth.v1.msgpack`);
+    /// returns whether the frame was understood.
+    fn handle_msgpack(&mut self, payload: &[u8]) -> bool {
+        let max = self.inner.config.max_frame_bytes as usize;
+        let error = if payload.len() > max {
+            Some((
+                None,
+                ErrorBody::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "frame of {} bytes exceeds max_frame_bytes ({max})",
+                        payload.len()
+                    ),
+                ),
+            ))
+        } else {
+            match self.conn.codec().decode(payload) {
+                Ok(msg) => {
+                    self.dispatch(msg);
+                    None
+                }
+                Err(e) => Some((e.id, bad_frame(e.message))),
+            }
+        };
+        match error {
+            Some((id, body)) => {
+                self.conn.push(error_frame(id, None, body));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Acts on one client message (whatever its encoding).
+    fn dispatch(&mut self, msg: ClientMessage) {
         match msg {
             ClientMessage::Hello { .. } => {
                 self.conn.push(error_frame(
@@ -493,7 +545,6 @@ impl Reader<'_> {
             }
             ClientMessage::Pong { .. } => {}
         }
-        true
     }
 
     fn refresh(&mut self, id: u64, token: &str) -> bool {

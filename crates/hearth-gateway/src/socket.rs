@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::codec::Codec;
 use crate::{session, Gateway};
 
 /// The parsing (read) side of a connection.
@@ -39,6 +40,7 @@ pub(crate) type ReadSocket = WebSocketStream<ReadSide>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Opcode {
     Text = 0x1,
+    Binary = 0x2,
     Close = 0x8,
     Pong = 0xA,
     /// Not an opcode: the unwritten rest of a frame whose beginning the
@@ -54,6 +56,7 @@ pub(crate) struct OutFrame {
 }
 
 impl OutFrame {
+    #[cfg(test)]
     pub(crate) fn text(payload: Bytes) -> OutFrame {
         OutFrame {
             opcode: Opcode::Text,
@@ -272,9 +275,21 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
+/// The first subprotocol the client offers that the server speaks
+/// (`hearth.v1` or `hearth.v1.msgpack`), in the client's order of preference.
+fn select_subprotocol(headers: &HeaderMap) -> Option<Codec> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|name| Codec::for_subprotocol(name.trim()))
+}
+
 /// `GET /v1/ws`: checks the upgrade request (RFC 6455 §4.2.1), answers 101
-/// with subprotocol `hearth.v1` when the client offered it, and runs the
-/// session on the upgraded connection.
+/// with the subprotocol the client offered (`hearth.v1`, or
+/// `hearth.v1.msgpack` for MessagePack binary frames; JSON when it offered
+/// neither), and runs the session on the upgraded connection.
 pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) -> Response {
     if req.method() != Method::GET {
         return (
@@ -317,11 +332,7 @@ pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) ->
             .into_response();
     };
     let accept = derive_accept_key(key.as_bytes());
-    let subprotocol = has_token(
-        headers,
-        header::SEC_WEBSOCKET_PROTOCOL,
-        hearth_protocol::ws::SUBPROTOCOL_JSON,
-    );
+    let subprotocol = select_subprotocol(headers);
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -342,7 +353,7 @@ pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) ->
             return;
         };
         let (socket, write) = split(upgraded, config).await;
-        session::run(inner, socket, write).await;
+        session::run(inner, socket, write, subprotocol.unwrap_or(Codec::Json)).await;
     });
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -352,10 +363,10 @@ pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) ->
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if subprotocol {
+    if let Some(codec) = subprotocol {
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(hearth_protocol::ws::SUBPROTOCOL_JSON),
+            HeaderValue::from_static(codec.subprotocol()),
         );
     }
     res

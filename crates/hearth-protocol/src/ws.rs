@@ -33,6 +33,9 @@ use crate::write::{CommitResult, Write};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The WebSocket subprotocol for JSON text frames.
 pub const SUBPROTOCOL_JSON: &str = "hearth.v1";
+/// The WebSocket subprotocol for the same messages as MessagePack binary
+/// frames (maps with string keys; see PROTOCOL.md §1).
+pub const SUBPROTOCOL_MSGPACK: &str = "hearth.v1.msgpack";
 
 /// Close codes the server uses (RFC 6455 §7.4 plus the 4000-4999 private range).
 pub mod close_code {

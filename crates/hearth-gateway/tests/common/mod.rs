@@ -192,15 +192,25 @@ pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub welcome: Value,
     next_id: u64,
+    /// Speaks `hearth.v1.msgpack` (binary MessagePack frames) instead of JSON.
+    msgpack: bool,
 }
 
 pub async fn connect_raw(addr: SocketAddr) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    connect_raw_with(addr, "hearth.v1").await
+}
+
+/// Opens a socket offering `subprotocol` and checks that the server selected it.
+pub async fn connect_raw_with(
+    addr: SocketAddr,
+    subprotocol: &str,
+) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
     let mut req = format!("ws://{addr}/v1/ws")
         .into_client_request()
         .expect("request");
     req.headers_mut().insert(
         "sec-websocket-protocol",
-        "hearth.v1".parse().expect("header"),
+        subprotocol.parse().expect("header"),
     );
     let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
         .await
@@ -210,7 +220,7 @@ pub async fn connect_raw(addr: SocketAddr) -> WebSocketStream<MaybeTlsStream<Tcp
         resp.headers()
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok()),
-        Some("hearth.v1")
+        Some(subprotocol)
     );
     ws
 }
@@ -222,6 +232,7 @@ impl Client {
             ws,
             welcome: Value::Null,
             next_id: 100,
+            msgpack: false,
         }
     }
 
@@ -237,11 +248,26 @@ impl Client {
     }
 
     pub async fn connect(addr: SocketAddr, token: Option<&str>) -> Client {
-        let ws = connect_raw(addr).await;
+        Client::connect_with(addr, token, false).await
+    }
+
+    /// [`Client::connect`] over `hearth.v1.msgpack`.
+    pub async fn connect_msgpack(addr: SocketAddr, token: Option<&str>) -> Client {
+        Client::connect_with(addr, token, true).await
+    }
+
+    async fn connect_with(addr: SocketAddr, token: Option<&str>, msgpack: bool) -> Client {
+        let subprotocol = if msgpack {
+            "hearth.v1.msgpack"
+        } else {
+            "hearth.v1"
+        };
+        let ws = connect_raw_with(addr, subprotocol).await;
         let mut c = Client {
             ws,
             welcome: Value::Null,
             next_id: 100,
+            msgpack,
         };
         let mut hello =
             json!({"type": "hello", "protocol": 1, "client": {"name": "test", "version": "0"}});
@@ -261,10 +287,12 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
+        let msg = if self.msgpack {
+            Message::binary(rmp_serde::to_vec_named(&v).expect("msgpack"))
+        } else {
+            Message::text(v.to_string())
+        };
+        self.ws.send(msg).await.expect("send");
     }
 
     pub async fn send_text(&mut self, t: String) {
@@ -279,20 +307,28 @@ impl Client {
                 .expect("a frame in time")
                 .expect("socket open")
                 .expect("frame ok");
-            match msg {
+            let v: Value = match msg {
                 Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).expect("frame is JSON");
-                    assert_valid_server_frame(&v);
-                    if v["type"] == "ping" {
-                        let id = v["id"].clone();
-                        self.send(json!({"type": "pong", "id": id})).await;
-                        continue;
-                    }
-                    return v;
+                    assert!(
+                        !self.msgpack,
+                        "a text frame on a MessagePack connection: {t}"
+                    );
+                    serde_json::from_str(&t).expect("frame is JSON")
+                }
+                Message::Binary(b) => {
+                    assert!(self.msgpack, "a binary frame on a JSON connection");
+                    rmp_serde::from_slice(&b).expect("frame is MessagePack")
                 }
                 Message::Close(f) => panic!("unexpected close {f:?}"),
                 _ => continue,
+            };
+            assert_valid_server_frame(&v);
+            if v["type"] == "ping" {
+                let id = v["id"].clone();
+                self.send(json!({"type": "pong", "id": id})).await;
+                continue;
             }
+            return v;
         }
     }
 
@@ -308,6 +344,11 @@ impl Client {
                 Some(Ok(Message::Close(None))) | None => return (1005, before),
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).expect("json");
+                    assert_valid_server_frame(&v);
+                    before.push(v);
+                }
+                Some(Ok(Message::Binary(b))) if self.msgpack => {
+                    let v: Value = rmp_serde::from_slice(&b).expect("msgpack");
                     assert_valid_server_frame(&v);
                     before.push(v);
                 }

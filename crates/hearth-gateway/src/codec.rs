@@ -1,0 +1,156 @@
+//! The two encodings of `hearth.v1`: JSON text frames (subprotocol
+//! `hearth.v1`) and MessagePack binary frames (`hearth.v1.msgpack`).
+//!
+//! Both carry the same messages with the same field names, so the server
+//! has one encoder: every frame is produced as JSON (and shared between
+//! subscribers, see `encode`), and a MessagePack connection gets it
+//! transcoded — once per frame per commit in the fan-out engine, not once
+//! per subscriber. Client frames in MessagePack are read into a JSON value
+//! first, so both encodings accept exactly the same messages.
+
+use bytes::Bytes;
+use hearth_protocol::ws::{ClientMessage, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+
+use crate::socket::{Opcode, OutFrame};
+
+/// A connection's encoding, chosen by the subprotocol at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Json,
+    MsgPack,
+}
+
+/// Why a client frame could not be read: the message for the error frame,
+/// and the request id when one could still be read from it.
+pub(crate) struct Undecodable {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+impl Codec {
+    /// The codec for a subprotocol name.
+    pub(crate) fn for_subprotocol(name: &str) -> Option<Codec> {
+        match name {
+            SUBPROTOCOL_JSON => Some(Codec::Json),
+            SUBPROTOCOL_MSGPACK => Some(Codec::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn subprotocol(self) -> &'static str {
+        match self {
+            Codec::Json => SUBPROTOCOL_JSON,
+            Codec::MsgPack => SUBPROTOCOL_MSGPACK,
+        }
+    }
+
+    /// The frame opcode of this encoding.
+    pub(crate) fn opcode(self) -> Opcode {
+        match self {
+            Codec::Json => Opcode::Text,
+            Codec::MsgPack => Opcode::Binary,
+        }
+    }
+
+    /// A server message's JSON encoding, in this encoding.
+    pub(crate) fn encode(self, json: Bytes) -> Bytes {
+        match self {
+            Codec::Json => json,
+            Codec::MsgPack => to_msgpack(&json),
+        }
+    }
+
+    /// A server message (given as JSON) as a frame of this encoding.
+    pub(crate) fn frame(self, json: Bytes) -> OutFrame {
+        self.wrap(self.encode(json))
+    }
+
+    /// A payload already in this encoding, as a frame.
+    pub(crate) fn wrap(self, payload: Bytes) -> OutFrame {
+        OutFrame {
+            opcode: self.opcode(),
+            payload,
+        }
+    }
+
+    /// Reads a client message from a frame payload of this encoding.
+    pub(crate) fn decode(self, payload: &[u8]) -> Result<ClientMessage, Undecodable> {
+        let value: serde_json::Value = match self {
+            Codec::Json => serde_json::from_slice(payload),
+            Codec::MsgPack => rmp_serde::from_slice(payload).map_err(|e| {
+                <serde_json::Error as serde::de::Error>::custom(format!(
+                    "not a MessagePack value: {e}"
+                ))
+            }),
+        }
+        .map_err(|e: serde_json::Error| Undecodable {
+            id: None,
+            message: format!("bad frame: {e}"),
+        })?;
+        let id = value.get("id").and_then(serde_json::Value::as_u64);
+        serde_json::from_value(value).map_err(|e| Undecodable {
+            id,
+            message: format!("bad frame: {e}"),
+        })
+    }
+}
+
+/// Transcodes one of our own JSON frames to MessagePack (maps keep their
+/// string keys and their order).
+pub(crate) fn to_msgpack(json: &[u8]) -> Bytes {
+    let encoded = serde_json::from_slice::<serde_json::Value>(json)
+        .map_err(|e| e.to_string())
+        .and_then(|v| rmp_serde::to_vec_named(&v).map_err(|e| e.to_string()));
+    match encoded {
+        Ok(bytes) => Bytes::from(bytes),
+        // Our own frames are valid JSON; answer something well-formed
+        // rather than panic if that ever fails.
+        Err(e) => Bytes::from(
+            rmp_serde::to_vec_named(&serde_json::json!({
+                "type": "error", "code": "internal", "message": e,
+            }))
+            .unwrap_or_default(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_reads_the_same_in_both_encodings() {
+        let json = br#"{"type":"subscribe","id":7,"sub":"s","target":{"query":{"collection":"rooms","where":{"field":"n","op":">=","value":1.5}}}}"#;
+        let from_json = Codec::Json.decode(json).ok().expect("json decodes");
+        let packed = to_msgpack(json);
+        let from_msgpack = Codec::MsgPack
+            .decode(&packed)
+            .ok()
+            .expect("msgpack decodes");
+        assert_eq!(
+            serde_json::to_value(&from_json).expect("json"),
+            serde_json::to_value(&from_msgpack).expect("json")
+        );
+    }
+
+    #[test]
+    fn undecodable_frames_keep_their_request_id_when_they_have_one() {
+        let packed = to_msgpack(br#"{"type":"subscribe","id":9}"#);
+        let e = Codec::MsgPack.decode(&packed).expect_err("missing fields");
+        assert_eq!(e.id, Some(9));
+        let e = Codec::MsgPack
+            .decode(b"\xc1garbage")
+            .expect_err("not msgpack");
+        assert_eq!(e.id, None);
+        assert!(e.message.contains("bad frame"), "{}", e.message);
+    }
+
+    #[test]
+    fn transcoded_server_frames_decode_to_the_same_json() {
+        let json = br#"{"type":"changes","sub":"s","resume":"p5","changes":[{"kind":"added","doc":{"path":"a/b","fields":{"n":1,"x":2.5,"s":"t","l":[true,null]}},"old_index":null,"new_index":0}]}"#;
+        let back: serde_json::Value =
+            rmp_serde::from_slice(&to_msgpack(json)).expect("valid msgpack");
+        let want: serde_json::Value = serde_json::from_slice(json).expect("json");
+        assert_eq!(back, want);
+    }
+}
