@@ -133,6 +133,10 @@ pub struct RunOptions {
     pub capabilities: Vec<String>,
     /// Run only scenarios whose name contains this text.
     pub filter: Option<String>,
+    /// Speak `hearth.v1.msgpack`: connections request it by default, and
+    /// every frame is sent and read as MessagePack (the scenarios, written
+    /// in JSON, are unchanged; schemas check the decoded frames).
+    pub msgpack: bool,
 }
 
 /// Plays every scenario in `scenarios_dir` against the server at
@@ -252,6 +256,7 @@ pub async fn run_with(server_url: &str, scenarios_dir: &Path, options: RunOption
                 http.clone(),
                 schemas.as_ref(),
                 vars,
+                options.msgpack,
             );
             let steps = scenario
                 .get("steps")

@@ -27,6 +27,8 @@ const TRANSCRIPT_TAIL: usize = 12;
 /// A named connection of a scenario.
 struct Conn {
     socket: Option<Socket>,
+    /// The server selected `hearth.v1.msgpack`: frames are MessagePack.
+    msgpack: bool,
     /// The close code once the server closed the connection (1006: no close frame).
     closed: Option<u16>,
 }
@@ -41,6 +43,8 @@ pub(crate) struct Runner<'a> {
     current: Option<String>,
     transcript: VecDeque<String>,
     pub frames_validated: usize,
+    /// Request `hearth.v1.msgpack` by default (see `RunOptions::msgpack`).
+    msgpack: bool,
 }
 
 fn note(transcript: &mut VecDeque<String>, line: String) {
@@ -53,6 +57,11 @@ fn note(transcript: &mut VecDeque<String>, line: String) {
         line
     };
     transcript.push_back(line);
+}
+
+/// A frame as MessagePack (maps with string keys, as the protocol says).
+fn to_msgpack(v: &Json) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).unwrap_or_default()
 }
 
 fn timeout_of(step: &Json) -> Duration {
@@ -69,6 +78,7 @@ impl<'a> Runner<'a> {
         http: reqwest::Client,
         schemas: Option<&'a SchemaSet>,
         vars: Vars,
+        msgpack: bool,
     ) -> Runner<'a> {
         Runner {
             ws_url,
@@ -80,6 +90,7 @@ impl<'a> Runner<'a> {
             current: None,
             transcript: VecDeque::new(),
             frames_validated: 0,
+            msgpack,
         }
     }
 
@@ -325,8 +336,13 @@ impl<'a> Runner<'a> {
             .as_str()
             .into_client_request()
             .map_err(|e| format!("bad url {}: {e}", self.ws_url))?;
+        let default_subprotocol = if self.msgpack {
+            "hearth.v1.msgpack"
+        } else {
+            "hearth.v1"
+        };
         let subprotocol = match step.get("subprotocol") {
-            None => Some("hearth.v1".to_string()),
+            None => Some(default_subprotocol.to_string()),
             Some(Json::Null) => None,
             Some(v) => Some(
                 v.as_str()
@@ -348,17 +364,25 @@ impl<'a> Runner<'a> {
             .map_err(|_| format!("connecting to {} timed out", self.ws_url))?;
         match (result, expected_status) {
             (Ok((socket, response)), None) => {
-                if let Some(p) = response.headers().get("Sec-WebSocket-Protocol") {
+                let selected = response.headers().get("Sec-WebSocket-Protocol");
+                if let Some(p) = selected {
                     note(
                         &mut self.transcript,
                         format!("[{name}] open, subprotocol {p:?}"),
                     );
+                }
+                let msgpack = selected.is_some_and(|p| p == "hearth.v1.msgpack");
+                if self.msgpack && step.get("subprotocol").is_none() && !msgpack {
+                    return Err(format!(
+                        "asked for hearth.v1.msgpack, the server selected {selected:?}"
+                    ));
                 }
                 self.conns.insert(
                     name.to_string(),
                     Conn {
                         socket: Some(socket),
                         closed: None,
+                        msgpack,
                     },
                 );
                 self.current = Some(name.to_string());
@@ -388,8 +412,18 @@ impl<'a> Runner<'a> {
             .as_mut()
             .ok_or_else(|| format!("connection {name} is closed"))?;
         note(&mut self.transcript, format!("[{name}] → {text}"));
+        let message = if conn.msgpack {
+            // JSON becomes the same message in MessagePack; text that is
+            // not JSON (a deliberately broken frame) goes as its raw bytes.
+            match serde_json::from_str::<Json>(&text) {
+                Ok(v) => Message::Binary(to_msgpack(&v).into()),
+                Err(_) => Message::Binary(text.into_bytes().into()),
+            }
+        } else {
+            Message::Text(text.into())
+        };
         socket
-            .send(Message::Text(text.into()))
+            .send(message)
             .await
             .map_err(|e| format!("send on {name} failed: {e}"))
     }
@@ -420,8 +454,24 @@ impl<'a> Runner<'a> {
                 Err(_) => return Err(Next::Timeout),
                 Ok(m) => m,
             };
+            let msgpack = conn.msgpack;
             let text = match message {
-                Some(Ok(Message::Text(text))) => text.to_string(),
+                Some(Ok(Message::Text(text))) if !msgpack => text.to_string(),
+                Some(Ok(Message::Text(_))) => {
+                    return Err(Next::Failed(
+                        "unexpected text frame on hearth.v1.msgpack".into(),
+                    ))
+                }
+                Some(Ok(Message::Binary(bytes))) if msgpack => {
+                    match rmp_serde::from_slice::<Json>(&bytes) {
+                        Ok(v) => v.to_string(),
+                        Err(e) => {
+                            return Err(Next::Failed(format!(
+                                "server sent a frame that is not MessagePack: {e}"
+                            )))
+                        }
+                    }
+                }
                 Some(Ok(Message::Binary(_))) => {
                     return Err(Next::Failed("unexpected binary frame on hearth.v1".into()))
                 }
@@ -455,7 +505,12 @@ impl<'a> Runner<'a> {
                 let pong =
                     json!({"type": "pong", "id": frame.get("id").cloned().unwrap_or(json!(0))});
                 if let Some(socket) = self.conns.get_mut(name).and_then(|c| c.socket.as_mut()) {
-                    let _ = socket.send(Message::Text(pong.to_string().into())).await;
+                    let reply = if msgpack {
+                        Message::Binary(to_msgpack(&pong).into())
+                    } else {
+                        Message::Text(pong.to_string().into())
+                    };
+                    let _ = socket.send(reply).await;
                 }
                 continue;
             }

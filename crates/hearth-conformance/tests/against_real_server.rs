@@ -39,6 +39,16 @@ fn assert_clean(report: &hearth_conformance::Report, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_passes_against_a_default_server() {
+    every_scenario_passes(false).await;
+}
+
+/// The same scenarios, every frame in MessagePack (`hearth.v1.msgpack`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_passes_over_msgpack() {
+    every_scenario_passes(true).await;
+}
+
+async fn every_scenario_passes(msgpack: bool) {
     // Building the binary (when stale) is not part of the time limit.
     hearth_testkit::hearth_binary().unwrap();
     let result = tokio::time::timeout(Duration::from_secs(240), async {
@@ -51,11 +61,12 @@ async fn every_scenario_passes_against_a_default_server() {
             RunOptions {
                 admin_key: Some(server.admin_key().to_string()),
                 schema_dir: Some(schema_dir()),
+                msgpack,
                 ..RunOptions::default()
             },
         )
         .await;
-        assert_clean(&report, "default server");
+        assert_clean(&report, if msgpack { "msgpack" } else { "default server" });
         assert!(report.passed() >= 30, "{}", report.summary_line());
         assert!(
             report.frames_validated > 100,
@@ -83,6 +94,7 @@ async fn passes_on_a_server_with(config: &str, capability: &str, filter: &str) {
                 schema_dir: Some(schema_dir()),
                 capabilities: vec![capability.into()],
                 filter: Some(filter.into()),
+                msgpack: false,
             },
         )
         .await;

@@ -67,6 +67,9 @@ enum Command {
         /// Run only the scenarios whose name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Speak the MessagePack encoding (`hearth.v1.msgpack`) instead of JSON.
+        #[arg(long)]
+        msgpack: bool,
     },
 }
 
@@ -208,11 +211,13 @@ fn main() -> ExitCode {
                 scenarios,
                 capabilities,
                 filter,
+                msgpack,
             } => {
                 let options = hearth_conformance::RunOptions {
                     admin_key,
                     capabilities,
                     filter,
+                    msgpack,
                     ..Default::default()
                 };
                 let code = hearth_conformance::cli(&server, scenarios.as_deref(), options).await;
