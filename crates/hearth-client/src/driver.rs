@@ -33,7 +33,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
 use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage};
 
-use crate::wire::{self, Limits, Target};
+use crate::wire::{self, Encoding, Limits, Target};
 use crate::{ClientConfig, ClientError, ConnectionState};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -190,6 +190,7 @@ impl Driver {
                 self.config.ws_url.clone(),
                 hello,
                 self.config.connect_timeout,
+                self.config.encoding,
             );
             tokio::pin!(connect);
             let outcome = loop {
@@ -295,7 +296,7 @@ impl Driver {
         let result = loop {
             if !self.outbox.is_empty() {
                 last_sent = Instant::now();
-                if let Err(e) = flush(&mut socket, &mut self.outbox).await {
+                if let Err(e) = flush(&mut socket, &mut self.outbox, self.config.encoding).await {
                     break Disconnect::Retry(format!("send failed: {e}"));
                 }
             }
@@ -303,9 +304,15 @@ impl Driver {
                 message = socket.next() => {
                     last_received = Instant::now();
                     match message {
-                        Some(Ok(Message::Text(text))) => {
-                            if let Err(d) = self.on_frame(text.as_str()) {
-                                break d;
+                        Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                            match self.config.encoding.text_of(&m) {
+                                Some(Ok(text)) => {
+                                    if let Err(d) = self.on_frame(&text) {
+                                        break d;
+                                    }
+                                }
+                                Some(Err(e)) => break Disconnect::Retry(format!("bad frame: {e}")),
+                                None => {}
                             }
                         }
                         Some(Ok(Message::Close(frame))) => {
@@ -700,10 +707,14 @@ impl SubEntry {
     }
 }
 
-async fn flush(socket: &mut Socket, outbox: &mut Vec<String>) -> Result<(), String> {
+async fn flush(
+    socket: &mut Socket,
+    outbox: &mut Vec<String>,
+    encoding: Encoding,
+) -> Result<(), String> {
     for text in outbox.drain(..) {
         socket
-            .feed(Message::Text(text.into()))
+            .feed(encoding.frame(text))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -740,6 +751,7 @@ async fn handshake(
     url: String,
     hello: String,
     timeout: Duration,
+    encoding: Encoding,
 ) -> Result<(Socket, Welcome), HandshakeError> {
     let attempt = async {
         let mut request = url
@@ -748,7 +760,7 @@ async fn handshake(
             .map_err(|e| HandshakeError::Other(format!("bad url {url}: {e}")))?;
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(wire::SUBPROTOCOL),
+            HeaderValue::from_static(encoding.subprotocol()),
         );
         let (mut socket, _response) =
             tokio_tungstenite::connect_async(request)
@@ -762,12 +774,16 @@ async fn handshake(
                     e => HandshakeError::Other(format!("connect to {url}: {e}")),
                 })?;
         socket
-            .send(Message::Text(hello.into()))
+            .send(encoding.frame(hello))
             .await
             .map_err(|e| HandshakeError::Other(format!("send hello: {e}")))?;
         loop {
             match socket.next().await {
-                Some(Ok(Message::Text(text))) => match wire::decode(text.as_str()) {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => match encoding
+                    .text_of(&m)
+                    .unwrap_or_else(|| Err("no data".into()))
+                    .and_then(|text| wire::decode(&text))
+                {
                     Ok(Some(ServerMessage::Welcome {
                         session_id,
                         heartbeat_ms,

@@ -60,7 +60,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use backoff::Backoff;
 pub use error::ClientError;
 pub use view::{DocChange, DocChangeKind, QuerySnapshot, SnapshotDoc};
-pub use wire::Target;
+pub use wire::{Encoding, Target};
 
 use driver::{Command, Driver, Stats};
 
@@ -80,6 +80,8 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// Bound on one connection attempt (TCP, upgrade, hello/welcome).
     pub connect_timeout: Duration,
+    /// JSON text frames (default) or MessagePack binary frames.
+    pub encoding: Encoding,
 }
 
 impl ClientConfig {
@@ -91,6 +93,7 @@ impl ClientConfig {
             client_version: env!("CARGO_PKG_VERSION").into(),
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
+            encoding: Encoding::Json,
         }
     }
 
@@ -111,6 +114,12 @@ impl ClientConfig {
 
     pub fn connect_timeout(mut self, timeout: Duration) -> ClientConfig {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Speaks `hearth.v1.msgpack` (MessagePack binary frames) instead of JSON.
+    pub fn encoding(mut self, encoding: Encoding) -> ClientConfig {
+        self.encoding = encoding;
         self
     }
 }

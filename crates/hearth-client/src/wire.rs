@@ -1,11 +1,15 @@
-//! Encoding and decoding of protocol frames (JSON text frames, subprotocol
-//! `hearth.v1`) with the shared types of `hearth_protocol::ws`, isolated here
-//! so the rest of the SDK works with plain Rust values.
+//! Encoding and decoding of protocol frames with the shared types of
+//! `hearth_protocol::ws`, isolated here so the rest of the SDK works with
+//! plain Rust values. Frames are JSON text (subprotocol `hearth.v1`) or, with
+//! [`Encoding::MsgPack`], the same messages as MessagePack binary frames
+//! (`hearth.v1.msgpack`); the SDK builds and reads JSON and converts at the
+//! socket.
 //!
 //! Following the protocol's compatibility policy, unknown fields are ignored
 //! and a frame with an unknown `type` is skipped, not an error.
 
-use hearth_protocol::ws::{ClientMessage, ServerMessage};
+use hearth_protocol::ws::{ClientMessage, ServerMessage, SUBPROTOCOL_MSGPACK};
+use tokio_tungstenite::tungstenite::Message;
 
 pub use hearth_protocol::ws::{
     parse_resume_token, ChangeKind, DocChange as WireChange, Limits, SubscribeTarget as Target,
@@ -24,6 +28,58 @@ const KNOWN_SERVER_TYPES: [&str; 9] = [
     "ping",
     "pong",
 ];
+
+/// The frame encoding a client speaks (PROTOCOL.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// JSON text frames, subprotocol `hearth.v1`.
+    #[default]
+    Json,
+    /// MessagePack binary frames, subprotocol `hearth.v1.msgpack`.
+    MsgPack,
+}
+
+impl Encoding {
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Encoding::Json => SUBPROTOCOL,
+            Encoding::MsgPack => SUBPROTOCOL_MSGPACK,
+        }
+    }
+
+    /// A frame carrying `json` (one encoded client message).
+    pub(crate) fn frame(self, json: String) -> Message {
+        match self {
+            Encoding::Json => Message::text(json),
+            Encoding::MsgPack => {
+                let packed = serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| rmp_serde::to_vec_named(&v).ok())
+                    .unwrap_or_default();
+                Message::binary(packed)
+            }
+        }
+    }
+
+    /// The JSON text of a received data frame: `None` for a frame that
+    /// carries no message (control frames), an error for a data frame of
+    /// the other encoding or one that cannot be read.
+    pub(crate) fn text_of(self, message: &Message) -> Option<Result<String, String>> {
+        match (self, message) {
+            (Encoding::Json, Message::Text(t)) => Some(Ok(t.to_string())),
+            (Encoding::MsgPack, Message::Binary(b)) => Some(
+                rmp_serde::from_slice::<serde_json::Value>(b)
+                    .map(|v| v.to_string())
+                    .map_err(|e| format!("not MessagePack: {e}")),
+            ),
+            (_, Message::Text(_) | Message::Binary(_)) => Some(Err(format!(
+                "a frame of the wrong kind for {}",
+                self.subprotocol()
+            ))),
+            _ => None,
+        }
+    }
+}
 
 pub fn encode(message: &ClientMessage) -> String {
     // Serializing these types cannot fail: every map key is a string.
@@ -49,6 +105,25 @@ pub fn decode(text: &str) -> Result<Option<ServerMessage>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn msgpack_frames_carry_the_same_messages() {
+        let json = encode(&ClientMessage::Ping { id: 7 });
+        let frame = Encoding::MsgPack.frame(json.clone());
+        assert!(matches!(frame, Message::Binary(_)));
+        let back = Encoding::MsgPack
+            .text_of(&frame)
+            .expect("data")
+            .expect("reads");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&back).expect("json"),
+            serde_json::from_str::<serde_json::Value>(&json).expect("json")
+        );
+        assert!(Encoding::Json.text_of(&frame).expect("data").is_err());
+        assert!(Encoding::MsgPack
+            .text_of(&Message::Ping(vec![].into()))
+            .is_none());
+    }
 
     #[test]
     fn unknown_frame_types_are_skipped_but_broken_known_ones_are_errors() {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use hearth_client::{Backoff, Client, ClientConfig, DocChangeKind, QuerySnapshot};
+use hearth_client::{Backoff, Client, ClientConfig, DocChangeKind, Encoding, QuerySnapshot};
 use hearth_protocol::{
     CollectionPath, DocPath, Document, FieldPath, Map, Query, Transform, Value, Write,
 };
@@ -31,11 +31,16 @@ fn fast_backoff() -> Backoff {
 }
 
 async fn connect(server: &TestServer) -> Client {
+    connect_with(server, Encoding::Json).await
+}
+
+async fn connect_with(server: &TestServer, encoding: Encoding) -> Client {
     Client::connect(
         ClientConfig::new(&server.ws_url())
             .token(server.admin_key())
             .client_name("reconnect-test")
-            .backoff(fast_backoff()),
+            .backoff(fast_backoff())
+            .encoding(encoding),
     )
     .await
     .expect("client connects")
@@ -229,13 +234,23 @@ async fn killing_the_connection_100_times_during_writes_loses_and_duplicates_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_queued_while_the_connection_keeps_dying_apply_exactly_once() {
+    queued_writes_apply_exactly_once(Encoding::Json).await;
+}
+
+/// The same over `hearth.v1.msgpack`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_msgpack_queued_writes_apply_exactly_once() {
+    queued_writes_apply_exactly_once(Encoding::MsgPack).await;
+}
+
+async fn queued_writes_apply_exactly_once(encoding: Encoding) {
     // Building the binary (when stale) is not part of the time limit.
     hearth_testkit::hearth_binary().expect("the hearth binary");
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         let server = TestServer::start(TestServerOptions::default())
             .await
             .expect("hearth serve starts");
-        let client = connect(&server).await;
+        let client = connect_with(&server, encoding).await;
         let counter = DocPath::parse("counters/c").unwrap();
         let increments = 200u64;
         let killer = tokio::spawn(kill_repeatedly(client.clone(), 30));
