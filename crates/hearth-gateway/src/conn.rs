@@ -7,10 +7,11 @@
 //! - below the *soft* limit (`max_pending_events` frames) every change frame
 //!   is queued;
 //! - at or above it the engine stops queueing change frames for that
-//!   connection and marks the affected subscriptions *dirty*; once the
-//!   writer has drained the queue it sends each dirty subscription one
-//!   coalesced frame (its newest state as a diff) — so a slow reader costs
-//!   at most one view per subscription, not one frame per commit;
+//!   connection: each affected subscription keeps the view its client holds
+//!   (`sent`) while its current view keeps moving; once the writer has
+//!   drained the queue it sends each such subscription one coalesced frame
+//!   (the diff from `sent` to now) — so a slow reader costs at most two
+//!   views per subscription, not one frame per commit;
 //! - past the *hard* limit (`max_queued_bytes`) the connection is closed
 //!   with 4008. Only replies can get there (a client that keeps sending
 //!   requests without reading), or a single huge snapshot.

@@ -1,21 +1,25 @@
 //! # hearth-gateway
 //!
 //! The WebSocket sync gateway: `GET /v1/ws`, protocol `hearth.v1` (specified
-//! in `sdk-spec/PROTOCOL.md`; messages in [`hearth_protocol::ws`]).
+//! in `sdk-spec/PROTOCOL.md`; messages in [`hearth_protocol::ws`]), as JSON
+//! text frames or, with subprotocol `hearth.v1.msgpack`, MessagePack binary
+//! frames ([`codec`]).
 //!
 //! - [`session`]: one task per connection — handshake, requests, heartbeats,
 //!   token expiry, and the writer that drains the connection's outbox;
 //! - [`fanout`]: one task reads the store's changelog and moves the views of
 //!   the affected subscriptions, found through an index (reverse query
-//!   matching), encoding each distinct frame once;
+//!   matching), once per group of subscriptions that share a view, encoding
+//!   each distinct frame once and writing it to idle sockets itself;
 //! - [`subscription`] and [`view`]: what a client holds per subscription and
 //!   how it is built (snapshot, resume, coalescing) and moved;
 //! - [`writes`]: writes and transactions applied once per mutation id.
 //!
 //! The upgrade is done by the gateway itself ([`socket`]): tungstenite parses
 //! what clients send; the server's frames, encoded once and shared between
-//! subscribers, are written by the session in batches with one vectored
-//! write each (no per-connection write buffer).
+//! subscribers, are written directly by whoever produced them when the
+//! connection has nothing queued, else by the session's writer in batches
+//! with one vectored write each (no per-connection write buffer).
 //!
 //! Mounting: `hearth_gateway::router(Gateway::new(config, store, access, authenticator))`
 //! gives a `Router` serving `/v1/ws` with its state applied; merge it into
@@ -154,7 +158,7 @@ pub struct GatewayStats {
     pub subscriptions: usize,
     /// Newest changelog position the fan-out engine has processed.
     pub engine_seq: u64,
-    /// Views built or rebuilt by a query (snapshots, resumes, coalescing).
+    /// Views built or rebuilt by a query (snapshots, resumes, new claims, lag).
     pub builds: u64,
     /// Change frames not queued because the connection was congested.
     pub coalesced: u64,
