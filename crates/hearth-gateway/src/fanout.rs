@@ -250,7 +250,45 @@ impl Touched {
     }
 }
 
-/// The engine task: consumes the changelog until the gateway shuts down.
+/// Starts the engine on a thread of its own (with its own single-threaded
+/// runtime), so that a sweep over thousands of sockets never holds up the
+/// runtime that reads clients' writes and commits them: on a busy core the
+/// operating system interleaves the two, and the next commit no longer
+/// waits for the previous one's fan-out to finish. The engine stops on
+/// shutdown, or when the runtime that started it goes away (a guard task
+/// there holds the other end of a channel). If the thread cannot be
+/// started, the engine runs as a task of the current runtime instead.
+///
+/// Either way it runs outside Tokio's cooperative budget: the engine hands
+/// frames to sockets directly (see `conn`), a thousand per commit when a
+/// thousand subscribers are idle, and a socket poll past the budget would
+/// report "not ready" and push them all to the writers.
+pub(crate) fn start(inner: Arc<Inner>) {
+    let (guard, runtime_gone) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
+    });
+    let engine = Arc::clone(&inner);
+    let spawned = std::thread::Builder::new()
+        .name("hearth-fanout".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(tokio::task::unconstrained(run(engine, Some(runtime_gone)))),
+                Err(e) => tracing::error!(error = %e, "cannot start the fan-out engine's runtime"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for the fan-out engine; running it as a task");
+        tokio::spawn(tokio::task::unconstrained(run(inner, None)));
+    }
+}
+
+/// The engine: consumes the changelog until the gateway shuts down (or
+/// `runtime_gone` fires).
 ///
 /// Commits are delivered in batches: after one commit, whatever further
 /// commits are already readable are delivered too (up to
@@ -259,15 +297,25 @@ impl Touched {
 /// one commit and frames leave at once; when commits come faster than the
 /// sockets take them, a subscriber's frames of several commits share one
 /// system call instead of the engine falling further behind.
-pub(crate) async fn run(inner: Arc<Inner>) {
+async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Receiver<()>>) {
+    let mut runtime_gone = runtime_gone;
     let changelog = inner.store.changelog();
     let mut after = changelog.head();
     loop {
         let mut stream = Box::pin(changelog.subscribe(after));
         loop {
+            let gone = async {
+                match runtime_gone.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let mut item = tokio::select! {
                 item = stream.next() => item,
                 _ = inner.shutdown.notified() => return,
+                _ = gone => return,
             };
             if inner.shutting_down.load(AtomicOrdering::Relaxed) {
                 return;

@@ -232,11 +232,7 @@ impl Gateway {
             shutting_down: AtomicBool::new(false),
             clock: conn::Clock::new(),
         });
-        // Unconstrained by Tokio's cooperative budget: the engine hands
-        // frames to sockets directly (see `conn`), a thousand per commit
-        // when a thousand subscribers are idle, and a socket poll past the
-        // budget would report "not ready" and push them all to the writers.
-        tokio::spawn(tokio::task::unconstrained(fanout::run(Arc::clone(&inner))));
+        fanout::start(Arc::clone(&inner));
         tokio::spawn(session::sweep(Arc::clone(&inner)));
         Gateway { inner }
     }

@@ -105,3 +105,40 @@ async fn a_frame_far_too_large_is_answered_with_a_readable_4009_close() {
         assert_eq!(code, 4009, "round {round}");
     }
 }
+
+/// The fan-out engine runs on a thread of its own; it must end with the
+/// runtime that started it, releasing the store (whose lock a reopen needs).
+#[test]
+fn the_engine_thread_ends_with_the_runtime_that_started_it() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let path = runtime.block_on(async {
+        let server = start(Options::default()).await;
+        let mut c = Client::connect(server.addr, Some("user:a")).await;
+        c.subscribe("s", json!({"query": {"collection": "c"}}), None)
+            .await;
+        let Server {
+            dir, store, task, ..
+        } = server;
+        // Everything of ours goes now; only the gateway's engine may still
+        // hold the store. The directory is kept for the reopen below.
+        task.abort();
+        drop(store);
+        dir.keep()
+    });
+    drop(runtime);
+    let config = hearth_store::StoreConfig::new(&path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match hearth_store::Store::open(config.clone()) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the store is still held 10 s after the runtime ended: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&path);
+}
