@@ -236,7 +236,7 @@ impl Stats {
             delivered: AtomicU64::new(0),
             first_delivery_us: AtomicU64::new(u64::MAX),
             last_delivery_us: AtomicU64::new(0),
-            hist: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds")),
+            hist: Mutex::new(latency_histogram()),
             errors: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             ready: AtomicU64::new(0),
@@ -247,15 +247,7 @@ impl Stats {
     }
 
     fn latency_json(&self) -> Value {
-        let h = self.hist.lock().expect("histogram lock");
-        let ms = |us: u64| round3(us as f64 / 1000.0);
-        json!({
-            "count": h.len(),
-            "p50_ms": ms(h.value_at_quantile(0.50)),
-            "p99_ms": ms(h.value_at_quantile(0.99)),
-            "max_ms": ms(h.max()),
-            "mean_ms": round3(h.mean() / 1000.0),
-        })
+        latency_json(&self.hist.lock().expect("histogram lock"))
     }
 
     fn counters_json(&self) -> Value {
@@ -547,17 +539,21 @@ struct WriterReport {
     ack_hist: Histogram<u64>,
 }
 
-impl WriterReport {
-    fn ack_json(&self) -> Value {
-        let h = &self.ack_hist;
-        let ms = |us: u64| round3(us as f64 / 1000.0);
-        json!({
-            "count": h.len(),
-            "p50_ms": ms(h.value_at_quantile(0.50)),
-            "p99_ms": ms(h.value_at_quantile(0.99)),
-            "max_ms": ms(h.max()),
-        })
-    }
+/// A latency histogram in µs, 1 µs to 10 minutes.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds")
+}
+
+/// Count, p50, p99, max and mean of a µs histogram, in ms.
+fn latency_json(h: &Histogram<u64>) -> Value {
+    let ms = |us: u64| round3(us as f64 / 1000.0);
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "max_ms": ms(h.max()),
+        "mean_ms": round3(h.mean() / 1000.0),
+    })
 }
 
 /// Writes `count` frames of `batch` documents each over one admin connection,
@@ -584,8 +580,7 @@ async fn writer(
         let (permits, acked, errors) = (permits.clone(), acked.clone(), errors.clone());
         let sent_at = sent_at.clone();
         tokio::spawn(async move {
-            let mut ack_hist =
-                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+            let mut ack_hist = latency_histogram();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
             while acked.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) < count as u64 {
                 match timeout_at(deadline, rx.next()).await {
@@ -649,7 +644,7 @@ async fn writer(
     }
     let ack_hist = match timeout(Duration::from_secs(60), reader).await {
         Ok(Ok(h)) => h,
-        _ => Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
+        _ => latency_histogram(),
     };
     Ok(WriterReport {
         acked: acked.load(Ordering::Relaxed),
@@ -708,7 +703,7 @@ async fn paced(
     let result = json!({
         "scenario": label, "subs": subs, "writes": writes, "interval_ms": interval_ms,
         "expected": expected, "delivered_pct": round3(100.0 * delivered as f64 / expected.max(1) as f64),
-        "writes_acked": w.acked, "write_errors": w.errors, "write_ack_latency": w.ack_json(),
+        "writes_acked": w.acked, "write_errors": w.errors, "write_ack_latency": latency_json(&w.ack_hist),
         "latency": stats.latency_json(), "counters": stats.counters_json(), "cpu": cpu,
     });
     s.stop().await;
@@ -884,7 +879,7 @@ async fn selectivity(
         "writes": writes, "interval_ms": interval_ms, "expected": expected,
         "delivered_pct": round3(100.0 * delivered.min(expected) as f64 / expected.max(1) as f64),
         "misrouted": delivered.saturating_sub(expected),
-        "writes_acked": w.acked, "write_errors": w.errors, "write_ack_latency": w.ack_json(),
+        "writes_acked": w.acked, "write_errors": w.errors, "write_ack_latency": latency_json(&w.ack_hist),
         "latency": stats.latency_json(), "counters": stats.counters_json(), "cpu": cpu,
     });
     s.stop().await;

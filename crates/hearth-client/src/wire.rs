@@ -54,7 +54,7 @@ impl Encoding {
             Encoding::MsgPack => {
                 let packed = serde_json::from_str::<serde_json::Value>(&json)
                     .ok()
-                    .and_then(|v| rmp_serde::to_vec_named(&v).ok())
+                    .and_then(|v| hearth_protocol::ws::to_msgpack(&v).ok())
                     .unwrap_or_default();
                 Message::binary(packed)
             }
@@ -67,11 +67,9 @@ impl Encoding {
     pub(crate) fn text_of(self, message: &Message) -> Option<Result<String, String>> {
         match (self, message) {
             (Encoding::Json, Message::Text(t)) => Some(Ok(t.to_string())),
-            (Encoding::MsgPack, Message::Binary(b)) => Some(
-                rmp_serde::from_slice::<serde_json::Value>(b)
-                    .map(|v| v.to_string())
-                    .map_err(|e| format!("not MessagePack: {e}")),
-            ),
+            (Encoding::MsgPack, Message::Binary(b)) => {
+                Some(hearth_protocol::ws::from_msgpack(b).map(|v| v.to_string()))
+            }
             (_, Message::Text(_) | Message::Binary(_)) => Some(Err(format!(
                 "a frame of the wrong kind for {}",
                 self.subprotocol()

@@ -61,7 +61,7 @@ fn note(transcript: &mut VecDeque<String>, line: String) {
 
 /// A frame as MessagePack (maps with string keys, as the protocol says).
 fn to_msgpack(v: &Json) -> Vec<u8> {
-    rmp_serde::to_vec_named(v).unwrap_or_default()
+    hearth_protocol::ws::to_msgpack(v).unwrap_or_default()
 }
 
 fn timeout_of(step: &Json) -> Duration {
@@ -463,7 +463,7 @@ impl<'a> Runner<'a> {
                     ))
                 }
                 Some(Ok(Message::Binary(bytes))) if msgpack => {
-                    match rmp_serde::from_slice::<Json>(&bytes) {
+                    match hearth_protocol::ws::from_msgpack(&bytes) {
                         Ok(v) => v.to_string(),
                         Err(e) => {
                             return Err(Next::Failed(format!(

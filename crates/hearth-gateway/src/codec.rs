@@ -9,7 +9,7 @@
 //! first, so both encodings accept exactly the same messages.
 
 use bytes::Bytes;
-use hearth_protocol::ws::{ClientMessage, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use hearth_protocol::ws::{from_msgpack, ClientMessage, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 
 use crate::socket::{Opcode, OutFrame};
 
@@ -76,14 +76,10 @@ impl Codec {
     /// Reads a client message from a frame payload of this encoding.
     pub(crate) fn decode(self, payload: &[u8]) -> Result<ClientMessage, Undecodable> {
         let value: serde_json::Value = match self {
-            Codec::Json => serde_json::from_slice(payload),
-            Codec::MsgPack => rmp_serde::from_slice(payload).map_err(|e| {
-                <serde_json::Error as serde::de::Error>::custom(format!(
-                    "not a MessagePack value: {e}"
-                ))
-            }),
+            Codec::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+            Codec::MsgPack => from_msgpack(payload),
         }
-        .map_err(|e: serde_json::Error| Undecodable {
+        .map_err(|e| Undecodable {
             id: None,
             message: format!("bad frame: {e}"),
         })?;
@@ -100,13 +96,13 @@ impl Codec {
 pub(crate) fn to_msgpack(json: &[u8]) -> Bytes {
     let encoded = serde_json::from_slice::<serde_json::Value>(json)
         .map_err(|e| e.to_string())
-        .and_then(|v| rmp_serde::to_vec_named(&v).map_err(|e| e.to_string()));
+        .and_then(|v| hearth_protocol::ws::to_msgpack(&v));
     match encoded {
         Ok(bytes) => Bytes::from(bytes),
         // Our own frames are valid JSON; answer something well-formed
         // rather than panic if that ever fails.
         Err(e) => Bytes::from(
-            rmp_serde::to_vec_named(&serde_json::json!({
+            hearth_protocol::ws::to_msgpack(&serde_json::json!({
                 "type": "error", "code": "internal", "message": e,
             }))
             .unwrap_or_default(),
@@ -148,8 +144,7 @@ mod tests {
     #[test]
     fn transcoded_server_frames_decode_to_the_same_json() {
         let json = br#"{"type":"changes","sub":"s","resume":"p5","changes":[{"kind":"added","doc":{"path":"a/b","fields":{"n":1,"x":2.5,"s":"t","l":[true,null]}},"old_index":null,"new_index":0}]}"#;
-        let back: serde_json::Value =
-            rmp_serde::from_slice(&to_msgpack(json)).expect("valid msgpack");
+        let back = from_msgpack(&to_msgpack(json)).expect("valid msgpack");
         let want: serde_json::Value = serde_json::from_slice(json).expect("json");
         assert_eq!(back, want);
     }

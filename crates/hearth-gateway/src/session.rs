@@ -418,19 +418,7 @@ impl Reader<'_> {
 
     /// Handles one text frame; returns whether the frame was understood.
     fn handle_text(&mut self, text: &str) -> bool {
-        let max = self.inner.config.max_frame_bytes as usize;
-        if text.len() > max {
-            self.conn.push(error_frame(
-                salvage_id(text),
-                None,
-                ErrorBody::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "frame of {} bytes exceeds max_frame_bytes ({max})",
-                        text.len()
-                    ),
-                ),
-            ));
+        if self.refuse_oversized(text.len(), || salvage_id(text)) {
             return false;
         }
         let msg: ClientMessage = match serde_json::from_str(text) {
@@ -451,34 +439,39 @@ impl Reader<'_> {
     /// Handles one MessagePack frame (subprotocol `hearth.v1.msgpack`);
     /// returns whether the frame was understood.
     fn handle_msgpack(&mut self, payload: &[u8]) -> bool {
-        let max = self.inner.config.max_frame_bytes as usize;
-        let error = if payload.len() > max {
-            Some((
-                None,
-                ErrorBody::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "frame of {} bytes exceeds max_frame_bytes ({max})",
-                        payload.len()
-                    ),
-                ),
-            ))
-        } else {
-            match self.conn.codec().decode(payload) {
-                Ok(msg) => {
-                    self.dispatch(msg);
-                    None
-                }
-                Err(e) => Some((e.id, bad_frame(e.message))),
+        if self.refuse_oversized(payload.len(), || None) {
+            return false;
+        }
+        match self.conn.codec().decode(payload) {
+            Ok(msg) => {
+                self.dispatch(msg);
+                true
             }
-        };
-        match error {
-            Some((id, body)) => {
-                self.conn.push(error_frame(id, None, body));
+            Err(e) => {
+                self.conn
+                    .push(error_frame(e.id, None, bad_frame(e.message)));
                 false
             }
-            None => true,
         }
+    }
+
+    /// Answers `payload-too-large` for a frame of `len` bytes above
+    /// `max_frame_bytes` (with the request id `id` finds, if any); returns
+    /// whether it did.
+    fn refuse_oversized(&self, len: usize, id: impl FnOnce() -> Option<u64>) -> bool {
+        let max = self.inner.config.max_frame_bytes as usize;
+        if len <= max {
+            return false;
+        }
+        self.conn.push(error_frame(
+            id(),
+            None,
+            ErrorBody::new(
+                ErrorCode::PayloadTooLarge,
+                format!("frame of {len} bytes exceeds max_frame_bytes ({max})"),
+            ),
+        ));
+        true
     }
 
     /// Acts on one client message (whatever its encoding).

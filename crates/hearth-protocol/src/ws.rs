@@ -37,6 +37,19 @@ pub const SUBPROTOCOL_JSON: &str = "hearth.v1";
 /// frames (maps with string keys; see PROTOCOL.md §1).
 pub const SUBPROTOCOL_MSGPACK: &str = "hearth.v1.msgpack";
 
+/// The MessagePack encoding of `hearth.v1.msgpack` (PROTOCOL.md §1): a
+/// message's JSON value as a MessagePack map with string keys. Server,
+/// SDK and conformance runner all convert through these two functions, so
+/// the encodings carry exactly the same messages.
+pub fn to_msgpack(value: &serde_json::Value) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec_named(value).map_err(|e| e.to_string())
+}
+
+/// Reads a MessagePack frame into the JSON value of its message.
+pub fn from_msgpack(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("not a MessagePack value: {e}"))
+}
+
 /// Close codes the server uses (RFC 6455 §7.4 plus the 4000-4999 private range).
 pub mod close_code {
     /// The client asked to close, or the session ended normally.

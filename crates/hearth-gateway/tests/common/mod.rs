@@ -288,7 +288,7 @@ impl Client {
 
     pub async fn send(&mut self, v: Value) {
         let msg = if self.msgpack {
-            Message::binary(rmp_serde::to_vec_named(&v).expect("msgpack"))
+            Message::binary(hearth_protocol::ws::to_msgpack(&v).expect("msgpack"))
         } else {
             Message::text(v.to_string())
         };
@@ -317,7 +317,7 @@ impl Client {
                 }
                 Message::Binary(b) => {
                     assert!(self.msgpack, "a binary frame on a JSON connection");
-                    rmp_serde::from_slice(&b).expect("frame is MessagePack")
+                    hearth_protocol::ws::from_msgpack(&b).expect("frame is MessagePack")
                 }
                 Message::Close(f) => panic!("unexpected close {f:?}"),
                 _ => continue,
@@ -348,7 +348,7 @@ impl Client {
                     before.push(v);
                 }
                 Some(Ok(Message::Binary(b))) if self.msgpack => {
-                    let v: Value = rmp_serde::from_slice(&b).expect("msgpack");
+                    let v = hearth_protocol::ws::from_msgpack(&b).expect("msgpack");
                     assert_valid_server_frame(&v);
                     before.push(v);
                 }
