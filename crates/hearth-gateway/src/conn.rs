@@ -48,6 +48,7 @@ use hearth_protocol::ws::close_code;
 use hearth_protocol::Timestamp;
 use hearth_rules::Principal;
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::codec::Codec;
@@ -110,6 +111,9 @@ pub(crate) struct ConnShared {
     last_progress_ms: AtomicU64,
     /// The writer holds frames it has taken but not yet fully written.
     writing: AtomicBool,
+    /// In the fan-out engine's rotation (set and cleared only by the
+    /// engine's thread; see `fanout::Touched`).
+    in_rotation: AtomicBool,
     /// Milliseconds of the last write to the socket (direct or by the writer).
     last_write_ms: AtomicU64,
     /// The socket's write half (`None` in unit tests: nothing is written).
@@ -152,6 +156,7 @@ impl ConnShared {
             last_ping_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
             writing: AtomicBool::new(false),
+            in_rotation: AtomicBool::new(false),
             last_write_ms: AtomicU64::new(0),
             sink,
             stats,
@@ -216,6 +221,16 @@ impl ConnShared {
         self.enqueue(&mut ob, self.codec.wrap(payload))
     }
 
+    /// Marks the connection as in the engine's rotation; false if it
+    /// already was.
+    pub(crate) fn enter_rotation(&self) -> bool {
+        !self.in_rotation.swap(true, Ordering::Relaxed)
+    }
+
+    pub(crate) fn leave_rotation(&self) {
+        self.in_rotation.store(false, Ordering::Relaxed);
+    }
+
     /// Writes what is queued now if the socket takes it, else wakes the
     /// writer (see [`ConnShared::queue`]).
     pub(crate) fn flush(&self) {
@@ -258,13 +273,14 @@ impl ConnShared {
             return false;
         }
         let take = ob.frames.len().min(DIRECT_MAX_FRAMES);
-        let heads: Vec<([u8; 10], usize)> = ob
+        // On the stack for the usual handful of frames.
+        let heads: SmallVec<[([u8; 10], usize); 4]> = ob
             .frames
             .iter()
             .take(take)
             .map(|f| frame_header(f.opcode, f.len()))
             .collect();
-        let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(take * 2);
+        let mut bufs: SmallVec<[IoSlice<'_>; 8]> = SmallVec::with_capacity(take * 2);
         for (f, (h, n)) in ob.frames.iter().zip(&heads) {
             bufs.push(IoSlice::new(&h[..*n]));
             bufs.push(IoSlice::new(&f.payload));
@@ -453,20 +469,26 @@ impl Clock {
     }
 }
 
+/// A connection without a socket (frames stay queued), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_conn(id: u64) -> ConnShared {
+    ConnShared::new(
+        id,
+        Principal::Admin,
+        128,
+        1 << 20,
+        Clock::new(),
+        Codec::Json,
+        None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn conn() -> ConnShared {
-        ConnShared::new(
-            1,
-            Principal::Admin,
-            128,
-            1 << 20,
-            Clock::new(),
-            Codec::Json,
-            None,
-        )
+        test_conn(1)
     }
 
     const IDLE: u64 = 1_000;

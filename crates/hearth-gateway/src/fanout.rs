@@ -33,6 +33,7 @@ use hearth_protocol::{
     DocPath, Document, ErrorBody, FieldPath, Filter, Op, Query, QuerySource, Value,
 };
 use hearth_store::{ChangelogError, CommitRecord};
+use rustc_hash::FxHashMap;
 
 use crate::backend;
 use crate::codec::Codec;
@@ -229,26 +230,52 @@ enum BatchEnd {
     Closed,
 }
 
-/// The connections that got frames in this batch, each flushed once.
+/// The connections with frames queued by the engine and not yet written, in
+/// the order they got their first one: the engine's *rotation*.
+///
+/// The engine writes them a slice at a time and between slices takes the
+/// commits that arrived meanwhile, so a connection still waiting in the
+/// rotation gets the newer frames in the same system call as the older
+/// ones, and a connection already written joins the back again. Under
+/// saturation a commit therefore reaches everyone within one rotation,
+/// instead of waiting for a whole sweep to end and then for its own.
+/// Membership is a flag on the connection (set and cleared only by the
+/// engine's thread), so adding is one atomic swap, not a hash lookup.
 #[derive(Default)]
 pub(crate) struct Touched {
-    seen: std::collections::HashSet<u64>,
-    conns: Vec<Arc<ConnShared>>,
+    conns: std::collections::VecDeque<Arc<ConnShared>>,
 }
 
 impl Touched {
     fn add(&mut self, conn: &Arc<ConnShared>) {
-        if self.seen.insert(conn.id) {
-            self.conns.push(Arc::clone(conn));
+        if conn.enter_rotation() {
+            self.conns.push_back(Arc::clone(conn));
         }
     }
 
-    fn flush(self) {
-        for conn in self.conns {
+    fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Writes the next `max` connections of the rotation.
+    fn flush_some(&mut self, max: usize) {
+        for _ in 0..max {
+            let Some(conn) = self.conns.pop_front() else {
+                return;
+            };
+            conn.leave_rotation();
             conn.flush();
         }
     }
+
+    fn flush_all(&mut self) {
+        self.flush_some(usize::MAX);
+    }
 }
+
+/// Connections written per slice of the rotation (see [`Touched`]): a few
+/// milliseconds of system calls, after which newly arrived commits join.
+const FLUSH_SLICE: usize = 256;
 
 /// Starts the engine on a thread of its own (with its own single-threaded
 /// runtime), so that a sweep over thousands of sockets never holds up the
@@ -290,62 +317,74 @@ pub(crate) fn start(inner: Arc<Inner>) {
 /// The engine: consumes the changelog until the gateway shuts down (or
 /// `runtime_gone` fires).
 ///
-/// Commits are delivered in batches: after one commit, whatever further
-/// commits are already readable are delivered too (up to
-/// [`BATCH_COMMITS`]) with their frames only queued, and then every
-/// connection that got frames is written once. At a steady pace a batch is
-/// one commit and frames leave at once; when commits come faster than the
-/// sockets take them, a subscriber's frames of several commits share one
-/// system call instead of the engine falling further behind.
+/// Commits are taken in batches: every commit already readable (up to
+/// [`BATCH_COMMITS`]) is delivered with its frames only queued, then the
+/// engine writes one slice of the connections that have frames (see
+/// [`Touched`]) and looks for new commits again. At a steady pace a batch is
+/// one commit and its frames leave at once; when commits come faster than
+/// the sockets take them, a subscriber's frames of several commits share
+/// one system call instead of the engine falling further behind, and a new
+/// commit joins the rotation in progress instead of waiting for it to end.
 async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Receiver<()>>) {
     let mut runtime_gone = runtime_gone;
     let changelog = inner.store.changelog();
     let mut after = changelog.head();
+    let mut touched = Touched::default();
     loop {
         let mut stream = Box::pin(changelog.subscribe(after));
         loop {
-            let gone = async {
-                match runtime_gone.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.await;
+            // Wait for a commit only when nothing is left to write.
+            let mut next = if touched.is_empty() {
+                let gone = async {
+                    match runtime_gone.as_mut() {
+                        Some(rx) => {
+                            let _ = rx.await;
+                        }
+                        None => std::future::pending().await,
                     }
-                    None => std::future::pending().await,
+                };
+                tokio::select! {
+                    item = stream.next() => Some(item),
+                    _ = inner.shutdown.notified() => return,
+                    _ = gone => return,
                 }
-            };
-            let mut item = tokio::select! {
-                item = stream.next() => item,
-                _ = inner.shutdown.notified() => return,
-                _ = gone => return,
+            } else {
+                stream.next().now_or_never()
             };
             if inner.shutting_down.load(AtomicOrdering::Relaxed) {
                 return;
             }
-            let mut touched = Touched::default();
             let mut taken = 0;
-            let end = loop {
+            let mut end = BatchEnd::Drained;
+            while let Some(item) = next.take() {
                 match item {
                     Some(Ok(rec)) => {
                         after = rec.seq;
                         inner.stats.head.store(rec.seq, AtomicOrdering::Relaxed);
                         process_commit(&inner, &rec, &mut touched);
                     }
-                    Some(Err(ChangelogError::TooOld { oldest })) => break BatchEnd::Lagged(oldest),
-                    Some(Err(e)) => break BatchEnd::Failed(e),
-                    None => break BatchEnd::Closed,
+                    Some(Err(ChangelogError::TooOld { oldest })) => {
+                        end = BatchEnd::Lagged(oldest);
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        end = BatchEnd::Failed(e);
+                        break;
+                    }
+                    None => {
+                        end = BatchEnd::Closed;
+                        break;
+                    }
                 }
                 taken += 1;
-                if taken >= BATCH_COMMITS {
-                    break BatchEnd::Drained;
+                if taken < BATCH_COMMITS {
+                    next = stream.next().now_or_never();
                 }
-                match stream.next().now_or_never() {
-                    Some(next) => item = next,
-                    None => break BatchEnd::Drained,
-                }
-            };
-            touched.flush();
+            }
             match end {
-                BatchEnd::Drained => {}
+                BatchEnd::Drained => touched.flush_some(FLUSH_SLICE),
                 BatchEnd::Lagged(oldest) => {
+                    touched.flush_all();
                     // We fell behind retention: every view may be stale.
                     // Rebuild them all from the store and carry on from now.
                     tracing::warn!(after, oldest, "fan-out engine lagged past changelog retention; rebuilding every subscription");
@@ -361,11 +400,15 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
                     break;
                 }
                 BatchEnd::Failed(e) => {
+                    touched.flush_all();
                     tracing::error!(error = %e, "changelog read failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     break;
                 }
-                BatchEnd::Closed => return,
+                BatchEnd::Closed => {
+                    touched.flush_all();
+                    return;
+                }
             }
         }
     }
@@ -409,7 +452,9 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord, touched: &mut To
             .collect(),
         cache: FrameCache::default(),
         requeries: HashMap::new(),
-        moves: HashMap::new(),
+        moves: Vec::new(),
+        move_index: FxHashMap::default(),
+        last_move: None,
     };
     let mut idxs: Vec<usize> = Vec::new();
     let mut evaluated = 0u64;
@@ -445,8 +490,12 @@ struct CommitWork<'a> {
     cache: FrameCache,
     /// Limit windows re-run, by query.
     requeries: HashMap<String, Result<backend::Snapshot, ErrorBody>>,
-    /// Views moved, by (share key, position before).
-    moves: HashMap<(ShareKey, u64), Move>,
+    /// Views moved, each under its (share key, position before) in
+    /// `move_index`; `last_move` short-cuts the usual run of subscribers of
+    /// one share group.
+    moves: Vec<Move>,
+    move_index: FxHashMap<(ShareKey, u64), usize>,
+    last_move: Option<((ShareKey, u64), usize)>,
 }
 
 /// One share group's view moved by a commit.
@@ -534,11 +583,23 @@ fn deliver(
         st.sent = Some(Arc::clone(&st.view));
     }
     let key = (st.share, st.seq);
-    if !commit.moves.contains_key(&key) {
-        let moved = move_view(inner, commit, &conn, sub, &mut st, idxs);
-        commit.moves.insert(key, moved);
-    }
-    let Some(moved) = commit.moves.get_mut(&key) else {
+    let slot = match commit.last_move {
+        Some((last, slot)) if last == key => slot,
+        _ => {
+            let slot = match commit.move_index.get(&key) {
+                Some(&slot) => slot,
+                None => {
+                    let moved = move_view(inner, commit, &conn, sub, &mut st, idxs);
+                    commit.moves.push(moved);
+                    commit.move_index.insert(key, commit.moves.len() - 1);
+                    commit.moves.len() - 1
+                }
+            };
+            commit.last_move = Some((key, slot));
+            slot
+        }
+    };
+    let Some(moved) = commit.moves.get_mut(slot) else {
         return;
     };
     st.view = Arc::clone(&moved.view);
@@ -671,5 +732,41 @@ fn ranks_inside(target: &Target, doc: &Document, edge: Option<&Document>, to_las
                 ord != std::cmp::Ordering::Greater
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::test_conn;
+
+    fn order(rotation: &Touched) -> Vec<u64> {
+        rotation.conns.iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn the_rotation_holds_a_connection_once_and_takes_it_back_after_its_write() {
+        let a = Arc::new(test_conn(1));
+        let b = Arc::new(test_conn(2));
+        let mut rotation = Touched::default();
+        rotation.add(&a);
+        rotation.add(&b);
+        rotation.add(&a);
+        assert_eq!(
+            order(&rotation),
+            [1, 2],
+            "a waiting connection is not queued twice"
+        );
+        rotation.flush_some(1);
+        assert_eq!(order(&rotation), [2]);
+        // A newer frame for the connection still waiting rides with its
+        // older ones; the one already written joins the back.
+        rotation.add(&b);
+        rotation.add(&a);
+        assert_eq!(order(&rotation), [2, 1]);
+        rotation.flush_all();
+        assert!(rotation.is_empty());
+        rotation.add(&b);
+        assert_eq!(order(&rotation), [2]);
     }
 }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use hearth_protocol::{DocPath, Document, ErrorBody};
 use hearth_rules::Principal;
 use parking_lot::Mutex;
@@ -57,8 +58,9 @@ pub(crate) struct SubState {
 pub(crate) struct Subscription {
     /// Gateway-wide unique id (index key).
     pub uid: u64,
-    /// The client's name for it.
-    pub name: Box<str>,
+    /// The client's name for it; kept inline (names are short), so the
+    /// engine compares it without a trip to another allocation.
+    pub name: CompactString,
     /// Shared by every subscription of the same target (see [`Targets`]).
     pub target: Arc<Target>,
     pub conn: Weak<ConnShared>,
