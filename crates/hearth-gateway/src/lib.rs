@@ -292,6 +292,16 @@ impl Gateway {
         n
     }
 
+    /// (connections and subscriptions opened since the start, connections
+    /// open now): cheap, for watching churn (the stats below visit every
+    /// connection).
+    pub fn connection_counts(&self) -> (u64, usize) {
+        (
+            self.inner.next_id.load(Ordering::Relaxed),
+            self.inner.conns.len(),
+        )
+    }
+
     pub fn stats(&self) -> GatewayStats {
         let s = &self.inner.stats;
         let mut subscriptions = 0;

@@ -4,6 +4,7 @@
 
 mod config;
 mod data;
+mod heap;
 mod serve;
 mod wiring;
 

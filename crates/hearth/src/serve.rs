@@ -125,6 +125,7 @@ pub async fn run(args: ServeArgs, log_format: Option<LogFormat>) -> Result<(), S
         }),
     );
     forward_revocations(&auth, gateway.clone());
+    crate::heap::spawn_trimmer(gateway.clone());
     // Socket mutation records (idempotent retries) expire after a day.
     hearth_gateway::writes::spawn_mutation_pruner(
         store.clone(),
