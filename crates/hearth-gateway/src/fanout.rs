@@ -216,7 +216,7 @@ impl SubIndex {
 }
 
 /// At most this many commits are delivered before the engine writes to
-/// the sockets (see [`run`]).
+/// the sockets, and at most this many join one rotation (see [`run`]).
 const BATCH_COMMITS: usize = 64;
 
 /// How a batch of commits ended.
@@ -330,11 +330,20 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
     let changelog = inner.store.changelog();
     let mut after = changelog.head();
     let mut touched = Touched::default();
+    // Commits delivered since the rotation began: at most BATCH_COMMITS join
+    // one rotation, so a connection late in it holds no more frames than
+    // one batch (under a burst the rest wait for the next rotation).
+    let mut in_rotation = 0;
     loop {
         let mut stream = Box::pin(changelog.subscribe(after));
         loop {
+            if touched.is_empty() {
+                in_rotation = 0;
+            }
             // Wait for a commit only when nothing is left to write.
-            let mut next = if touched.is_empty() {
+            let mut next = if in_rotation >= BATCH_COMMITS {
+                None
+            } else if touched.is_empty() {
                 let gone = async {
                     match runtime_gone.as_mut() {
                         Some(rx) => {
@@ -354,7 +363,6 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
             if inner.shutting_down.load(AtomicOrdering::Relaxed) {
                 return;
             }
-            let mut taken = 0;
             let mut end = BatchEnd::Drained;
             while let Some(item) = next.take() {
                 match item {
@@ -376,8 +384,8 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
                         break;
                     }
                 }
-                taken += 1;
-                if taken < BATCH_COMMITS {
+                in_rotation += 1;
+                if in_rotation < BATCH_COMMITS {
                     next = stream.next().now_or_never();
                 }
             }

@@ -37,10 +37,12 @@ pub(crate) fn spawn_trimmer(gateway: hearth_gateway::Gateway) {
             }
             if !settled {
                 settled = true;
+                let started = std::time::Instant::now();
                 let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
                 tracing::debug!(
                     released,
                     connections = now.1,
+                    took_us = started.elapsed().as_micros() as u64,
                     "returned free heap pages after connection churn"
                 );
             }
