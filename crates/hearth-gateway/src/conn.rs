@@ -212,9 +212,10 @@ impl ConnShared {
     }
 
     /// Queues a frame without writing it or waking the writer: the fan-out
-    /// engine queues a whole batch of commits this way and then calls
-    /// [`ConnShared::flush`] once per connection, so that the frames of
-    /// several commits leave in one system call.
+    /// engine queues a batch of commits this way and calls
+    /// [`ConnShared::flush`] when the connection's turn in its rotation
+    /// comes, so that the frames of several commits leave in one system
+    /// call.
     /// `payload` is already in the connection's encoding (see `codec`).
     pub(crate) fn queue(&self, payload: bytes::Bytes) -> bool {
         let mut ob = self.outbox.lock();

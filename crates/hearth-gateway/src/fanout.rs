@@ -20,6 +20,13 @@
 //! in `Arc` once per commit and frames are encoded once per distinct content
 //! (see `encode`). Limited queries whose window may change are re-run against
 //! the store, once per distinct query per commit.
+//!
+//! ## Writing: the rotation
+//! Frames are queued per connection and written by the engine itself, one
+//! system call per connection, in the order connections got their first
+//! frame ([`Touched`]). New commits are taken between slices of that
+//! rotation, so under load a commit waits at most one rotation, and a
+//! subscriber's frames of several commits share a system call.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering as AtomicOrdering;

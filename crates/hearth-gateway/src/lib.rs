@@ -7,10 +7,12 @@
 //!
 //! - [`session`]: one task per connection — handshake, requests, heartbeats,
 //!   token expiry, and the writer that drains the connection's outbox;
-//! - [`fanout`]: one task reads the store's changelog and moves the views of
-//!   the affected subscriptions, found through an index (reverse query
-//!   matching), once per group of subscriptions that share a view, encoding
-//!   each distinct frame once and writing it to idle sockets itself;
+//! - [`fanout`]: one engine, on a thread of its own, reads the store's
+//!   changelog and moves the views of the affected subscriptions, found
+//!   through an index (reverse query matching), once per group of
+//!   subscriptions that share a view, encoding each distinct frame once and
+//!   writing it to idle sockets itself, connection after connection in a
+//!   rotation that newer commits join;
 //! - [`subscription`] and [`view`]: what a client holds per subscription and
 //!   how it is built (snapshot, resume, coalescing) and moved;
 //! - [`writes`]: writes and transactions applied once per mutation id.
