@@ -15,37 +15,74 @@
 //! This is the workspace's only `unsafe` code: one FFI call without
 //! arguments that could be wrong.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often churn is sampled; a burst counts as settled after one quiet tick.
 const TICK: Duration = Duration::from_millis(250);
+/// After a trim that took `t`, the next waits at least `t` × this: the
+/// allocator's arenas are locked for at most ~1 % of the time, however
+/// steady the churn.
+const BACKOFF_FACTOR: u32 = 100;
+
+/// When to trim: once after each burst of churn has settled, and not more
+/// often than the backoff allows.
+#[derive(Debug)]
+struct Schedule {
+    last: (u64, usize),
+    settled: bool,
+    not_before: Instant,
+}
+
+impl Schedule {
+    fn new(counts: (u64, usize), now: Instant) -> Schedule {
+        Schedule {
+            last: counts,
+            settled: true,
+            not_before: now,
+        }
+    }
+
+    /// Called every tick with the gateway's counts; whether to trim now.
+    fn due(&mut self, counts: (u64, usize), now: Instant) -> bool {
+        if counts != self.last {
+            self.last = counts;
+            self.settled = false;
+            return false;
+        }
+        if self.settled || now < self.not_before {
+            return false;
+        }
+        self.settled = true;
+        true
+    }
+
+    fn trimmed(&mut self, finished: Instant, took: Duration) {
+        self.not_before = finished + took * BACKOFF_FACTOR;
+    }
+}
 
 /// Starts the trimmer on the current runtime (it ends with the runtime).
 pub(crate) fn spawn_trimmer(gateway: hearth_gateway::Gateway) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last = gateway.connection_counts();
-        let mut settled = true;
+        let mut schedule = Schedule::new(gateway.connection_counts(), Instant::now());
         loop {
             tick.tick().await;
-            let now = gateway.connection_counts();
-            if now != last {
-                last = now;
-                settled = false;
+            let counts = gateway.connection_counts();
+            if !schedule.due(counts, Instant::now()) {
                 continue;
             }
-            if !settled {
-                settled = true;
-                let started = std::time::Instant::now();
-                let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-                tracing::debug!(
-                    released,
-                    connections = now.1,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "returned free heap pages after connection churn"
-                );
-            }
+            let started = Instant::now();
+            let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
+            let took = started.elapsed();
+            schedule.trimmed(Instant::now(), took);
+            tracing::debug!(
+                released,
+                connections = counts.1,
+                took_us = took.as_micros() as u64,
+                "returned free heap pages after connection churn"
+            );
         }
     });
 }
@@ -107,6 +144,39 @@ mod tests {
         assert!(
             before.saturating_sub(after) > 32 * 1024,
             "RSS {before} KiB -> {after} KiB: trimming should return most of the 60 MiB freed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_follows_each_settled_burst_once() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new((1, 0), t0);
+        assert!(!s.due((1, 0), t0), "no churn, nothing to trim");
+        assert!(!s.due((50, 40), t0), "churn in progress");
+        assert!(s.due((50, 40), t0), "a quiet tick after churn");
+        assert!(!s.due((50, 40), t0), "once per burst");
+    }
+
+    #[test]
+    fn steady_churn_is_trimmed_no_more_often_than_the_backoff_allows() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new((1, 0), t0);
+        assert!(!s.due((2, 1), t0));
+        assert!(s.due((2, 1), t0));
+        // That trim took 5 ms: the next may come 500 ms after it.
+        s.trimmed(t0, Duration::from_millis(5));
+        let soon = t0 + Duration::from_millis(250);
+        assert!(!s.due((3, 2), soon));
+        assert!(!s.due((3, 2), soon), "settled, but within the backoff");
+        let later = t0 + Duration::from_millis(500);
+        assert!(
+            s.due((3, 2), later),
+            "the burst is still untrimmed: trimmed once allowed"
         );
     }
 }
