@@ -112,7 +112,7 @@ pub(crate) struct ConnShared {
     /// The writer holds frames it has taken but not yet fully written.
     writing: AtomicBool,
     /// In the fan-out engine's rotation (set and cleared only by the
-    /// engine's thread; see `fanout::Touched`).
+    /// engine's thread; see `fanout::Rotation`).
     in_rotation: AtomicBool,
     /// Milliseconds of the last write to the socket (direct or by the writer).
     last_write_ms: AtomicU64,

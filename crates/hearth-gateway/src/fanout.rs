@@ -24,7 +24,7 @@
 //! ## Writing: the rotation
 //! Frames are queued per connection and written by the engine itself, one
 //! system call per connection, in the order connections got their first
-//! frame ([`Touched`]). New commits are taken between slices of that
+//! frame ([`Rotation`]). New commits are taken between slices of that
 //! rotation, so under load a commit waits at most one rotation, and a
 //! subscriber's frames of several commits share a system call.
 
@@ -249,11 +249,11 @@ enum BatchEnd {
 /// Membership is a flag on the connection (set and cleared only by the
 /// engine's thread), so adding is one atomic swap, not a hash lookup.
 #[derive(Default)]
-pub(crate) struct Touched {
+pub(crate) struct Rotation {
     conns: std::collections::VecDeque<Arc<ConnShared>>,
 }
 
-impl Touched {
+impl Rotation {
     fn add(&mut self, conn: &Arc<ConnShared>) {
         if conn.enter_rotation() {
             self.conns.push_back(Arc::clone(conn));
@@ -280,7 +280,7 @@ impl Touched {
     }
 }
 
-/// Connections written per slice of the rotation (see [`Touched`]): a few
+/// Connections written per slice of the rotation (see [`Rotation`]): a few
 /// milliseconds of system calls, after which newly arrived commits join.
 const FLUSH_SLICE: usize = 256;
 
@@ -327,7 +327,7 @@ pub(crate) fn start(inner: Arc<Inner>) {
 /// Commits are taken in batches: every commit already readable (up to
 /// [`BATCH_COMMITS`]) is delivered with its frames only queued, then the
 /// engine writes one slice of the connections that have frames (see
-/// [`Touched`]) and looks for new commits again. At a steady pace a batch is
+/// [`Rotation`]) and looks for new commits again. At a steady pace a batch is
 /// one commit and its frames leave at once; when commits come faster than
 /// the sockets take them, a subscriber's frames of several commits share
 /// one system call instead of the engine falling further behind, and a new
@@ -336,21 +336,21 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
     let mut runtime_gone = runtime_gone;
     let changelog = inner.store.changelog();
     let mut after = changelog.head();
-    let mut touched = Touched::default();
-    // Commits delivered since the rotation began: at most BATCH_COMMITS join
-    // one rotation, so a connection late in it holds no more frames than
-    // one batch (under a burst the rest wait for the next rotation).
-    let mut in_rotation = 0;
+    let mut rotation = Rotation::default();
+    // Commits delivered since the rotation began: at most BATCH_COMMITS
+    // join one rotation, so a connection late in it holds no more frames
+    // than one batch (under a burst the rest wait for the next rotation).
+    let mut joined = 0;
     loop {
         let mut stream = Box::pin(changelog.subscribe(after));
         loop {
-            if touched.is_empty() {
-                in_rotation = 0;
+            if rotation.is_empty() {
+                joined = 0;
             }
             // Wait for a commit only when nothing is left to write.
-            let mut next = if in_rotation >= BATCH_COMMITS {
+            let mut next = if joined >= BATCH_COMMITS {
                 None
-            } else if touched.is_empty() {
+            } else if rotation.is_empty() {
                 let gone = async {
                     match runtime_gone.as_mut() {
                         Some(rx) => {
@@ -376,7 +376,7 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
                     Some(Ok(rec)) => {
                         after = rec.seq;
                         inner.stats.head.store(rec.seq, AtomicOrdering::Relaxed);
-                        process_commit(&inner, &rec, &mut touched);
+                        process_commit(&inner, &rec, &mut rotation);
                     }
                     Some(Err(ChangelogError::TooOld { oldest })) => {
                         end = BatchEnd::Lagged(oldest);
@@ -391,15 +391,15 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
                         break;
                     }
                 }
-                in_rotation += 1;
-                if in_rotation < BATCH_COMMITS {
+                joined += 1;
+                if joined < BATCH_COMMITS {
                     next = stream.next().now_or_never();
                 }
             }
             match end {
-                BatchEnd::Drained => touched.flush_some(FLUSH_SLICE),
+                BatchEnd::Drained => rotation.flush_some(FLUSH_SLICE),
                 BatchEnd::Lagged(oldest) => {
-                    touched.flush_all();
+                    rotation.flush_all();
                     // We fell behind retention: every view may be stale.
                     // Rebuild them all from the store and carry on from now.
                     tracing::warn!(after, oldest, "fan-out engine lagged past changelog retention; rebuilding every subscription");
@@ -415,13 +415,13 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
                     break;
                 }
                 BatchEnd::Failed(e) => {
-                    touched.flush_all();
+                    rotation.flush_all();
                     tracing::error!(error = %e, "changelog read failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     break;
                 }
                 BatchEnd::Closed => {
-                    touched.flush_all();
+                    rotation.flush_all();
                     return;
                 }
             }
@@ -439,7 +439,7 @@ async fn run(inner: Arc<Inner>, runtime_gone: Option<tokio::sync::oneshot::Recei
 /// each. The engine never holds a store lock while delivering: unlimited
 /// views move from the changelog record alone; only limit windows re-run
 /// their query (once per distinct query per commit).
-pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord, touched: &mut Touched) {
+pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord, rotation: &mut Rotation) {
     // (subscription, change index) for every candidate, grouped by
     // subscription below (a commit touching several documents of a view
     // gives one frame).
@@ -481,7 +481,7 @@ pub(crate) fn process_commit(inner: &Inner, rec: &CommitRecord, touched: &mut To
         idxs.clear();
         idxs.extend(group.iter().map(|(_, i)| *i));
         evaluated += 1;
-        deliver(inner, &mut commit, first, &idxs, touched);
+        deliver(inner, &mut commit, first, &idxs, rotation);
     }
     let stats = &inner.stats;
     stats
@@ -575,7 +575,7 @@ fn deliver(
     commit: &mut CommitWork<'_>,
     sub: &Arc<Subscription>,
     idxs: &[usize],
-    touched: &mut Touched,
+    rotation: &mut Rotation,
 ) {
     let Some(conn) = sub.conn.upgrade() else {
         return;
@@ -628,7 +628,7 @@ fn deliver(
             e.clone(),
         ));
         if conn.queue(conn.codec().encode(frame)) {
-            touched.add(&conn);
+            rotation.add(&conn);
         }
         return;
     }
@@ -644,7 +644,7 @@ fn deliver(
         return;
     }
     if conn.queue(moved.frame(&sub.name, conn.codec(), &mut commit.cache)) {
-        touched.add(&conn);
+        rotation.add(&conn);
     }
 }
 
@@ -755,7 +755,7 @@ mod tests {
     use super::*;
     use crate::conn::test_conn;
 
-    fn order(rotation: &Touched) -> Vec<u64> {
+    fn order(rotation: &Rotation) -> Vec<u64> {
         rotation.conns.iter().map(|c| c.id).collect()
     }
 
@@ -763,7 +763,7 @@ mod tests {
     fn the_rotation_holds_a_connection_once_and_takes_it_back_after_its_write() {
         let a = Arc::new(test_conn(1));
         let b = Arc::new(test_conn(2));
-        let mut rotation = Touched::default();
+        let mut rotation = Rotation::default();
         rotation.add(&a);
         rotation.add(&b);
         rotation.add(&a);
