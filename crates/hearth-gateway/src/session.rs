@@ -107,11 +107,14 @@ pub(crate) fn run(
             Box::pin(close_now(&sink, code, reason)).await;
             return;
         }
-        let Some((auth, hello_ok)) = Box::pin(handshake(&inner, &sink, &mut stream, codec)).await
-        else {
-            return;
-        };
+        // The handshake's result is scoped to this block, so it is not kept
+        // in the connection's long-lived future.
         let conn = {
+            let Some((auth, hello_ok)) =
+                Box::pin(handshake(&inner, &sink, &mut stream, codec)).await
+            else {
+                return;
+            };
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let conn = Arc::new(ConnShared::new(
                 id,
