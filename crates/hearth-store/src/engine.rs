@@ -54,16 +54,40 @@ pub struct SledEngine {
     db: sled::Db,
 }
 
+/// How long opening waits for sled's directory lock (see [`SledEngine::open`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl SledEngine {
+    /// Opens (or creates) the database in `dir`.
+    ///
+    /// sled releases its directory lock only when the last of its background
+    /// threads lets go of a closed database, which can trail the drop by a
+    /// moment (sled's own test suite blocks on the lock for this reason). So
+    /// while the lock is held, opening retries for up to [`LOCK_WAIT`]: a
+    /// backup can be opened right after it was written, and a store reopened
+    /// in the same process. A directory that another live process holds
+    /// still fails, after that wait, with sled's "could not acquire lock".
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<SledEngine, EngineError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity_bytes)
             // The committer flushes explicitly (strict) or on its own timer (relaxed).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| EngineError(format!("cannot open {}: {e}", dir.display())))?;
-        Ok(SledEngine { db })
+            .flush_every_ms(None);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match config.open() {
+                Ok(db) => return Ok(SledEngine { db }),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(EngineError(format!("cannot open {}: {e}", dir.display()))),
+            }
+        }
     }
 }
 
@@ -118,5 +142,36 @@ impl Engine for SledEngine {
 
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_waits_for_a_lock_that_is_being_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = SledEngine::open(dir.path(), 1 << 20).expect("open");
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledEngine::open(dir.path(), 1 << 20);
+        assert!(second.is_ok(), "{:?}", second.err().map(|e| e.0));
+        let _ = holder.join();
+    }
+
+    #[test]
+    fn a_lock_that_stays_held_fails_after_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = SledEngine::open(dir.path(), 1 << 20).expect("open");
+        let started = std::time::Instant::now();
+        let second = SledEngine::open(dir.path(), 1 << 20);
+        let Err(e) = second else {
+            panic!("a held directory opened twice");
+        };
+        assert!(e.0.contains("could not acquire lock"), "{}", e.0);
+        assert!(started.elapsed() >= LOCK_WAIT);
     }
 }
