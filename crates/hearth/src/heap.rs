@@ -12,8 +12,8 @@
 //! the arenas one after another, so it runs on a blocking thread and only
 //! after churn, never on a timer alone.
 //!
-//! This is the workspace's only `unsafe` code: one FFI call without
-//! arguments that could be wrong.
+//! This is the workspace's only `unsafe` code: one FFI call whose only
+//! argument is the constant 0.
 
 use std::time::{Duration, Instant};
 
