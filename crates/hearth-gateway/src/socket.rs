@@ -14,8 +14,10 @@
 //!   close and then read and discard the rest of the frame (bounded), so the
 //!   client reads the close frame instead of a TCP reset.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -31,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::codec::Codec;
-use crate::{session, Gateway};
+use crate::{session, Gateway, Inner};
 
 /// The parsing (read) side of a connection.
 pub(crate) type ReadSocket = WebSocketStream<ReadSide>;
@@ -286,6 +288,41 @@ fn select_subprotocol(headers: &HeaderMap) -> Option<Codec> {
         .find_map(|name| Codec::for_subprotocol(name.trim()))
 }
 
+/// The task of one upgraded connection: waits for the upgrade, then runs
+/// the session.
+///
+/// Tokio allocates a task as one cell (header, this future, trailer) in
+/// 128-byte steps, and the cell lives as long as the connection. A future
+/// keeps what it captures for good, so this one captures only the upgrade,
+/// the gateway and the codec, and builds the parser's configuration after
+/// the upgrade: capturing the 64-byte `WebSocketConfig` made every
+/// connection's cell 896 bytes instead of 768 (see the size test below).
+// Not an `async fn`, which would store its arguments twice (see `session::run`).
+#[allow(clippy::manual_async_fn)]
+fn connection_task(
+    inner: Arc<Inner>,
+    on_upgrade: OnUpgrade,
+    codec: Codec,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (socket, write) = split(upgraded, parser_config(&inner.config)).await;
+        session::run(inner, socket, write, codec).await;
+    }
+}
+
+/// The limits tungstenite parses the client's frames with.
+fn parser_config(c: &crate::GatewayConfig) -> WebSocketConfig {
+    let max_frame = (c.max_frame_bytes as usize).saturating_mul(2);
+    WebSocketConfig::default()
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+}
+
 /// `GET /v1/ws`: checks the upgrade request (RFC 6455 §4.2.1), answers 101
 /// with the subprotocol the client offered (`hearth.v1`, or
 /// `hearth.v1.msgpack` for MessagePack binary frames; JSON when it offered
@@ -340,21 +377,11 @@ pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) ->
         )
             .into_response();
     };
-    let inner = gateway.inner;
-    let c = &inner.config;
-    let max_frame = (c.max_frame_bytes as usize).saturating_mul(2);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let (socket, write) = split(upgraded, config).await;
-        session::run(inner, socket, write, subprotocol.unwrap_or(Codec::Json)).await;
-    });
+    tokio::spawn(connection_task(
+        gateway.inner,
+        on_upgrade,
+        subprotocol.unwrap_or(Codec::Json),
+    ));
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
@@ -375,6 +402,23 @@ pub(crate) async fn upgrade(State(gateway): State<Gateway>, mut req: Request) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_connection_task_fits_in_a_768_byte_tokio_task_cell() {
+        // tokio's `Cell`: header (32) + core (scheduler 8, task id 8, stage
+        // = the future behind an 8-byte tag) + trailer (48), in 128-byte steps.
+        let future = returned_size(connection_task);
+        let cell = (32 + 16 + 8 + future + 48).div_ceil(128) * 128;
+        assert!(
+            cell <= 768,
+            "the connection future is {future} bytes: a {cell}-byte task per connection"
+        );
+    }
 
     #[test]
     fn frame_headers_use_the_shortest_length_encoding() {

@@ -66,7 +66,10 @@ fn split_path(text: &str) -> Result<Vec<String>, PathError> {
     if trimmed.is_empty() {
         return err("path is empty");
     }
-    let segments: Vec<String> = trimmed.split('/').map(str::to_string).collect();
+    // Sized exactly: a path lives as long as the document, view or
+    // subscription that holds it, and `collect` would reserve room for four.
+    let mut segments = Vec::with_capacity(trimmed.split('/').count());
+    segments.extend(trimmed.split('/').map(str::to_string));
     if segments.len() > MAX_PATH_SEGMENTS {
         return err(format!(
             "path has {} segments; at most {MAX_PATH_SEGMENTS} are allowed",
@@ -356,6 +359,9 @@ impl FieldPath {
             return err(format!("field path {text:?} is empty or ends with '.'"));
         }
         segments.push(current);
+        // A field path usually outlives its parse (in a query or a
+        // subscription): keep one slot per segment, not the four `push` grew.
+        segments.shrink_to_fit();
         FieldPath::new(segments)
     }
 
@@ -425,6 +431,19 @@ impl std::str::FromStr for FieldPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parsed_paths_keep_no_spare_segment_slots() {
+        // Paths live as long as documents, views and subscriptions do.
+        let doc = DocPath::parse("rooms/r1").unwrap();
+        assert_eq!(doc.segments.capacity(), 2);
+        let coll = CollectionPath::parse("rooms").unwrap();
+        assert_eq!(coll.segments.capacity(), 1);
+        let field = FieldPath::parse("room").unwrap();
+        assert_eq!(field.segments.capacity(), 1);
+        let nested = FieldPath::parse("a.`b.c`.d").unwrap();
+        assert_eq!(nested.segments.capacity(), 3);
+    }
 
     #[test]
     fn odd_segments_name_collections_and_even_name_documents() {

@@ -621,6 +621,8 @@ impl Query {
                 direction,
             });
         }
+        // Kept for the life of a live query: no spare slots.
+        order.shrink_to_fit();
         order
     }
 
@@ -979,6 +981,14 @@ mod tests {
             ),
             ["a"]
         );
+    }
+
+    #[test]
+    fn a_normalized_order_keeps_no_spare_slots() {
+        let query = q(serde_json::json!({"collection": "c",
+            "where": {"field": "room", "op": "==", "value": 1}}));
+        let order = query.normalized_order();
+        assert_eq!((order.len(), order.capacity()), (1, 1));
     }
 
     #[test]
