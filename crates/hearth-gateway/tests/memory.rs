@@ -7,12 +7,13 @@
 //! (`HEARTH_MEM_CONNECTIONS=n` sets the count, `HEARTH_MEM_SUBSCRIBE=0`
 //! measures bare connections).
 //!
-//! Measured 2026-11-25 with `hearth serve` and `ws_loadgen memory` (release,
-//! see benches/RESULTS.md): 4.4 KiB per connection at 10,000 connections
-//! after the gateway started writing frames itself (no write buffer); the
-//! cost is the connection itself (task and session future, tungstenite's
-//! read state, tokio's split halves and socket registration, allocator
-//! overhead) more than the subscription or the fan-out index.
+//! Measured 2026-11-26 with `hearth serve` and `ws_loadgen memory` (release,
+//! see benches/RESULTS.md): 3.6-3.8 KiB per connection at 1,000 connections
+//! and 3.2 at 10,000. heaptrack puts the live heap at 2.8 KiB per
+//! connection: tokio's task cell (768 bytes, see the size test in
+//! `socket.rs`), the subscription and its target, the connection's shared
+//! state, tungstenite's read buffer, tokio's socket registration and split
+//! halves, the fan-out index; the rest is allocator overhead.
 
 mod common;
 
