@@ -44,8 +44,9 @@ use crate::backend::{access_error, store_error, StoreLookup};
 pub const MUTATIONS_COLLECTION: &str = "__mutations__";
 /// Longest accepted mutation id, in bytes.
 pub const MAX_MUTATION_ID_BYTES: usize = 128;
-/// Writes per frame (one slot of the store's commit limit is the record).
-pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT - 1;
+/// Writes per frame: as many as a REST batch (the store takes the mutation
+/// record beside them, see `hearth_store::MAX_OPS_PER_COMMIT`).
+pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT;
 /// Attempts of the check-then-commit transaction before answering `aborted`
 /// (concurrent writes to the same document conflict; each retry waits a
 /// little longer, with jitter, so that contenders spread out).

@@ -192,6 +192,22 @@ async fn a_mutation_id_reused_for_different_writes_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_frame_holds_500_writes_like_a_rest_batch() {
+    let server = start(Options::default()).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let writes = |n: usize| {
+        json!((0..n)
+            .map(|i| set(&format!("c/d{i}"), json!({})))
+            .collect::<Vec<_>>())
+    };
+    let (ok, _) = c.write("m500", writes(500)).await;
+    assert_eq!(ok["type"], "write_ok", "{ok}");
+    assert_eq!(ok["result"]["results"].as_array().map(Vec::len), Some(500));
+    let (e, _) = c.write("m501", writes(501)).await;
+    assert_eq!(e["code"], "invalid-argument", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_with_only_transforms_needs_no_fields() {
     let server = start(Options::default()).await;
     let mut c = Client::connect(server.addr, Some("user:u")).await;
