@@ -9,7 +9,9 @@
 //! first, so both encodings accept exactly the same messages.
 
 use bytes::Bytes;
-use hearth_protocol::ws::{from_msgpack, ClientMessage, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use hearth_protocol::ws::{
+    from_msgpack, is_valid_request_id, ClientMessage, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
+};
 
 use crate::socket::{Opcode, OutFrame};
 
@@ -20,11 +22,55 @@ pub(crate) enum Codec {
     MsgPack,
 }
 
-/// Why a client frame could not be read: the message for the error frame,
-/// and the request id when one could still be read from it.
+/// Why a client frame could not be read, and what could still be read
+/// from it for the error frame.
 pub(crate) struct Undecodable {
+    pub salvaged: Salvaged,
+    /// What is wrong (the decoder's message).
+    pub reason: String,
+}
+
+impl Undecodable {
+    /// The message of the `error` frame that answers the frame.
+    pub(crate) fn message(&self) -> String {
+        format!("bad frame: {}", self.reason)
+    }
+}
+
+/// What an `error` frame answering an undecodable frame may echo.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Salvaged {
+    /// The request id, if the frame has one in the protocol's range (an id
+    /// outside it is never echoed: the error frame must stay valid).
     pub id: Option<u64>,
-    pub message: String,
+    /// The `sub` of a `subscribe`/`unsubscribe` frame, if it is a valid
+    /// name and `id` was read too (an error with only `sub` would tell the
+    /// client that a live subscription of that name ended).
+    pub sub: Option<String>,
+    /// The frame says it is a `hello`.
+    pub hello: bool,
+}
+
+/// Reads what [`Salvaged`] describes from a frame's JSON value.
+pub(crate) fn salvage(value: &serde_json::Value) -> Salvaged {
+    let id = value
+        .get("id")
+        .and_then(serde_json::Value::as_u64)
+        .filter(|&id| is_valid_request_id(id));
+    let kind = value.get("type").and_then(serde_json::Value::as_str);
+    let sub = match (id, kind) {
+        (Some(_), Some("subscribe" | "unsubscribe")) => value
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| crate::session::valid_sub_name(s))
+            .map(str::to_string),
+        _ => None,
+    };
+    Salvaged {
+        id,
+        sub,
+        hello: kind == Some("hello"),
+    }
 }
 
 impl Codec {
@@ -79,14 +125,14 @@ impl Codec {
             Codec::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
             Codec::MsgPack => from_msgpack(payload),
         }
-        .map_err(|e| Undecodable {
-            id: None,
-            message: format!("bad frame: {e}"),
+        .map_err(|reason| Undecodable {
+            salvaged: Salvaged::default(),
+            reason,
         })?;
-        let id = value.get("id").and_then(serde_json::Value::as_u64);
+        let salvaged = salvage(&value);
         serde_json::from_value(value).map_err(|e| Undecodable {
-            id,
-            message: format!("bad frame: {e}"),
+            salvaged,
+            reason: e.to_string(),
         })
     }
 }
@@ -133,12 +179,47 @@ mod tests {
     fn undecodable_frames_keep_their_request_id_when_they_have_one() {
         let packed = to_msgpack(br#"{"type":"subscribe","id":9}"#);
         let e = Codec::MsgPack.decode(&packed).expect_err("missing fields");
-        assert_eq!(e.id, Some(9));
+        assert_eq!(e.salvaged.id, Some(9));
         let e = Codec::MsgPack
             .decode(b"\xc1garbage")
             .expect_err("not msgpack");
-        assert_eq!(e.id, None);
-        assert!(e.message.contains("bad frame"), "{}", e.message);
+        assert_eq!(e.salvaged, Salvaged::default());
+        assert!(e.message().contains("bad frame"), "{}", e.message());
+    }
+
+    #[test]
+    fn undecodable_subscribe_frames_keep_a_valid_sub_with_their_id() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let decode = |json: &str| {
+                let payload = codec.encode(Bytes::from(json.to_string()));
+                codec.decode(&payload).expect_err("does not decode")
+            };
+            let e = decode(r#"{"type":"subscribe","id":1,"sub":"a","target":{"doc":"col"}}"#);
+            assert_eq!(
+                (e.salvaged.id, e.salvaged.sub.as_deref()),
+                (Some(1), Some("a"))
+            );
+            let e = decode(r#"{"type":"unsubscribe","id":2,"sub":7}"#);
+            assert_eq!((e.salvaged.id, e.salvaged.sub), (Some(2), None));
+            // An invalid name, or no usable id: no sub.
+            let e = decode(r#"{"type":"subscribe","id":3,"sub":"","target":{"doc":"col"}}"#);
+            assert_eq!((e.salvaged.id, e.salvaged.sub), (Some(3), None));
+            let long = "s".repeat(129);
+            let e = decode(&format!(
+                r#"{{"type":"subscribe","id":4,"sub":"{long}","target":{{"doc":"col"}}}}"#
+            ));
+            assert_eq!((e.salvaged.id, e.salvaged.sub), (Some(4), None));
+            let e = decode(
+                r#"{"type":"subscribe","id":9007199254740992,"sub":"a","target":{"doc":"col"}}"#,
+            );
+            assert_eq!((e.salvaged.id, e.salvaged.sub), (None, None));
+            // Other frame types have no sub to echo.
+            let e = decode(r#"{"type":"write","id":5,"sub":"a"}"#);
+            assert_eq!((e.salvaged.id, e.salvaged.sub), (Some(5), None));
+            let e = decode(r#"{"type":"hello","protocol":1}"#);
+            assert!(e.salvaged.hello);
+            assert!(e.reason.contains("missing field `client`"), "{}", e.reason);
+        }
     }
 
     #[test]

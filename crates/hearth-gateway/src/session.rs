@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::ws::{
-    close_code, parse_resume_token, ClientMessage, ServerMessage, SubscribeTarget, PROTOCOL_VERSION,
+    close_code, is_valid_request_id, parse_resume_token, ClientMessage, ServerMessage,
+    SubscribeTarget, MAX_REQUEST_ID, PROTOCOL_VERSION,
 };
 use hearth_protocol::{ErrorBody, ErrorCode, Timestamp};
 use rand::RngCore;
@@ -26,7 +27,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::codec::Codec;
+use crate::codec::{salvage, Codec, Salvaged};
 use crate::conn::{CloseReason, ConnShared, MIN_WRITE_GAP_MS};
 use crate::encode;
 use crate::socket::{
@@ -38,6 +39,12 @@ use crate::{backend, bad_frame, writes, Authenticated, Inner};
 
 /// Longest `sub` name accepted.
 pub const MAX_SUB_NAME_BYTES: usize = 128;
+
+/// Whether `name` is an acceptable `sub` (1 to [`MAX_SUB_NAME_BYTES`]
+/// bytes). An invalid name is never echoed in an error frame.
+pub(crate) fn valid_sub_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_SUB_NAME_BYTES
+}
 /// How long a closing connection may spend flushing queued frames.
 const CLOSE_FLUSH: Duration = Duration::from_millis(500);
 /// After its close frame, how long the server keeps reading (and
@@ -62,13 +69,24 @@ fn error_frame(id: Option<u64>, sub: Option<&str>, body: ErrorBody) -> Bytes {
     encode::message(&ServerMessage::error(id, sub.map(str::to_string), body))
 }
 
-/// Reads the request id of a frame that could not be decoded, if it has one.
+/// Reads the request id of an oversized frame, if it has one in the
+/// protocol's range (without building the frame's JSON value).
 fn salvage_id(text: &str) -> Option<u64> {
     #[derive(Deserialize)]
     struct IdOnly {
         id: Option<u64>,
     }
-    serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id)
+    serde_json::from_str::<IdOnly>(text)
+        .ok()
+        .and_then(|x| x.id)
+        .filter(|&id| is_valid_request_id(id))
+}
+
+/// What the error frame answering an undecodable text frame may echo.
+fn salvage_text(text: &str) -> Salvaged {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|v| salvage(&v))
+        .unwrap_or_default()
 }
 
 /// How the reader ended.
@@ -234,22 +252,25 @@ async fn handshake(
         }
     };
     // A frame of the other encoding than the subprotocol's is not a hello.
-    let hello = (kind == codec)
-        .then(|| codec.decode(&payload).ok())
-        .flatten();
+    let hello = (kind == codec).then(|| codec.decode(&payload));
     let (protocol, token) = match hello {
-        Some(ClientMessage::Hello {
+        Some(Ok(ClientMessage::Hello {
             protocol, token, ..
-        }) => (protocol, token),
-        _ => {
-            let body = bad_frame("the first frame must be hello");
+        })) => (protocol, token),
+        refused => {
+            // A hello that does not decode is told what is wrong with it.
+            let (message, reason) = match refused {
+                Some(Err(e)) if e.salvaged.hello => {
+                    (format!("hello: {}", e.reason), "malformed hello")
+                }
+                _ => (
+                    "the first frame must be hello".to_string(),
+                    "the first frame must be hello",
+                ),
+            };
+            let body = bad_frame(message);
             send_now(sink, &[codec.frame(error_frame(None, None, body))]).await;
-            close_now(
-                sink,
-                close_code::PROTOCOL_ERROR,
-                "the first frame must be hello",
-            )
-            .await;
+            close_now(sink, close_code::PROTOCOL_ERROR, reason).await;
             return None;
         }
     };
@@ -427,9 +448,10 @@ impl Reader<'_> {
         let msg: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
+                let s = salvage_text(text);
                 self.conn.push(error_frame(
-                    salvage_id(text),
-                    None,
+                    s.id,
+                    s.sub.as_deref(),
                     bad_frame(format!("bad frame: {e}")),
                 ));
                 return false;
@@ -451,8 +473,11 @@ impl Reader<'_> {
                 true
             }
             Err(e) => {
-                self.conn
-                    .push(error_frame(e.id, None, bad_frame(e.message)));
+                self.conn.push(error_frame(
+                    e.salvaged.id,
+                    e.salvaged.sub.as_deref(),
+                    bad_frame(e.message()),
+                ));
                 false
             }
         }
@@ -479,6 +504,17 @@ impl Reader<'_> {
 
     /// Acts on one client message (whatever its encoding).
     fn dispatch(&mut self, msg: ClientMessage) {
+        if let Some(id) = msg.id().filter(|&id| !is_valid_request_id(id)) {
+            // Not echoed: the answer would break the 53-bit contract.
+            self.conn.push(error_frame(
+                None,
+                None,
+                bad_frame(format!(
+                    "request id {id} is out of range; ids are 0 to {MAX_REQUEST_ID}"
+                )),
+            ));
+            return;
+        }
         match msg {
             ClientMessage::Hello { .. } => {
                 self.conn.push(error_frame(
@@ -497,8 +533,17 @@ impl Reader<'_> {
                 resume,
             } => {
                 if let Err(e) = self.subscribe(&sub, target, resume.as_deref()) {
-                    self.conn.push(error_frame(Some(id), Some(&sub), e));
+                    // An invalid name is not echoed (it is not a `sub`).
+                    let echo = valid_sub_name(&sub).then_some(sub.as_str());
+                    self.conn.push(error_frame(Some(id), echo, e));
                 }
+            }
+            ClientMessage::Unsubscribe { id, sub } if !valid_sub_name(&sub) => {
+                self.conn.push(error_frame(
+                    Some(id),
+                    None,
+                    bad_frame(format!("sub must be 1 to {MAX_SUB_NAME_BYTES} bytes")),
+                ));
             }
             ClientMessage::Unsubscribe { id, sub } => {
                 let removed = self.conn.take_sub(&sub);
@@ -614,7 +659,7 @@ impl Reader<'_> {
         target: SubscribeTarget,
         resume: Option<&str>,
     ) -> Result<(), ErrorBody> {
-        if name.is_empty() || name.len() > MAX_SUB_NAME_BYTES {
+        if !valid_sub_name(name) {
             return Err(bad_frame(format!(
                 "sub must be 1 to {MAX_SUB_NAME_BYTES} bytes"
             )));
@@ -774,7 +819,12 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
                 continue;
             }
             if c.ping_due(now, heartbeat) {
-                ping_id += 1;
+                // Server ping ids obey the request id range too.
+                ping_id = if ping_id >= MAX_REQUEST_ID {
+                    1
+                } else {
+                    ping_id + 1
+                };
                 c.push(encode::message(&ServerMessage::Ping { id: ping_id }));
             }
         }

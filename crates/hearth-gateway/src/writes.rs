@@ -11,6 +11,12 @@
 //! is the record's `version`, its commit time the record's `update_time`,
 //! and the record lists the written paths and which were deletes.
 //!
+//! The record also holds a digest of the request (its reads and writes), so
+//! that reusing a mutation id for *different* writes is refused
+//! (`invalid-argument`) instead of answered with the first result while the
+//! new writes are silently dropped. Records written before the digest
+//! existed have none and match any retry.
+//!
 //! Every write is checked by `AccessControl::authorize_writes` (the check
 //! REST uses too) against the state it will be applied to (earlier writes of
 //! the same batch included), inside a store transaction so a concurrent
@@ -38,8 +44,9 @@ use crate::backend::{access_error, store_error, StoreLookup};
 pub const MUTATIONS_COLLECTION: &str = "__mutations__";
 /// Longest accepted mutation id, in bytes.
 pub const MAX_MUTATION_ID_BYTES: usize = 128;
-/// Writes per frame (one slot of the store's commit limit is the record).
-pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT - 1;
+/// Writes per frame: as many as a REST batch (the store takes the mutation
+/// record beside them, see `hearth_store::MAX_OPS_PER_COMMIT`).
+pub const MAX_WRITES_PER_FRAME: usize = MAX_WRITES_PER_COMMIT;
 /// Attempts of the check-then-commit transaction before answering `aborted`
 /// (concurrent writes to the same document conflict; each retry waits a
 /// little longer, with jitter, so that contenders spread out).
@@ -57,10 +64,21 @@ pub fn mutation_record_path(p: &Principal, mutation_id: &str) -> DocPath {
         .expect("a hex id in a fixed collection is a valid path")
 }
 
-fn record_fields(p: &Principal, mutation_id: &str, writes: &[Write]) -> Map {
+/// The digest of a request (hex SHA-256 of the JSON of its reads and
+/// writes; maps serialize in key order, so equal requests digest equally).
+fn request_digest(reads: &[TransactionRead], writes: &[Write]) -> String {
+    let mut h = Sha256::new();
+    // Serializing plain data to a Vec cannot fail; an empty digest would
+    // only make every retry match, as for records without one.
+    h.update(serde_json::to_vec(&(reads, writes)).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+fn record_fields(p: &Principal, mutation_id: &str, digest: &str, writes: &[Write]) -> Map {
     let mut m = Map::new();
     m.insert("principal".into(), Value::from(p.stable_key()));
     m.insert("mutation_id".into(), Value::from(mutation_id));
+    m.insert("digest".into(), Value::from(digest));
     // Indexed (a system field the services query), for pruning by age.
     m.insert("created_at".into(), Value::Timestamp(Timestamp::now()));
     m.insert(
@@ -82,6 +100,26 @@ fn record_fields(p: &Principal, mutation_id: &str, writes: &[Write]) -> Map {
         ),
     );
     m
+}
+
+/// The answer to a retry that found the mutation's record: the original
+/// result, unless the record was made for a different request.
+fn duplicate_of(
+    record: &Document,
+    mutation_id: &str,
+    digest: &str,
+) -> Result<(CommitResult, bool), ErrorBody> {
+    match record.fields.get("digest").and_then(Value::as_str) {
+        Some(stored) if stored != digest => Err(ErrorBody::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "mutation_id {mutation_id:?} was already used for different writes; \
+                 use a new mutation_id for a new mutation"
+            ),
+        )),
+        // Same request, or a record from before digests: the original result.
+        _ => Ok((result_from_record(record)?, true)),
+    }
 }
 
 /// Rebuilds the original result from a mutation record.
@@ -164,13 +202,14 @@ pub(crate) async fn apply_once(
 ) -> Result<(CommitResult, bool), ErrorBody> {
     validate(mutation_id, &writes)?;
     let record_path = mutation_record_path(p, mutation_id);
+    let digest = request_digest(reads, &writes);
     if let Some(record) = store.get(&record_path).map_err(store_error)? {
-        return Ok((result_from_record(&record)?, true));
+        return duplicate_of(&record, mutation_id, &digest);
     }
     let mut all = writes.clone();
     all.push(Write::create(
         record_path.clone(),
-        record_fields(p, mutation_id, &writes),
+        record_fields(p, mutation_id, &digest, &writes),
     ));
     if p.is_admin() && reads.is_empty() {
         // Nothing to check against a snapshot: a plain commit, whose
@@ -180,7 +219,7 @@ pub(crate) async fn apply_once(
                 result.results.truncate(writes.len());
                 Ok((result, false))
             }
-            Err(e) => duplicate_or(store, &record_path, e).await,
+            Err(e) => duplicate_or(store, &record_path, mutation_id, &digest, e).await,
         };
     }
     let mut last_abort = None;
@@ -216,7 +255,7 @@ pub(crate) async fn apply_once(
                 return Ok((result, false));
             }
             Err(StoreError::Aborted(msg)) => last_abort = Some(msg),
-            Err(e) => return duplicate_or(store, &record_path, e).await,
+            Err(e) => return duplicate_or(store, &record_path, mutation_id, &digest, e).await,
         }
     }
     Err(ErrorBody::new(
@@ -293,6 +332,8 @@ pub fn spawn_mutation_pruner(
 async fn duplicate_or(
     store: &Store,
     record_path: &DocPath,
+    mutation_id: &str,
+    digest: &str,
     error: StoreError,
 ) -> Result<(CommitResult, bool), ErrorBody> {
     // A commit refused because the record exists may have lost to a retry
@@ -301,7 +342,7 @@ async fn duplicate_or(
     let tries = if lost_to_a_retry { 200 } else { 1 };
     for _ in 0..tries {
         if let Ok(Some(record)) = store.get(record_path) {
-            return Ok((result_from_record(&record)?, true));
+            return duplicate_of(&record, mutation_id, digest);
         }
         if lost_to_a_retry {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -379,6 +420,65 @@ mod tests {
         assert!(!duplicate);
     }
 
+    #[tokio::test]
+    async fn a_reused_mutation_id_with_different_writes_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(hearth_store::config::StoreConfig::new(dir.path())).expect("store");
+        let access = AccessControl::allow_all();
+        let p = Principal::user("u");
+        let w = |path: &str| vec![Write::set(DocPath::parse(path).expect("path"), Map::new())];
+        let (first, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/a"))
+            .await
+            .expect("applies");
+        assert!(!duplicate);
+        // The same writes: the original result.
+        let (again, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/a"))
+            .await
+            .expect("duplicate");
+        assert!(duplicate);
+        assert_eq!(again, first);
+        // Different writes under the same id: refused, nothing applied.
+        let e = apply_once(&store, &access, &p, "m", &[], w("c/b"))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("different writes"), "{}", e.message);
+        assert!(store
+            .get(&DocPath::parse("c/b").expect("path"))
+            .expect("get")
+            .is_none());
+        // The same writes as a transaction with reads are a different request.
+        let reads = [TransactionRead {
+            path: DocPath::parse("c/a").expect("path"),
+            version: Some(first.seq),
+        }];
+        let e = apply_once(&store, &access, &p, "m", &reads, w("c/a"))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_record_without_a_digest_matches_any_retry() {
+        // Records stored before digests existed answer every retry with
+        // the original result, as they always did.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(hearth_store::config::StoreConfig::new(dir.path())).expect("store");
+        let access = AccessControl::allow_all();
+        let p = Principal::user("u");
+        let w = |path: &str| vec![Write::set(DocPath::parse(path).expect("path"), Map::new())];
+        let mut old = record_fields(&p, "m", "", &w("c/a"));
+        old.remove("digest");
+        let mut all = w("c/a");
+        all.push(Write::create(mutation_record_path(&p, "m"), old));
+        let committed = store.commit(all).await.expect("commits");
+        let (result, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/other"))
+            .await
+            .expect("duplicate");
+        assert!(duplicate);
+        assert_eq!(result.seq, committed.seq);
+    }
+
     #[test]
     fn record_paths_separate_principals_and_ids() {
         let a = mutation_record_path(&Principal::user("u1"), "m1");
@@ -398,7 +498,7 @@ mod tests {
         let p = Principal::user("u");
         let record = Document {
             path: mutation_record_path(&p, "m"),
-            fields: record_fields(&p, "m", &writes),
+            fields: record_fields(&p, "m", &request_digest(&[], &writes), &writes),
             create_time: Timestamp(5),
             update_time: Timestamp(5),
             version: 12,

@@ -70,6 +70,156 @@ async fn handshake_failures_close_with_documented_codes() {
     // Already expired token.
     let mut c = Client::hello(server.addr, Some(&expiring_token("u", -1000))).await;
     assert_eq!(c.closed().await.0, 4001);
+    // A hello that does not decode is told what is wrong with it.
+    let mut c = Client::raw(connect_raw(server.addr).await);
+    c.send(json!({"type": "hello", "protocol": 1})).await;
+    let (code, frames) = c.closed().await;
+    assert_eq!(code, 4000);
+    assert_eq!(frames[0]["code"], "invalid-argument");
+    assert_eq!(frames[0]["message"], "hello: missing field `client`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_frames_echo_only_valid_ids_and_sub_names() {
+    let server = start(Options::default()).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    // Sub names outside 1..=128 bytes are refused and not echoed
+    // (`recv` validates every frame against the schemas).
+    for bad in [String::new(), "s".repeat(129)] {
+        c.send(json!({"type": "subscribe", "id": 1, "sub": bad, "target": {"doc": "c/x"}}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("invalid-argument"), Some(1))
+        );
+        assert!(e.get("sub").is_none(), "{e}");
+        c.send(json!({"type": "unsubscribe", "id": 2, "sub": bad}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("invalid-argument"), Some(2))
+        );
+        assert!(e.get("sub").is_none(), "{e}");
+    }
+    // Ids beyond 2^53 - 1 are refused without an id, whatever the frame.
+    let too_big = 9_007_199_254_740_992u64;
+    for frame in [
+        json!({"type": "ping", "id": too_big}),
+        json!({"type": "ping", "id": u64::MAX}),
+        json!({"type": "subscribe", "id": too_big, "sub": "s", "target": {"doc": "c/x"}}),
+        json!({"type": "subscribe", "id": too_big, "sub": "s", "target": {"doc": "c"}}),
+        json!({"type": "write", "id": too_big, "mutation_id": "m", "writes": [set("c/x", json!({}))]}),
+        json!({"type": "unsubscribe", "id": too_big, "sub": "s"}),
+    ] {
+        c.send(frame.clone()).await;
+        let e = c.recv().await;
+        assert_eq!(e["code"], "invalid-argument", "{frame} -> {e}");
+        assert!(
+            e.get("id").is_none() && e.get("sub").is_none(),
+            "{frame} -> {e}"
+        );
+    }
+    // The largest allowed id is answered as usual.
+    c.send(json!({"type": "ping", "id": 9_007_199_254_740_991u64}))
+        .await;
+    assert_eq!(
+        c.recv().await,
+        json!({"type": "pong", "id": 9_007_199_254_740_991u64})
+    );
+    // Nothing was subscribed or written by the refused frames.
+    assert_eq!(
+        c.subscribe("s", json!({"doc": "c/x"}), None).await["docs"],
+        json!([])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_does_not_decode_is_answered_with_its_id_and_sub() {
+    let server = start(Options::default()).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    for (id, target) in [
+        (1, json!({"doc": "col"})),
+        (
+            2,
+            json!({"query": {"collection": "col", "limit_to_last": true}}),
+        ),
+        (3, json!({"query": {"collection": "col", "bogus": 1}})),
+        (4, json!({"doc": "col/x", "query": {"collection": "col"}})),
+    ] {
+        c.send(json!({"type": "subscribe", "id": id, "sub": "a", "target": target}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64(), e["sub"].as_str()),
+            (Some("invalid-argument"), Some(id), Some("a")),
+            "{e}"
+        );
+    }
+    c.send(json!({"type": "unsubscribe", "id": 5, "sub": "a", "extra": 1}))
+        .await;
+    let e = c.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["sub"].as_str()),
+        (Some("not-found"), Some("a"))
+    );
+    // The name was never taken.
+    assert_eq!(
+        c.subscribe("a", json!({"doc": "col/x"}), None).await["type"],
+        "snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_id_reused_for_different_writes_is_refused() {
+    let server = start(Options::default()).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let (ok, _) = c.write("m1", json!([set("c/a", json!({"n": 1}))])).await;
+    assert_eq!(ok["duplicate"], false, "{ok}");
+    let (again, _) = c.write("m1", json!([set("c/a", json!({"n": 1}))])).await;
+    assert_eq!(
+        (again["duplicate"].as_bool(), &again["result"]),
+        (Some(true), &ok["result"])
+    );
+    let (e, _) = c.write("m1", json!([set("c/b", json!({"n": 2}))])).await;
+    assert_eq!(e["code"], "invalid-argument", "{e}");
+    assert!(server
+        .store
+        .get(&DocPath::parse("c/b").expect("path"))
+        .expect("get")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_frame_holds_500_writes_like_a_rest_batch() {
+    let server = start(Options::default()).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let writes = |n: usize| {
+        json!((0..n)
+            .map(|i| set(&format!("c/d{i}"), json!({})))
+            .collect::<Vec<_>>())
+    };
+    let (ok, _) = c.write("m500", writes(500)).await;
+    assert_eq!(ok["type"], "write_ok", "{ok}");
+    assert_eq!(ok["result"]["results"].as_array().map(Vec::len), Some(500));
+    let (e, _) = c.write("m501", writes(501)).await;
+    assert_eq!(e["code"], "invalid-argument", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_with_only_transforms_needs_no_fields() {
+    let server = start(Options::default()).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let inc = json!([{"op": "merge", "path": "c/n", "transforms": [{"field": "n", "transform": "increment", "value": 2}]}]);
+    let (ok, _) = c.write("m1", inc).await;
+    assert_eq!(ok["type"], "write_ok", "{ok}");
+    let doc = server
+        .store
+        .get(&DocPath::parse("c/n").expect("path"))
+        .expect("get")
+        .expect("exists");
+    assert_eq!(doc.fields.get("n"), Some(&HValue::from(2)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,15 +22,11 @@ async fn a_msgpack_client_subscribes_writes_and_receives_changes_in_binary_frame
         "snapshot"
     );
     assert_eq!(plain.subscribe("s", target, None).await["type"], "snapshot");
-    let (ok, early) = packed
-        .write(
-            "m1",
-            json!([set(
-                "notes/a",
-                json!({"n": 1.5, "tags": ["x"], "big": 1u64 << 40})
-            )]),
-        )
-        .await;
+    let writes = json!([set(
+        "notes/a",
+        json!({"n": 1.5, "tags": ["x"], "big": 1u64 << 40})
+    )]);
+    let (ok, early) = packed.write("m1", writes.clone()).await;
     assert_eq!(ok["type"], "write_ok", "{ok}");
     // The change may arrive before or after the acknowledgement.
     let from_packed = match early.into_iter().find(|f| f["type"] == "changes") {
@@ -46,9 +42,7 @@ async fn a_msgpack_client_subscribes_writes_and_receives_changes_in_binary_frame
         1u64 << 40
     );
     // A retried mutation is answered as a duplicate, as over JSON.
-    let (again, _) = packed
-        .write("m1", json!([set("notes/a", json!({"n": 1.5}))]))
-        .await;
+    let (again, _) = packed.write("m1", writes).await;
     assert_eq!(again["duplicate"], true, "{again}");
 }
 
@@ -71,6 +65,25 @@ async fn bad_msgpack_frames_and_text_frames_get_error_frames_in_msgpack() {
     let e = c.recv().await;
     assert_eq!(e["id"], 41, "{e}");
     assert_eq!(e["code"], "invalid-argument");
+    // A subscribe whose target does not decode keeps its id and its sub.
+    c.send(json!({"type": "subscribe", "id": 42, "sub": "s", "target": {"doc": "col"}}))
+        .await;
+    let e = c.recv().await;
+    assert_eq!(
+        (e["id"].as_u64(), e["sub"].as_str()),
+        (Some(42), Some("s")),
+        "{e}"
+    );
+    // An id beyond 2^53 - 1 is refused and not echoed.
+    c.send(json!({"type": "ping", "id": 9_007_199_254_740_993u64}))
+        .await;
+    let e = c.recv().await;
+    assert_eq!(e["code"], "invalid-argument", "{e}");
+    assert!(e.get("id").is_none(), "{e}");
+    c.send(json!({"type": "subscribe", "id": 9_007_199_254_740_992u64, "sub": "s", "target": {"doc": "col"}}))
+        .await;
+    let e = c.recv().await;
+    assert!(e.get("id").is_none() && e.get("sub").is_none(), "{e}");
     // A JSON text frame on a MessagePack connection is refused, in MessagePack.
     c.ws.send(Message::text(r#"{"type":"ping","id":1}"#))
         .await
@@ -90,4 +103,16 @@ async fn a_json_hello_on_a_msgpack_connection_is_refused() {
         .await;
     let (code, _) = c.closed().await;
     assert_eq!(code, 4000, "the first frame must be a MessagePack hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_msgpack_hello_is_told_what_is_wrong() {
+    let server = start(Options::default()).await;
+    let mut c = Client::raw(connect_raw_with(server.addr, "hearth.v1.msgpack").await);
+    c.msgpack = true;
+    c.send(json!({"type": "hello", "protocol": 1})).await;
+    let (code, frames) = c.closed().await;
+    assert_eq!(code, 4000);
+    assert_eq!(frames[0]["code"], "invalid-argument");
+    assert_eq!(frames[0]["message"], "hello: missing field `client`");
 }

@@ -129,6 +129,13 @@ fn every_server_frame_type_validates_against_its_schema() {
             ErrorBody::new(ErrorCode::FailedPrecondition, "v")
                 .with_details(json!({"supported": [1]})),
         ),
+        ServerMessage::error(
+            Some(8),
+            Some("q".into()),
+            ErrorBody::new(ErrorCode::FailedPrecondition, "declare this index").with_details(
+                json!({"missing_index": "[[store.indexes.composite]]\ncollection_group = \"c\""}),
+            ),
+        ),
         ServerMessage::Ping { id: 6 },
         ServerMessage::Pong { id: 7 },
     ];
@@ -210,6 +217,12 @@ fn the_schemas_reject_malformed_frames() {
         json!({"type": "changes", "sub": "s", "resume": "p1", "changes": [{"kind": "added", "doc": {"path": "a/b"}, "old_index": null, "new_index": 0}]}),
         json!({"type": "changes", "sub": "s", "resume": "p1", "changes": [{"kind": "added", "doc": serde_json::to_value(doc("a/b")).expect("doc"), "old_index": 1, "new_index": 0}]}),
         json!({"type": "error", "code": "teapot", "message": "x"}),
+        json!({"type": "error", "code": "internal", "message": "x", "details": []}),
+        json!({"type": "error", "code": "failed-precondition", "message": "x", "details": {"missing_index": {"fields": []}}}),
+        json!({"type": "error", "code": "failed-precondition", "message": "x", "details": {"supported": ["1"]}}),
+        json!({"type": "error", "id": 9007199254740992u64, "code": "internal", "message": "x"}),
+        json!({"type": "error", "sub": "", "code": "internal", "message": "x"}),
+        json!({"type": "pong", "id": 9007199254740992u64}),
         json!({"type": "welcome"}),
         json!({"type": "nonsense"}),
     ] {

@@ -48,9 +48,17 @@ pub enum WriteKind {
     /// Like `set`, but fails with `already-exists` if the document exists.
     Create { data: Map },
     /// Merge the given field paths into an existing document; `not-found` if missing.
-    Update { fields: BTreeMap<FieldPath, Value> },
+    /// `fields` may be left out when the write only has transforms.
+    Update {
+        #[serde(default)]
+        fields: BTreeMap<FieldPath, Value>,
+    },
     /// Merge the given field paths, creating the document if missing (upsert).
-    Merge { fields: BTreeMap<FieldPath, Value> },
+    /// `fields` may be left out when the write only has transforms.
+    Merge {
+        #[serde(default)]
+        fields: BTreeMap<FieldPath, Value>,
+    },
     /// Remove the document (succeeds if already missing, unless a precondition says otherwise).
     Delete,
 }
@@ -358,6 +366,27 @@ mod tests {
         let text = serde_json::to_string(&w).unwrap();
         let back: Write = serde_json::from_str(&text).unwrap();
         assert_eq!(back, w);
+    }
+
+    #[test]
+    fn update_and_merge_with_only_transforms_need_no_fields() {
+        for op in ["update", "merge"] {
+            let w: Write = serde_json::from_str(&format!(
+                r#"{{"op":"{op}","path":"c/d","transforms":[{{"field":"n","transform":"increment","value":1}}]}}"#
+            ))
+            .unwrap();
+            assert!(
+                matches!(&w.kind, WriteKind::Update { fields } | WriteKind::Merge { fields } if fields.is_empty())
+            );
+            assert_eq!(w.validate(), Ok(()));
+            // Without transforms the write still needs a field.
+            let bare: Write =
+                serde_json::from_str(&format!(r#"{{"op":"{op}","path":"c/d"}}"#)).unwrap();
+            assert!(matches!(
+                bare.validate(),
+                Err(WriteError::InvalidArgument(_))
+            ));
+        }
     }
 
     #[test]

@@ -72,7 +72,21 @@ pub mod close_code {
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;
 }
 
-/// Encodes a changelog position as an opaque resume token (`"p<seq>"`).
+/// The largest request id (2^53 − 1): ids must fit in a JavaScript number
+/// exactly (PROTOCOL.md §2, `RequestId` in the JSON Schemas). The server
+/// answers a frame whose id is larger with `invalid-argument` and never
+/// echoes such an id.
+pub const MAX_REQUEST_ID: u64 = (1 << 53) - 1;
+
+/// Whether `id` is a request id the protocol allows (`0..=MAX_REQUEST_ID`).
+pub fn is_valid_request_id(id: u64) -> bool {
+    id <= MAX_REQUEST_ID
+}
+
+/// Encodes a changelog position as a resume token: `"p"` followed by the
+/// decimal sequence number. The format is stable within protocol version 1
+/// (PROTOCOL.md §6), so clients may compare a frame's position with
+/// `write_ok.result.seq` and REST `read_seq`.
 pub fn resume_token(seq: u64) -> String {
     format!("p{seq}")
 }
@@ -293,10 +307,12 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
-    /// An `error` frame from an [`ErrorBody`].
+    /// An `error` frame from an [`ErrorBody`]. An `id` outside the
+    /// protocol's range is left out (the frame must stay valid for the
+    /// schema; callers should not pass one, see [`MAX_REQUEST_ID`]).
     pub fn error(id: Option<u64>, sub: Option<String>, body: ErrorBody) -> ServerMessage {
         ServerMessage::Error {
-            id,
+            id: id.filter(|&id| is_valid_request_id(id)),
             sub,
             code: body.code,
             message: body.message,
@@ -489,6 +505,19 @@ mod tests {
         assert!(err.get("sub").is_none());
         round_trip_server(ServerMessage::Ping { id: 1 });
         round_trip_server(ServerMessage::Pong { id: 1 });
+    }
+
+    #[test]
+    fn request_ids_are_limited_to_53_bits_and_never_echoed_beyond() {
+        assert_eq!(MAX_REQUEST_ID, 9_007_199_254_740_991);
+        assert!(is_valid_request_id(0));
+        assert!(is_valid_request_id(MAX_REQUEST_ID));
+        assert!(!is_valid_request_id(MAX_REQUEST_ID + 1));
+        let body = || ErrorBody::new(ErrorCode::InvalidArgument, "x");
+        let e = round_trip_server(ServerMessage::error(Some(MAX_REQUEST_ID + 2), None, body()));
+        assert!(e.get("id").is_none(), "{e}");
+        let e = round_trip_server(ServerMessage::error(Some(MAX_REQUEST_ID), None, body()));
+        assert_eq!(e["id"], MAX_REQUEST_ID);
     }
 
     #[test]

@@ -100,7 +100,8 @@ pub struct PreconditionSchema {
 }
 
 /// One write. `op` is `set` (`data`), `create` (`data`), `update` (`fields`),
-/// `merge` (`fields`, upsert) or `delete`.
+/// `merge` (`fields`, upsert) or `delete`. For `update` and `merge`,
+/// `fields` defaults to `{}` (a write with only `transforms`).
 #[derive(ToSchema)]
 #[schema(as = Write)]
 pub struct WriteSchema {

@@ -71,7 +71,9 @@ pub use engine::{Engine, EngineError, SledEngine};
 pub use error::{ChangelogError, StoreError};
 pub use index::{IndexState, IndexStatus};
 pub use planner::MAX_BRANCHES;
-pub use store::{contention_backoff, ConsistencyReport, Store, Transaction, MAX_PAGE_SIZE};
+pub use store::{
+    contention_backoff, ConsistencyReport, Store, Transaction, MAX_OPS_PER_COMMIT, MAX_PAGE_SIZE,
+};
 pub use wal::{WalEngine, WalRecovery};
 
 /// One committed commit: what the changelog stores and subscribers receive.

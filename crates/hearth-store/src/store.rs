@@ -33,6 +33,11 @@ const LIVE_CAPACITY: usize = 4096;
 const IMPORT_CHUNK: usize = 500;
 /// Largest page `list` returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Most writes one commit takes: a client's [`MAX_WRITES_PER_COMMIT`] plus
+/// one bookkeeping record a service commits with them (the gateway's
+/// mutation record), so that a socket `write` holds as many writes as a
+/// REST batch. Services check the client's share themselves.
+pub const MAX_OPS_PER_COMMIT: usize = MAX_WRITES_PER_COMMIT + 1;
 
 /// A handle on an open store; cheap to clone, `Send + Sync`.
 #[derive(Clone)]
@@ -189,9 +194,10 @@ impl Store {
     }
 
     fn check_writes(writes: &[Write], allow_empty: bool) -> Result<(), StoreError> {
-        if (writes.is_empty() && !allow_empty) || writes.len() > MAX_WRITES_PER_COMMIT {
+        if (writes.is_empty() && !allow_empty) || writes.len() > MAX_OPS_PER_COMMIT {
             return Err(StoreError::InvalidArgument(format!(
-                "a commit takes 1 to {MAX_WRITES_PER_COMMIT} writes, got {}",
+                "a commit takes 1 to {MAX_WRITES_PER_COMMIT} writes (plus one bookkeeping \
+                 record), got {}",
                 writes.len()
             )));
         }
@@ -229,7 +235,7 @@ impl Store {
             .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?
     }
 
-    /// Commits 1..=500 writes atomically (each path at most once).
+    /// Commits 1..=[`MAX_OPS_PER_COMMIT`] writes atomically (each path at most once).
     pub async fn commit(&self, writes: Vec<Write>) -> Result<CommitResult, StoreError> {
         Self::check_writes(&writes, false)?;
         self.submit(writes.into_iter().map(Op::Write).collect(), None)
@@ -647,7 +653,7 @@ impl Transaction {
         Ok(result)
     }
 
-    /// Validates the reads and commits the writes atomically (1..=500 writes).
+    /// Validates the reads and commits the writes atomically (1..=[`MAX_OPS_PER_COMMIT`] writes).
     pub async fn commit(self, writes: Vec<Write>) -> Result<CommitResult, StoreError> {
         Store::check_writes(&writes, false)?;
         let reads = self.reads.into_inner();

@@ -193,7 +193,7 @@ pub struct Client {
     pub welcome: Value,
     next_id: u64,
     /// Speaks `hearth.v1.msgpack` (binary MessagePack frames) instead of JSON.
-    msgpack: bool,
+    pub msgpack: bool,
 }
 
 pub async fn connect_raw(addr: SocketAddr) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
