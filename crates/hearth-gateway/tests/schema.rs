@@ -11,7 +11,7 @@ use hearth_protocol::ws::{
 };
 use hearth_protocol::{
     CollectionPath, CommitResult, DocPath, Document, ErrorBody, ErrorCode, Map, Op, Query,
-    Timestamp, Value, Write, WriteResult,
+    Timestamp, Transform, Value, Write, WriteResult,
 };
 use serde_json::json;
 
@@ -201,7 +201,28 @@ fn every_client_frame_type_validates_against_its_schema() {
         },
         ClientMessage::Ping { id: 7 },
         ClientMessage::Pong { id: 8 },
+        // An update or merge with transforms only needs no fields.
+        ClientMessage::Write {
+            id: 9,
+            mutation_id: "m3".into(),
+            writes: vec![
+                Write::merge(DocPath::parse("a/e").expect("p"), Default::default())
+                    .with_transform(
+                        "n".parse().expect("field"),
+                        Transform::Increment {
+                            value: Value::from(1),
+                        },
+                    ),
+                Write::update(DocPath::parse("a/f").expect("p"), Default::default())
+                    .with_transform("t".parse().expect("field"), Transform::ServerTimestamp),
+            ],
+        },
     ];
+    // The transforms-only merge as PROTOCOL.md section 2 writes it (no `fields` key).
+    let transforms_only = json!({"type": "write", "id": 10, "mutation_id": "m4", "writes": [
+        {"op": "merge", "path": "counters/c", "transforms": [{"field": "n", "transform": "increment", "value": 1}]}]});
+    check(union, &transforms_only);
+    check(&validator_for("write.json"), &transforms_only);
     for msg in samples {
         let frame = serde_json::to_value(&msg).expect("encodes");
         let name = frame["type"].as_str().expect("type").to_string();
@@ -230,6 +251,10 @@ fn the_schemas_reject_malformed_frames() {
     }
     let client = client_validator();
     for bad in [
+        // update/merge need a field or a transform, as the server's validation does.
+        json!({"type": "write", "id": 1, "mutation_id": "m", "writes": [{"op": "update", "path": "a/b"}]}),
+        json!({"type": "write", "id": 1, "mutation_id": "m", "writes": [{"op": "merge", "path": "a/b", "fields": {}, "transforms": []}]}),
+        json!({"type": "write", "id": 1, "mutation_id": "m", "writes": [{"op": "set", "path": "a/b", "transforms": [{"field": "n", "transform": "server_timestamp"}]}]}),
         json!({"type": "subscribe", "id": 1, "sub": "", "target": {"doc": "a/b"}}),
         json!({"type": "subscribe", "id": 1, "sub": "s", "target": {"doc": "a"}}),
         json!({"type": "write", "id": 1, "mutation_id": "m", "writes": []}),
