@@ -206,13 +206,12 @@ fn every_client_frame_type_validates_against_its_schema() {
             id: 9,
             mutation_id: "m3".into(),
             writes: vec![
-                Write::merge(DocPath::parse("a/e").expect("p"), Default::default())
-                    .with_transform(
-                        "n".parse().expect("field"),
-                        Transform::Increment {
-                            value: Value::from(1),
-                        },
-                    ),
+                Write::merge(DocPath::parse("a/e").expect("p"), Default::default()).with_transform(
+                    "n".parse().expect("field"),
+                    Transform::Increment {
+                        value: Value::from(1),
+                    },
+                ),
                 Write::update(DocPath::parse("a/f").expect("p"), Default::default())
                     .with_transform("t".parse().expect("field"), Transform::ServerTimestamp),
             ],
