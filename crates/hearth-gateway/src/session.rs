@@ -377,6 +377,10 @@ async fn writer(inner: &Arc<Inner>, conn: &Arc<ConnShared>) {
                 let dirty = s.state.lock().dirty;
                 if dirty {
                     if let Err(e) = build(inner, conn, &s, Build::Rebuild) {
+                        // The server ends the subscription (an error with
+                        // only `sub`): nothing more is delivered for it, and
+                        // its name is free for the next `subscribe`.
+                        s.state.lock().closed = true;
                         conn.push(error_frame(None, Some(&s.name), e));
                     }
                 } else {

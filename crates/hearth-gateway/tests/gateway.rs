@@ -787,6 +787,50 @@ service cloud.firestore {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_with_other_claims_rechecks_live_subscriptions() {
+    // Readable only with the session claim `sid == "a"`.
+    let rules = r#"
+match /notes/{id} {
+  allow read: if request.auth.token.sid == "a";
+  allow write: if request.auth != null;
+}"#;
+    let access = AccessControl::new(Ruleset::parse(rules).expect("rules parse"));
+    let server = start(Options {
+        access,
+        ..Options::default()
+    })
+    .await;
+    let mut w = Client::connect(server.addr, Some("user:w")).await;
+    w.write("n1", json!([set("notes/x", json!({"n": 1}))]))
+        .await;
+    let doc = json!({"doc": "notes/x"});
+    let mut c = Client::connect(server.addr, Some("session:u:a")).await;
+    let snap = c.subscribe("s", doc, None).await;
+    assert_eq!(paths(&snap["docs"]), ["notes/x"]);
+    // Same user, other claim: the document is no longer readable.
+    let mut kinds = Vec::new();
+    for token in ["session:u:b", "session:u:a"] {
+        let id = c.id();
+        c.send(json!({"type": "auth", "id": id, "token": token}))
+            .await;
+        assert_eq!(c.recv().await["type"], "auth_ok");
+        let f = c.recv().await;
+        assert_eq!(
+            (f["type"].as_str(), f["sub"].as_str()),
+            (Some("changes"), Some("s")),
+            "{f}"
+        );
+        kinds.push(f["changes"][0]["kind"].as_str().map(str::to_string));
+    }
+    assert_eq!(kinds, [Some("removed".into()), Some("added".into())]);
+    // The subscription lives on: the next change arrives.
+    w.write("n2", json!([set("notes/x", json!({"n": 2}))]))
+        .await;
+    let f = c.recv().await;
+    assert_eq!(f["changes"][0]["kind"], "modified", "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_does_not_delay_others_and_stays_bounded() {
     let config = GatewayConfig {
         max_pending_events: 16,
