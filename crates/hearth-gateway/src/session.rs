@@ -10,7 +10,7 @@
 //! connection then flushes what it can (briefly), sends its close frame and
 //! unregisters its subscriptions.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -746,6 +746,31 @@ impl Reader<'_> {
         let inner = Arc::clone(self.inner);
         let conn = Arc::clone(self.conn);
         let principal = conn.principal();
+        // A new commit is answered from the committer's thread, before the
+        // fan-out sees it: `write_ok` then precedes the `changes` frames that
+        // carry the commit on this connection too, so a client's latency
+        // compensation never applies its own write twice (PROTOCOL.md §7).
+        let answered = Arc::new(AtomicBool::new(false));
+        let announce: writes::Announce = {
+            let (conn, answered, mutation_id) = (
+                Arc::clone(&conn),
+                Arc::clone(&answered),
+                mutation_id.clone(),
+            );
+            Arc::new(move |result| {
+                if !answered.swap(true, Ordering::AcqRel) {
+                    // Whoever answers frees the in-flight slot first, so a
+                    // client that sends its next write on `write_ok` finds it.
+                    conn.inflight_writes.fetch_sub(1, Ordering::AcqRel);
+                    conn.push(encode::message(&ServerMessage::WriteOk {
+                        id,
+                        mutation_id: mutation_id.clone(),
+                        result,
+                        duplicate: false,
+                    }));
+                }
+            })
+        };
         tokio::spawn(async move {
             let result = writes::apply_once(
                 &inner.store,
@@ -754,8 +779,12 @@ impl Reader<'_> {
                 &mutation_id,
                 &reads,
                 batch,
+                Some(announce),
             )
             .await;
+            if answered.swap(true, Ordering::AcqRel) {
+                return;
+            }
             conn.inflight_writes.fetch_sub(1, Ordering::AcqRel);
             let frame = match result {
                 Ok((result, duplicate)) => encode::message(&ServerMessage::WriteOk {

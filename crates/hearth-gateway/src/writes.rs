@@ -27,6 +27,7 @@
 
 use hearth_protocol::write::MAX_WRITES_PER_COMMIT;
 use hearth_protocol::ws::TransactionRead;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_protocol::query::Op;
@@ -35,7 +36,7 @@ use hearth_protocol::{
     Value, Write, WriteKind, WriteResult,
 };
 use hearth_rules::{AccessControl, Principal};
-use hearth_store::{Store, StoreError};
+use hearth_store::{OnDurable, Store, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{access_error, store_error, StoreLookup};
@@ -190,8 +191,27 @@ pub(crate) fn validate(mutation_id: &str, writes: &[Write]) -> Result<(), ErrorB
     Ok(())
 }
 
+/// Answers the writer with a new commit's (client-visible) result, from the
+/// committer's thread, before the commit reaches the fan-out (see
+/// `Store::commit_with`): so `write_ok` leaves before the `changes` frames
+/// that carry the commit, on the writer's own connection too.
+pub(crate) type Announce = Arc<dyn Fn(CommitResult) + Send + Sync>;
+
+/// The on-durable hook of one commit attempt: the client's share of the
+/// result (without the mutation record's) goes to `announce`.
+fn announcing(announce: &Option<Announce>, client_writes: usize) -> Option<OnDurable> {
+    let announce = announce.clone()?;
+    Some(Box::new(move |result: &CommitResult| {
+        let mut result = result.clone();
+        result.results.truncate(client_writes);
+        announce(result);
+    }))
+}
+
 /// Applies a write or transaction frame once. Returns the result and
-/// whether it was a duplicate.
+/// whether it was a duplicate. A new commit's result is also given to
+/// `announce` (if any) as soon as it is durable; duplicates and errors only
+/// come back as the return value.
 pub(crate) async fn apply_once(
     store: &Store,
     access: &AccessControl,
@@ -199,6 +219,7 @@ pub(crate) async fn apply_once(
     mutation_id: &str,
     reads: &[TransactionRead],
     writes: Vec<Write>,
+    announce: Option<Announce>,
 ) -> Result<(CommitResult, bool), ErrorBody> {
     validate(mutation_id, &writes)?;
     let record_path = mutation_record_path(p, mutation_id);
@@ -214,7 +235,11 @@ pub(crate) async fn apply_once(
     if p.is_admin() && reads.is_empty() {
         // Nothing to check against a snapshot: a plain commit, whose
         // must-not-exist record still makes it apply once.
-        return match store.commit(all).await {
+        let committed = match announcing(&announce, writes.len()) {
+            Some(hook) => store.commit_with(all, hook).await,
+            None => store.commit(all).await,
+        };
+        return match committed {
             Ok(mut result) => {
                 result.results.truncate(writes.len());
                 Ok((result, false))
@@ -248,7 +273,11 @@ pub(crate) async fn apply_once(
             }
         }
         check_writes(store, access, p, &tx, &writes)?;
-        match tx.commit(all.clone()).await {
+        let committed = match announcing(&announce, writes.len()) {
+            Some(hook) => tx.commit_with(all.clone(), hook).await,
+            None => tx.commit(all.clone()).await,
+        };
+        match committed {
             Ok(mut result) => {
                 // The record's own result is ours, not the client's.
                 result.results.truncate(writes.len());
@@ -388,7 +417,7 @@ mod tests {
             )]
         };
         for i in 0..3 {
-            apply_once(&store, &access, &p, &format!("m{i}"), &[], w(i))
+            apply_once(&store, &access, &p, &format!("m{i}"), &[], w(i), None)
                 .await
                 .expect("applies");
         }
@@ -414,7 +443,7 @@ mod tests {
             .expect("query");
         assert!(left.documents.is_empty());
         // A pruned mutation id is applied again (documented trade-off).
-        let (_, duplicate) = apply_once(&store, &access, &p, "m0", &[], w(0))
+        let (_, duplicate) = apply_once(&store, &access, &p, "m0", &[], w(0), None)
             .await
             .expect("applies");
         assert!(!duplicate);
@@ -427,18 +456,18 @@ mod tests {
         let access = AccessControl::allow_all();
         let p = Principal::user("u");
         let w = |path: &str| vec![Write::set(DocPath::parse(path).expect("path"), Map::new())];
-        let (first, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/a"))
+        let (first, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/a"), None)
             .await
             .expect("applies");
         assert!(!duplicate);
         // The same writes: the original result.
-        let (again, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/a"))
+        let (again, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/a"), None)
             .await
             .expect("duplicate");
         assert!(duplicate);
         assert_eq!(again, first);
         // Different writes under the same id: refused, nothing applied.
-        let e = apply_once(&store, &access, &p, "m", &[], w("c/b"))
+        let e = apply_once(&store, &access, &p, "m", &[], w("c/b"), None)
             .await
             .expect_err("refused");
         assert_eq!(e.code, ErrorCode::InvalidArgument);
@@ -452,7 +481,7 @@ mod tests {
             path: DocPath::parse("c/a").expect("path"),
             version: Some(first.seq),
         }];
-        let e = apply_once(&store, &access, &p, "m", &reads, w("c/a"))
+        let e = apply_once(&store, &access, &p, "m", &reads, w("c/a"), None)
             .await
             .expect_err("refused");
         assert_eq!(e.code, ErrorCode::InvalidArgument);
@@ -472,7 +501,7 @@ mod tests {
         let mut all = w("c/a");
         all.push(Write::create(mutation_record_path(&p, "m"), old));
         let committed = store.commit(all).await.expect("commits");
-        let (result, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/other"))
+        let (result, duplicate) = apply_once(&store, &access, &p, "m", &[], w("c/other"), None)
             .await
             .expect("duplicate");
         assert!(duplicate);

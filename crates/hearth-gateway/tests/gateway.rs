@@ -831,6 +831,54 @@ match /notes/{id} {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_ok_precedes_the_changes_that_carry_the_commit_on_the_same_socket() {
+    // Latency compensation depends on it: a client that saw its own
+    // increment in a `changes` frame before `write_ok` would count it twice.
+    for token in ["admin", "user:w"] {
+        let server = start(Options::default()).await;
+        let mut c = Client::connect(server.addr, Some(token)).await;
+        let snap = c.subscribe("d", json!({"doc": "counters/c"}), None).await;
+        assert_eq!(snap["type"], "snapshot");
+        let mut order = Vec::new();
+        for i in 0..100 {
+            let id = c.id();
+            c.send(
+                json!({"type": "write", "id": id, "mutation_id": format!("m{i}"),
+                "writes": [{"op": "merge", "path": "counters/c",
+                    "transforms": [{"field": "n", "transform": "increment", "value": 1}]}]}),
+            )
+            .await;
+            // Both frames of this write, in the order they arrive.
+            let (mut ok_at, mut change_seq) = (None, None);
+            let mut k = 0;
+            while ok_at.is_none() || change_seq.is_none() {
+                let f = c.recv().await;
+                match f["type"].as_str() {
+                    Some("write_ok") => {
+                        assert_eq!(f["id"], json!(id), "{f}");
+                        ok_at = Some((k, f["result"]["seq"].as_u64().expect("seq")));
+                    }
+                    Some("changes") => {
+                        let token = f["resume"].as_str().expect("resume");
+                        change_seq = Some((k, token[1..].parse::<u64>().expect("p<seq>")));
+                    }
+                    _ => panic!("unexpected {f}"),
+                }
+                k += 1;
+            }
+            let ((ok_k, seq), (change_k, change)) = (ok_at.unwrap(), change_seq.unwrap());
+            assert_eq!(seq, change, "one commit per write");
+            order.push(ok_k < change_k);
+        }
+        assert!(
+            order.iter().all(|first| *first),
+            "{token}: write_ok came after its changes in {} of 100 writes",
+            order.iter().filter(|first| !**first).count()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_does_not_delay_others_and_stays_bounded() {
     let config = GatewayConfig {
         max_pending_events: 16,

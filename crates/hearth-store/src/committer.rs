@@ -75,11 +75,16 @@ impl Op {
     }
 }
 
+/// Called on the committer's thread once a commit is durable and before
+/// the changelog's live subscribers can see it (see `Store::commit_with`).
+pub type OnDurable = Box<dyn FnOnce(&CommitResult) + Send>;
+
 pub(crate) enum Request {
     Commit {
         ops: Vec<Op>,
         reads: Option<TxReads>,
         reply: Reply<CommitResult>,
+        on_durable: Option<OnDurable>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -88,6 +93,7 @@ pub(crate) enum Request {
 
 struct Pending {
     reply: Reply<CommitResult>,
+    on_durable: Option<OnDurable>,
     result: CommitResult,
     record: Arc<CommitRecord>,
 }
@@ -156,7 +162,12 @@ impl Committer {
                                     "the store is shutting down".into(),
                                 )));
                             }
-                            Request::Commit { ops, reads, reply } => self.handle(ops, reads, reply),
+                            Request::Commit {
+                                ops,
+                                reads,
+                                reply,
+                                on_durable,
+                            } => self.handle(ops, reads, reply, on_durable),
                             Request::Shutdown { reply } => shutdown = Some(reply),
                         }
                     }
@@ -199,7 +210,13 @@ impl Committer {
         }
     }
 
-    fn handle(&mut self, ops: Vec<Op>, reads: Option<TxReads>, reply: Reply<CommitResult>) {
+    fn handle(
+        &mut self,
+        ops: Vec<Op>,
+        reads: Option<TxReads>,
+        reply: Reply<CommitResult>,
+        on_durable: Option<OnDurable>,
+    ) {
         // Query reads are re-run against the engine, so the group so far must be applied first.
         if reads.as_ref().is_some_and(|r| !r.queries.is_empty()) && !self.pending.is_empty() {
             self.finish_group();
@@ -219,7 +236,7 @@ impl Committer {
             }
         };
         match self.prepare(&ops, reads.as_ref(), commit_time) {
-            Ok(states) => self.stage(states, commit_time, reply),
+            Ok(states) => self.stage(states, commit_time, reply, on_durable),
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
@@ -313,6 +330,7 @@ impl Committer {
         states: Vec<DocChange>,
         commit_time: Timestamp,
         reply: Reply<CommitResult>,
+        on_durable: Option<OnDurable>,
     ) {
         let seq = self.seq + 1;
         let indexes = self.shared.indexes.read();
@@ -381,6 +399,7 @@ impl Committer {
         self.seq = seq;
         self.pending.push(Pending {
             reply,
+            on_durable,
             result: CommitResult {
                 seq,
                 commit_time,
@@ -430,6 +449,17 @@ impl Committer {
             self.dirty = true;
         }
         for p in self.pending.drain(..) {
+            if flush_error.is_none() {
+                if let Some(announce) = p.on_durable {
+                    // A caller's hook must not take the committer down.
+                    let result = &p.result;
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| announce(result)))
+                        .is_err()
+                    {
+                        tracing::error!(seq = result.seq, "an on-durable hook panicked");
+                    }
+                }
+            }
             let _ = self.shared.live.send(p.record);
             let _ = p.reply.send(match &flush_error {
                 None => Ok(p.result),

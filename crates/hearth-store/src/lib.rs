@@ -72,7 +72,8 @@ pub use error::{ChangelogError, StoreError};
 pub use index::{IndexState, IndexStatus};
 pub use planner::MAX_BRANCHES;
 pub use store::{
-    contention_backoff, ConsistencyReport, Store, Transaction, MAX_OPS_PER_COMMIT, MAX_PAGE_SIZE,
+    contention_backoff, ConsistencyReport, OnDurable, Store, Transaction, MAX_OPS_PER_COMMIT,
+    MAX_PAGE_SIZE,
 };
 pub use wal::{WalEngine, WalRecovery};
 

@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::codec;
+pub use crate::committer::OnDurable;
 use crate::committer::{Committer, Op, Request, TxReads};
 use crate::engine::{Engine, SledEngine, WriteBatch};
 use crate::index::{IndexDef, IndexSet, IndexState, IndexStatus};
@@ -218,6 +219,7 @@ impl Store {
         &self,
         ops: Vec<Op>,
         reads: Option<TxReads>,
+        on_durable: Option<OnDurable>,
     ) -> Result<CommitResult, StoreError> {
         if self.inner.closed.load(AtomicOrdering::SeqCst) {
             return Err(StoreError::Unavailable("the store is shutting down".into()));
@@ -228,8 +230,13 @@ impl Store {
             let Some(tx) = guard.as_ref() else {
                 return Err(StoreError::Unavailable("the store is shut down".into()));
             };
-            tx.send(Request::Commit { ops, reads, reply })
-                .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
+            tx.send(Request::Commit {
+                ops,
+                reads,
+                reply,
+                on_durable,
+            })
+            .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
         }
         rx.await
             .map_err(|_| StoreError::Unavailable("the committer stopped".into()))?
@@ -238,8 +245,28 @@ impl Store {
     /// Commits 1..=[`MAX_OPS_PER_COMMIT`] writes atomically (each path at most once).
     pub async fn commit(&self, writes: Vec<Write>) -> Result<CommitResult, StoreError> {
         Self::check_writes(&writes, false)?;
-        self.submit(writes.into_iter().map(Op::Write).collect(), None)
+        self.submit(writes.into_iter().map(Op::Write).collect(), None, None)
             .await
+    }
+
+    /// [`Store::commit`], calling `on_durable` with the result once the
+    /// commit is durable and *before* it is published to the changelog's
+    /// live subscribers (on the committer's thread: it must be quick and
+    /// must not block). A service that answers the writer from the hook
+    /// answers it before anyone watching the changelog live sees the
+    /// commit. Not called when the commit fails.
+    pub async fn commit_with(
+        &self,
+        writes: Vec<Write>,
+        on_durable: OnDurable,
+    ) -> Result<CommitResult, StoreError> {
+        Self::check_writes(&writes, false)?;
+        self.submit(
+            writes.into_iter().map(Op::Write).collect(),
+            None,
+            Some(on_durable),
+        )
+        .await
     }
 
     pub fn get(&self, path: &DocPath) -> Result<Option<Document>, StoreError> {
@@ -404,7 +431,7 @@ impl Store {
             if !paths.insert(doc.path.clone()) || chunk.len() == IMPORT_CHUNK {
                 let n = chunk.len() as u64;
                 if n > 0 {
-                    self.submit(std::mem::take(&mut chunk), None).await?;
+                    self.submit(std::mem::take(&mut chunk), None, None).await?;
                     written += n;
                 }
                 paths.clear();
@@ -414,7 +441,7 @@ impl Store {
         }
         if !chunk.is_empty() {
             let n = chunk.len() as u64;
-            self.submit(chunk, None).await?;
+            self.submit(chunk, None, None).await?;
             written += n;
         }
         Ok(written)
@@ -655,10 +682,32 @@ impl Transaction {
 
     /// Validates the reads and commits the writes atomically (1..=[`MAX_OPS_PER_COMMIT`] writes).
     pub async fn commit(self, writes: Vec<Write>) -> Result<CommitResult, StoreError> {
+        self.commit_inner(writes, None).await
+    }
+
+    /// [`Transaction::commit`] with an on-durable hook, as
+    /// [`Store::commit_with`].
+    pub async fn commit_with(
+        self,
+        writes: Vec<Write>,
+        on_durable: OnDurable,
+    ) -> Result<CommitResult, StoreError> {
+        self.commit_inner(writes, Some(on_durable)).await
+    }
+
+    async fn commit_inner(
+        self,
+        writes: Vec<Write>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<CommitResult, StoreError> {
         Store::check_writes(&writes, false)?;
         let reads = self.reads.into_inner();
         self.store
-            .submit(writes.into_iter().map(Op::Write).collect(), Some(reads))
+            .submit(
+                writes.into_iter().map(Op::Write).collect(),
+                Some(reads),
+                on_durable,
+            )
             .await
     }
 }

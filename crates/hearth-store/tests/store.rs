@@ -629,3 +629,66 @@ async fn engine_failure_fails_the_whole_group_with_internal_and_rolls_back_the_s
     assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
     assert!(store.check_consistency().unwrap().is_consistent());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_with_announces_once_durable_before_the_live_changelog_sees_it() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let announced = Arc::new(AtomicU64::new(0));
+    // A live reader notes, for each record, what had been announced when
+    // it arrived: always that record's commit at least.
+    let mut live = store.changelog().subscribe(store.head_seq());
+    let seen = Arc::clone(&announced);
+    let reader = tokio::spawn(async move {
+        let mut at_receipt = Vec::new();
+        while at_receipt.len() < 20 {
+            let rec = live.next().await.expect("stream").expect("record");
+            at_receipt.push((rec.seq, seen.load(Ordering::SeqCst)));
+        }
+        at_receipt
+    });
+    for i in 1..=20u64 {
+        let a = Arc::clone(&announced);
+        let hook: hearth_store::OnDurable = Box::new(move |r| a.store(r.seq, Ordering::SeqCst));
+        let write = vec![set("rooms/r1", json!({"i": i}))];
+        let r = if i % 2 == 0 {
+            store.commit_with(write, hook).await.unwrap()
+        } else {
+            store.transaction().commit_with(write, hook).await.unwrap()
+        };
+        assert_eq!(announced.load(Ordering::SeqCst), r.seq);
+    }
+    for (seq, announced_then) in reader.await.expect("reader") {
+        assert!(
+            announced_then >= seq,
+            "commit {seq} reached the live changelog before its hook ran"
+        );
+    }
+    // A failed commit announces nothing.
+    let a = Arc::clone(&announced);
+    let before = announced.load(Ordering::SeqCst);
+    let e = store
+        .commit_with(
+            vec![Write::create(path("rooms/r1"), map(json!({})))],
+            Box::new(move |r| a.store(r.seq, Ordering::SeqCst)),
+        )
+        .await;
+    assert!(e.is_err());
+    assert_eq!(announced.load(Ordering::SeqCst), before);
+    // A panicking hook does not take the committer down.
+    let r = store
+        .commit_with(
+            vec![set("rooms/r2", json!({}))],
+            Box::new(|_| panic!("a buggy hook")),
+        )
+        .await
+        .expect("the commit itself succeeds");
+    let next = store
+        .commit(vec![set("rooms/r3", json!({}))])
+        .await
+        .expect("the committer still runs");
+    assert_eq!(next.seq, r.seq + 1);
+}
