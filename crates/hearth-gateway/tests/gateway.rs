@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -828,6 +830,57 @@ match /notes/{id} {
         .await;
     let f = c.recv().await;
     assert_eq!(f["changes"][0]["kind"], "modified", "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_rebuild_fails_ends_and_frees_its_name() {
+    // Readable with any session claim; a new claim makes the gateway
+    // rebuild the subscription, and the store fails the rebuild's read.
+    let rules = r#"
+match /notes/{id} {
+  allow read: if request.auth.token.sid != null;
+  allow write: if request.auth != null;
+}"#;
+    let failing = Arc::new(AtomicBool::new(false));
+    let server = start(Options {
+        access: AccessControl::new(Ruleset::parse(rules).expect("rules parse")),
+        read_faults: Some(Arc::clone(&failing)),
+        ..Options::default()
+    })
+    .await;
+    let mut w = Client::connect(server.addr, Some("user:w")).await;
+    w.write("n1", json!([set("notes/x", json!({"n": 1}))]))
+        .await;
+    let doc = json!({"doc": "notes/x"});
+    let mut c = Client::connect(server.addr, Some("session:u:a")).await;
+    let snap = c.subscribe("s", doc.clone(), None).await;
+    assert_eq!(paths(&snap["docs"]), ["notes/x"]);
+    failing.store(true, Ordering::SeqCst);
+    let id = c.id();
+    c.send(json!({"type": "auth", "id": id, "token": "session:u:b"}))
+        .await;
+    assert_eq!(c.recv().await["type"], "auth_ok");
+    let ended = c.recv().await;
+    assert_eq!(
+        (
+            ended["type"].as_str(),
+            ended["sub"].as_str(),
+            ended.get("id").is_none()
+        ),
+        (Some("error"), Some("s"), true),
+        "{ended}"
+    );
+    failing.store(false, Ordering::SeqCst);
+    // Ended: a change to the document reaches no one, and the name is free.
+    w.write("n2", json!([set("notes/x", json!({"n": 2}))]))
+        .await;
+    let again = c.subscribe("s", doc, None).await;
+    assert_eq!(
+        (again["type"].as_str(), again["sub"].as_str()),
+        (Some("snapshot"), Some("s")),
+        "the name is free again and no frame of the ended subscription came first: {again}"
+    );
+    assert_eq!(again["docs"][0]["fields"]["n"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
