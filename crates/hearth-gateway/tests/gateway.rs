@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -841,12 +840,16 @@ match /notes/{id} {
   allow read: if request.auth.token.sid != null;
   allow write: if request.auth != null;
 }"#;
-    let failing = Arc::new(AtomicBool::new(false));
-    let server = start(Options {
-        access: AccessControl::new(Ruleset::parse(rules).expect("rules parse")),
-        read_faults: Some(Arc::clone(&failing)),
-        ..Options::default()
-    })
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = faulty_engine(dir.path());
+    let server = start_in(
+        dir,
+        Options {
+            access: AccessControl::new(Ruleset::parse(rules).expect("rules parse")),
+            engine: Some(Arc::clone(&engine)),
+            ..Options::default()
+        },
+    )
     .await;
     let mut w = Client::connect(server.addr, Some("user:w")).await;
     w.write("n1", json!([set("notes/x", json!({"n": 1}))]))
@@ -855,7 +858,7 @@ match /notes/{id} {
     let mut c = Client::connect(server.addr, Some("session:u:a")).await;
     let snap = c.subscribe("s", doc.clone(), None).await;
     assert_eq!(paths(&snap["docs"]), ["notes/x"]);
-    failing.store(true, Ordering::SeqCst);
+    engine.fail_reads(true);
     let id = c.id();
     c.send(json!({"type": "auth", "id": id, "token": "session:u:b"}))
         .await;
@@ -870,7 +873,7 @@ match /notes/{id} {
         (Some("error"), Some("s"), true),
         "{ended}"
     );
-    failing.store(false, Ordering::SeqCst);
+    engine.fail_reads(false);
     // Ended: a change to the document reaches no one, and the name is free.
     w.write("n2", json!([set("notes/x", json!({"n": 2}))]))
         .await;

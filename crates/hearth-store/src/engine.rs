@@ -145,6 +145,72 @@ impl Engine for SledEngine {
     }
 }
 
+/// An engine whose reads and writes fail on demand: the errors a healthy
+/// disk never produces, for tests of every layer above the engine (the
+/// committer's rollback, a subscription whose re-read fails). Wraps any
+/// engine; faults are off until switched on.
+pub struct FaultyEngine {
+    inner: std::sync::Arc<dyn Engine>,
+    fail_reads: std::sync::atomic::AtomicBool,
+    fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyEngine {
+    pub fn new(inner: std::sync::Arc<dyn Engine>) -> FaultyEngine {
+        FaultyEngine {
+            inner,
+            fail_reads: Default::default(),
+            fail_writes: Default::default(),
+        }
+    }
+
+    /// While on, `get` and `scan` fail.
+    pub fn fail_reads(&self, on: bool) {
+        self.fail_reads
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// While on, `apply` fails (nothing of the batch is applied).
+    pub fn fail_writes(&self, on: bool) {
+        self.fail_writes
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fault(flag: &std::sync::atomic::AtomicBool) -> Result<(), EngineError> {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EngineError("injected failure".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Engine for FaultyEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Self::fault(&self.fail_reads)?;
+        self.inner.get(key)
+    }
+
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
+        match Self::fault(&self.fail_reads) {
+            Err(e) => Box::new(std::iter::once(Err(e))),
+            Ok(()) => self.inner.scan(start, end, reverse),
+        }
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        Self::fault(&self.fail_writes)?;
+        self.inner.apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        self.inner.flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

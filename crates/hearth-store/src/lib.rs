@@ -67,7 +67,7 @@ pub use config::{
     CompositeIndex, Durability, IndexConfig, IndexExemption, IndexField, IndexMode, IndexScope,
     Retention, StoreConfig,
 };
-pub use engine::{Engine, EngineError, SledEngine};
+pub use engine::{Engine, EngineError, FaultyEngine, SledEngine};
 pub use error::{ChangelogError, StoreError};
 pub use index::{IndexState, IndexStatus};
 pub use planner::MAX_BRANCHES;

@@ -562,52 +562,15 @@ async fn consistency_check_passes_after_a_mixed_workload_with_composite_indexes(
     assert_eq!(report.head, 60);
 }
 
-/// The sled engine with switchable write failures, to exercise the
-/// committer's handling of an engine that rejects a batch.
-struct FailingEngine {
-    inner: hearth_store::SledEngine,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-impl hearth_store::Engine for FailingEngine {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, hearth_store::EngineError> {
-        self.inner.get(key)
-    }
-    fn scan(
-        &self,
-        start: std::ops::Bound<Vec<u8>>,
-        end: std::ops::Bound<Vec<u8>>,
-        reverse: bool,
-    ) -> hearth_store::engine::KvIter<'_> {
-        self.inner.scan(start, end, reverse)
-    }
-    fn apply(
-        &self,
-        batch: hearth_store::engine::WriteBatch,
-    ) -> Result<(), hearth_store::EngineError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(hearth_store::EngineError("injected failure".into()));
-        }
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), hearth_store::EngineError> {
-        self.inner.flush()
-    }
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
-}
-
 #[tokio::test]
 async fn engine_failure_fails_the_whole_group_with_internal_and_rolls_back_the_seq() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = std::sync::Arc::new(FailingEngine {
-        inner: hearth_store::SledEngine::open(dir.path(), 1 << 24).unwrap(),
-        fail: std::sync::atomic::AtomicBool::new(false),
-    });
+    let engine = std::sync::Arc::new(hearth_store::FaultyEngine::new(std::sync::Arc::new(
+        hearth_store::SledEngine::open(dir.path(), 1 << 24).unwrap(),
+    )));
     let store = Store::open_with_engine(StoreConfig::new(dir.path()), engine.clone()).unwrap();
     store.commit(vec![set("f/1", json!({}))]).await.unwrap();
-    engine.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    engine.fail_writes(true);
     let mut tasks = Vec::new();
     for i in 0..8 {
         let s = store.clone();
@@ -619,9 +582,7 @@ async fn engine_failure_fails_the_whole_group_with_internal_and_rolls_back_the_s
         assert_eq!(t.await.unwrap().unwrap_err().code(), ErrorCode::Internal);
     }
     assert_eq!(store.head_seq(), 1);
-    engine
-        .fail
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    engine.fail_writes(false);
     let r = store.commit(vec![set("f/2", json!({}))]).await.unwrap();
     assert_eq!(r.seq, 2, "no gap after a failed group");
     assert!(store.get(&path("f/x0")).unwrap().is_none());

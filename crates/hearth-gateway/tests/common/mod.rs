@@ -5,8 +5,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,10 +12,7 @@ use futures::{SinkExt, StreamExt};
 use hearth_gateway::{router, Authenticated, Authenticator, Gateway, GatewayConfig};
 use hearth_protocol::{ErrorBody, ErrorCode, Timestamp};
 use hearth_rules::{AccessControl, Principal};
-use hearth_store::{
-    engine::{KvIter, WriteBatch},
-    Engine, EngineError, Retention, SledEngine, Store, StoreConfig,
-};
+use hearth_store::{Engine, FaultyEngine, Retention, SledEngine, Store, StoreConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -91,46 +86,9 @@ pub struct Options {
     pub config: GatewayConfig,
     pub access: AccessControl,
     pub retention: Option<Retention>,
-    /// Reads fail while this is set (see [`FaultyEngine`]).
-    pub read_faults: Option<Arc<AtomicBool>>,
-}
-
-/// A sled engine whose reads fail on demand: the store errors that a
-/// healthy test store never produces (a disk that stops answering).
-pub struct FaultyEngine {
-    inner: SledEngine,
-    failing: Arc<AtomicBool>,
-}
-
-impl FaultyEngine {
-    fn fault(&self) -> Result<(), EngineError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(EngineError("injected read fault".into()));
-        }
-        Ok(())
-    }
-}
-
-impl Engine for FaultyEngine {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        self.fault()?;
-        self.inner.get(key)
-    }
-    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
-        match self.fault() {
-            Err(e) => Box::new(std::iter::once(Err(e))),
-            Ok(()) => self.inner.scan(start, end, reverse),
-        }
-    }
-    fn apply(&self, batch: WriteBatch) -> Result<(), EngineError> {
-        self.inner.apply(batch)
-    }
-    fn flush(&self) -> Result<(), EngineError> {
-        self.inner.flush()
-    }
-    fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk()
-    }
+    /// Serve the store over this engine (to inject faults); `None`: sled
+    /// with the write-ahead log, as `hearth serve` runs it.
+    pub engine: Option<Arc<FaultyEngine>>,
 }
 
 impl Default for Options {
@@ -139,7 +97,7 @@ impl Default for Options {
             config: GatewayConfig::default(),
             access: AccessControl::allow_all(),
             retention: None,
-            read_faults: None,
+            engine: None,
         }
     }
 }
@@ -147,6 +105,12 @@ impl Default for Options {
 pub async fn start(opts: Options) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     start_in(dir, opts).await
+}
+
+/// A fault-injecting engine over sled in `dir` (for [`Options::engine`]).
+pub fn faulty_engine(dir: &std::path::Path) -> Arc<FaultyEngine> {
+    let sled = SledEngine::open(dir, 1 << 24).expect("sled opens");
+    Arc::new(FaultyEngine::new(Arc::new(sled)))
 }
 
 pub async fn start_in(dir: tempfile::TempDir, opts: Options) -> Server {
@@ -157,16 +121,9 @@ pub async fn start_in(dir: tempfile::TempDir, opts: Options) -> Server {
     }
     // A previous store on the same directory may still be releasing its lock.
     let mut tries = 0;
-    let open = |sc: StoreConfig| match &opts.read_faults {
+    let open = |sc: StoreConfig| match &opts.engine {
         None => Store::open(sc),
-        Some(failing) => {
-            let inner = SledEngine::open(&sc.data_dir, sc.cache_capacity_bytes)?;
-            let engine = FaultyEngine {
-                inner,
-                failing: Arc::clone(failing),
-            };
-            Store::open_with_engine(sc, Arc::new(engine))
-        }
+        Some(engine) => Store::open_with_engine(sc, Arc::clone(engine) as Arc<dyn Engine>),
     };
     let store = loop {
         match open(sc.clone()) {
