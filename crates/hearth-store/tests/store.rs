@@ -600,10 +600,18 @@ async fn commit_with_announces_once_durable_before_the_live_changelog_sees_it() 
     let store = open(dir.path());
     let announced = Arc::new(AtomicU64::new(0));
     // A live reader notes, for each record, what had been announced when
-    // it arrived: always that record's commit at least.
+    // it arrived: always that record's commit at least. (A stream reads
+    // the disk until it has caught up and then the live broadcast; only the
+    // live part is ordered after the hook, so the reader first catches up
+    // on a warm-up commit and gets time to switch to live.)
     let mut live = store.changelog().subscribe(store.head_seq());
+    let warm = store.commit(vec![set("rooms/w", json!({}))]).await.unwrap();
     let seen = Arc::clone(&announced);
+    let (ready, caught_up) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
+        let rec = live.next().await.expect("stream").expect("record");
+        assert_eq!(rec.seq, warm.seq);
+        let _ = ready.send(());
         let mut at_receipt = Vec::new();
         while at_receipt.len() < 20 {
             let rec = live.next().await.expect("stream").expect("record");
@@ -611,6 +619,8 @@ async fn commit_with_announces_once_durable_before_the_live_changelog_sees_it() 
         }
         at_receipt
     });
+    caught_up.await.expect("the reader caught up");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for i in 1..=20u64 {
         let a = Arc::clone(&announced);
         let hook: hearth_store::OnDurable = Box::new(move |r| a.store(r.seq, Ordering::SeqCst));
