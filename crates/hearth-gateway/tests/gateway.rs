@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use hearth_gateway::GatewayConfig;
 use hearth_protocol::{DocPath, Map, Value as HValue, Write};
-use hearth_rules::{AccessControl, Ruleset};
 use hearth_store::Retention;
 use serde_json::json;
 
@@ -743,9 +742,8 @@ service cloud.firestore {
     }
   }
 }"#;
-    let access = AccessControl::new(Ruleset::parse(rules).expect("rules parse"));
     let server = start(Options {
-        access,
+        access: rules_access(rules),
         ..Options::default()
     })
     .await;
@@ -795,9 +793,8 @@ match /notes/{id} {
   allow read: if request.auth.token.sid == "a";
   allow write: if request.auth != null;
 }"#;
-    let access = AccessControl::new(Ruleset::parse(rules).expect("rules parse"));
     let server = start(Options {
-        access,
+        access: rules_access(rules),
         ..Options::default()
     })
     .await;
@@ -845,7 +842,7 @@ match /notes/{id} {
     let server = start_in(
         dir,
         Options {
-            access: AccessControl::new(Ruleset::parse(rules).expect("rules parse")),
+            access: rules_access(rules),
             engine: Some(Arc::clone(&engine)),
             ..Options::default()
         },

@@ -91,6 +91,11 @@ pub struct Options {
     pub engine: Option<Arc<FaultyEngine>>,
 }
 
+/// Access control from a rules file's text (panics on a parse error).
+pub fn rules_access(rules: &str) -> AccessControl {
+    AccessControl::new(hearth_rules::Ruleset::parse(rules).expect("rules parse"))
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
