@@ -12,6 +12,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 mod matcher;
 mod runner;
 mod schema;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+pub use client::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
 pub use matcher::{matches, substitute, Vars};
 pub use schema::SchemaSet;
 
@@ -52,8 +54,11 @@ pub struct ScenarioResult {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub results: Vec<ScenarioResult>,
-    /// Server frames checked against the JSON Schemas (0 when none were found).
+    /// Frames checked against the JSON Schemas (0 when none were found).
     pub frames_validated: usize,
+    /// Whose frames those are: `""` (the default) for the server's (the
+    /// scenarios), `"client"` for the client checks (both directions).
+    pub frames_direction: &'static str,
     /// Why schema validation was off, if it was.
     pub schema_note: Option<String>,
     /// A problem that prevented running at all (bad folder, unreadable file).
@@ -111,8 +116,13 @@ impl Report {
         match &self.schema_note {
             Some(note) => out.push_str(&format!("schemas: {note}\n")),
             None => out.push_str(&format!(
-                "schemas: {} server frames validated\n",
-                self.frames_validated
+                "schemas: {} {} frames validated\n",
+                self.frames_validated,
+                match self.frames_direction {
+                    "" => "server",
+                    "client" => "client and server",
+                    other => other,
+                }
             )),
         }
         out.push_str(&self.summary_line());
@@ -289,7 +299,7 @@ pub async fn run_with(server_url: &str, scenarios_dir: &Path, options: RunOption
 }
 
 /// Unique enough to keep runs against one server apart.
-fn run_nonce() -> u64 {
+pub(crate) fn run_nonce() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -337,6 +347,21 @@ pub async fn cli(server: &str, scenarios: Option<&Path>, options: RunOptions) ->
     let default_dir = PathBuf::from("sdk-spec/conformance/scenarios");
     let dir = scenarios.unwrap_or(&default_dir);
     let report = run_with(server, dir, options).await;
+    print!("{}", report.render());
+    if report.success() {
+        0
+    } else {
+        1
+    }
+}
+
+/// `hearth conformance --client-driver CMD`: runs the client checks with
+/// the driver `CMD`, prints the report, returns the exit code.
+pub async fn cli_client(server: &str, mut options: ClientRunOptions) -> i32 {
+    if options.schema_dir.is_none() {
+        options.schema_dir = Some(PathBuf::from("sdk-spec/schema"));
+    }
+    let report = run_client_checks(server, options).await;
     print!("{}", report.render());
     if report.success() {
         0

@@ -71,6 +71,11 @@ enum Command {
         /// Speak the MessagePack encoding (`hearth.v1.msgpack`) instead of JSON.
         #[arg(long)]
         msgpack: bool,
+        /// Check a client SDK instead of the server: run the client checks
+        /// (sdk-spec/conformance/CLIENT.md) with this driver command, e.g.
+        /// "cargo run -q -p hearth-client --bin hearth-client-driver". Needs --admin-key.
+        #[arg(long, value_name = "COMMAND")]
+        client_driver: Option<String>,
     },
 }
 
@@ -213,6 +218,33 @@ fn main() -> ExitCode {
                 capabilities,
                 filter,
                 msgpack,
+                client_driver: Some(driver),
+            } => {
+                let Some(admin_key) = admin_key else {
+                    return Err("--client-driver needs --admin-key (or HEARTH_ADMIN_KEY): the checks make changes over REST".to_string());
+                };
+                let options = hearth_conformance::ClientRunOptions {
+                    admin_key,
+                    driver,
+                    schema_dir: scenarios.map(|dir| dir.join("../../schema")),
+                    capabilities,
+                    filter,
+                    msgpack,
+                };
+                if hearth_conformance::cli_client(&server, options).await == 0 {
+                    Ok(())
+                } else {
+                    Err("client conformance checks failed".to_string())
+                }
+            }
+            Command::Conformance {
+                server,
+                admin_key,
+                scenarios,
+                capabilities,
+                filter,
+                msgpack,
+                client_driver: None,
             } => {
                 let options = hearth_conformance::RunOptions {
                     admin_key,

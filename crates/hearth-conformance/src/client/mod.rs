@@ -1,0 +1,1031 @@
+//! Client conformance: checks a client SDK, not a server.
+//!
+//! The server scenarios prove what a server sends; an SDK author also needs
+//! to prove what their *client* does with it: that its views equal the
+//! server's query results through every change, that it resumes after a
+//! network failure without losing or repeating a change, that a write whose
+//! answer was lost is retried under the same mutation id and applied once,
+//! that it shows its own writes at once, queues them offline, backs off,
+//! answers pings and refreshes its token on the live socket.
+//!
+//! The SDK is driven through a small program written with it, the
+//! *driver* (`sdk-spec/conformance/CLIENT.md` specifies its line protocol;
+//! `hearth-client-driver` is the Rust SDK's). Each check starts a fresh
+//! driver and a fresh [`proxy::Proxy`] between it and a live server, makes
+//! side effects over REST with the admin key, breaks the network through
+//! the proxy, and compares what the driver reports with the server's REST
+//! answers and with the frames the proxy saw. Every frame the client sends
+//! is validated against `sdk-spec/schema/`.
+
+mod driver;
+mod proxy;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+
+use crate::schema::SchemaSet;
+use crate::{server_urls, Outcome, Report, ScenarioResult};
+use driver::{doc_path, Driver, Snapshot};
+use proxy::Proxy;
+
+/// Upper bound for one check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a converging view may take after the last side effect.
+const SETTLE: Duration = Duration::from_secs(15);
+const SHORT: Duration = Duration::from_secs(5);
+
+/// The client checks, in order: `(name, required server capability)`.
+pub const CLIENT_CHECKS: [(&str, Option<&str>); 12] = [
+    ("client-01-handshake", None),
+    ("client-02-live-query", None),
+    ("client-03-document", None),
+    ("client-04-limit-window", None),
+    ("client-05-resume-without-loss", None),
+    ("client-06-retry-lost-answer", None),
+    ("client-07-latency-compensation", None),
+    ("client-08-offline-queue", None),
+    ("client-09-backoff", None),
+    ("client-10-heartbeat", None),
+    ("client-11-token-refresh", None),
+    ("client-12-reset-past-retention", Some("tiny-retention")),
+];
+
+/// What to run the client checks with.
+#[derive(Debug, Clone, Default)]
+pub struct ClientRunOptions {
+    /// The server's admin key (required: checks make REST side effects).
+    pub admin_key: String,
+    /// The driver, run with `sh -c`.
+    pub driver: String,
+    /// Where the JSON Schemas are (`sdk-spec/schema`); `None`: no validation.
+    pub schema_dir: Option<std::path::PathBuf>,
+    /// Server capabilities beyond the defaults (`tiny-retention`).
+    pub capabilities: Vec<String>,
+    /// Run only checks whose name contains this text.
+    pub filter: Option<String>,
+    /// Ask the driver to speak `hearth.v1.msgpack`.
+    pub msgpack: bool,
+}
+
+/// Runs every client check against the server at `server_url`.
+pub async fn run_client_checks(server_url: &str, options: ClientRunOptions) -> Report {
+    let mut report = Report {
+        frames_direction: "client",
+        ..Report::default()
+    };
+    let (http_url, ws_url) = server_urls(server_url);
+    let schemas = match &options.schema_dir {
+        None => None,
+        Some(dir) => match SchemaSet::load(dir) {
+            Ok(Some(set)) => Some(Arc::new(set)),
+            Ok(None) => {
+                report.schema_note =
+                    Some(format!("not validated ({} does not exist)", dir.display()));
+                None
+            }
+            Err(e) => {
+                report.setup_error = Some(format!("schemas: {e}"));
+                return report;
+            }
+        },
+    };
+    let rest = match Rest::new(&http_url, &options.admin_key) {
+        Ok(rest) => rest,
+        Err(e) => {
+            report.setup_error = Some(e);
+            return report;
+        }
+    };
+    let nonce = crate::run_nonce();
+    let mut anonymous: Option<Json> = None;
+    for (index, (name, requires)) in CLIENT_CHECKS.iter().enumerate() {
+        if options
+            .filter
+            .as_ref()
+            .is_some_and(|f| !name.contains(f.as_str()))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        if let Some(capability) = requires {
+            if !options.capabilities.iter().any(|c| c == capability) {
+                report.results.push(ScenarioResult {
+                    name: name.to_string(),
+                    file: std::path::PathBuf::from("sdk-spec/conformance/CLIENT.md"),
+                    outcome: Outcome::Skipped(format!(
+                        "needs a server with capability `{capability}` (see README.md)"
+                    )),
+                    duration: started.elapsed(),
+                });
+                continue;
+            }
+        }
+        let outcome =
+            match Check::start(&ws_url, &rest, &options, schemas.clone(), nonce, index).await {
+                Err(e) => Outcome::Failed {
+                    reason: e,
+                    transcript: Vec::new(),
+                },
+                Ok(mut check) => {
+                    let result =
+                        tokio::time::timeout(CHECK_TIMEOUT, check.run(name, &mut anonymous)).await;
+                    let result = match result {
+                        Ok(result) => result.and_then(|()| check.wire_rules()),
+                        Err(_) => Err(format!("did not finish within {CHECK_TIMEOUT:?}")),
+                    };
+                    report.frames_validated += check.proxy.frames_validated();
+                    let transcript = check.transcript();
+                    check.driver.close().await;
+                    match result {
+                        Ok(()) => Outcome::Passed,
+                        Err(reason) => Outcome::Failed { reason, transcript },
+                    }
+                }
+            };
+        report.results.push(ScenarioResult {
+            name: name.to_string(),
+            file: std::path::PathBuf::from("sdk-spec/conformance/CLIENT.md"),
+            outcome,
+            duration: started.elapsed(),
+        });
+    }
+    report
+}
+
+/// The admin's REST side effects and the server's answers to compare with.
+#[derive(Clone)]
+struct Rest {
+    http: reqwest::Client,
+    base: String,
+    admin_key: String,
+}
+
+impl Rest {
+    fn new(base: &str, admin_key: &str) -> Result<Rest, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Rest {
+            http,
+            base: base.to_string(),
+            admin_key: admin_key.to_string(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Json>,
+        bearer: Option<&str>,
+    ) -> Result<Json, String> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status();
+        let body: Json = response.json().await.unwrap_or(Json::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{method} {path}: HTTP {status}: {body}"))
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Json>,
+    ) -> Result<Json, String> {
+        let key = self.admin_key.clone();
+        self.call(method, path, body, Some(&key)).await
+    }
+
+    /// Commits `writes` as one batch.
+    async fn batch(&self, writes: Json) -> Result<Json, String> {
+        self.admin(
+            reqwest::Method::POST,
+            "/v1/batch",
+            Some(json!({ "writes": writes })),
+        )
+        .await
+    }
+
+    /// `(path, fields)` of the query's result, in order.
+    async fn query(&self, query: &Json) -> Result<Vec<(String, Json)>, String> {
+        let answer = self
+            .admin(reqwest::Method::POST, "/v1/query", Some(query.clone()))
+            .await?;
+        Ok(answer
+            .get("documents")
+            .and_then(Json::as_array)
+            .map(|docs| {
+                docs.iter()
+                    .map(|d| (doc_path(d), d.get("fields").cloned().unwrap_or(Json::Null)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn get(&self, path: &str) -> Result<Json, String> {
+        self.admin(reqwest::Method::GET, &format!("/v1/db/{path}"), None)
+            .await
+    }
+}
+
+/// One check's world: a fresh proxy, a fresh driver, its own collection.
+struct Check {
+    rest: Rest,
+    proxy: Proxy,
+    driver: Driver,
+    admin_key: String,
+    msgpack: bool,
+    /// A collection no other check or run touches.
+    collection: String,
+}
+
+impl Check {
+    async fn start(
+        ws_url: &str,
+        rest: &Rest,
+        options: &ClientRunOptions,
+        schemas: Option<Arc<SchemaSet>>,
+        nonce: u64,
+        index: usize,
+    ) -> Result<Check, String> {
+        let proxy = Proxy::start(ws_url, schemas).await?;
+        let driver = Driver::spawn(&options.driver)?;
+        Ok(Check {
+            rest: rest.clone(),
+            proxy,
+            driver,
+            admin_key: options.admin_key.clone(),
+            msgpack: options.msgpack,
+            collection: format!("conformance_client_{nonce}_{index:02}"),
+        })
+    }
+
+    async fn run(&mut self, name: &str, anonymous: &mut Option<Json>) -> Result<(), String> {
+        match name {
+            "client-01-handshake" => self.handshake().await,
+            "client-02-live-query" => self.live_query().await,
+            "client-03-document" => self.document().await,
+            "client-04-limit-window" => self.limit_window().await,
+            "client-05-resume-without-loss" => self.resume_without_loss().await,
+            "client-06-retry-lost-answer" => self.retry_lost_answer().await,
+            "client-07-latency-compensation" => self.latency_compensation().await,
+            "client-08-offline-queue" => self.offline_queue().await,
+            "client-09-backoff" => self.backoff().await,
+            "client-10-heartbeat" => self.heartbeat().await,
+            "client-11-token-refresh" => self.token_refresh(anonymous).await,
+            "client-12-reset-past-retention" => self.reset_past_retention().await,
+            other => Err(format!("unknown check {other}")),
+        }
+    }
+
+    /// The last frames through the proxy and the driver's stderr, for a
+    /// failure report.
+    fn transcript(&self) -> Vec<String> {
+        let frames = self.proxy.frames();
+        let mut lines: Vec<String> = frames
+            .iter()
+            .skip(frames.len().saturating_sub(12))
+            .map(|f| {
+                let arrow = if f.from_client {
+                    "client →"
+                } else {
+                    "← server"
+                };
+                let mut text = f.frame.to_string();
+                if text.len() > 300 {
+                    let cut = (0..=300)
+                        .rev()
+                        .find(|i| text.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                format!("[conn {}] {arrow} {text}", f.conn)
+            })
+            .collect();
+        lines.extend(
+            self.driver
+                .stderr_tail()
+                .into_iter()
+                .map(|l| format!("driver stderr: {l}")),
+        );
+        lines
+    }
+
+    /// Rules every check enforces on what it saw: valid frames, `hello`
+    /// first on every connection, a well-behaved driver.
+    fn wire_rules(&self) -> Result<(), String> {
+        if let Some(v) = self.proxy.violations().first() {
+            return Err(v.clone());
+        }
+        if let Some(v) = self.driver.violations.first() {
+            return Err(format!("driver: {v}"));
+        }
+        let frames = self.proxy.client_frames();
+        for conn in 1..=self.proxy.connections() {
+            if let Some(first) = frames.iter().find(|f| f.conn == conn) {
+                if kind(&first.frame) != "hello" {
+                    return Err(format!(
+                        "the first frame on connection {conn} must be `hello`, was {}",
+                        first.frame
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self, token: Option<&str>) -> Result<(), String> {
+        let mut args = json!({"url": self.proxy.ws_url()});
+        if let Some(token) = token {
+            args["token"] = json!(token);
+        }
+        if self.msgpack {
+            args["encoding"] = json!("msgpack");
+        }
+        self.driver
+            .request("connect", args, Duration::from_secs(20))
+            .await
+            .map(drop)
+    }
+
+    async fn connect_admin(&mut self) -> Result<(), String> {
+        let key = self.admin_key.clone();
+        self.connect(Some(&key)).await
+    }
+
+    fn doc(&self, id: &str) -> String {
+        format!("{}/{id}", self.collection)
+    }
+
+    /// The collection ordered by `n`.
+    fn ordered_query(&self) -> Json {
+        json!({"collection": self.collection, "order_by": [{"field": "n", "direction": "asc"}]})
+    }
+
+    async fn subscribe(&mut self, sub: &str, target: Json) -> Result<(), String> {
+        self.driver
+            .request("subscribe", json!({"sub": sub, "target": target}), SHORT)
+            .await
+            .map(drop)
+    }
+
+    /// Waits until `sub`'s view equals the REST answer to `query`, with no
+    /// pending writes.
+    async fn converge(&mut self, sub: &str, query: &Json, what: &str) -> Result<Snapshot, String> {
+        let expected = self.rest.query(query).await?;
+        self.driver
+            .wait_snapshot(sub, SETTLE, what, |s| {
+                s.contents() == expected && !s.has_pending_writes
+            })
+            .await
+    }
+
+    async fn handshake(&mut self) -> Result<(), String> {
+        self.connect_admin().await?;
+        let frames = self.proxy.client_frames();
+        let hello = frames.first().ok_or("the client sent no frame")?;
+        if kind(&hello.frame) != "hello" || hello.frame.get("protocol") != Some(&json!(1)) {
+            return Err(format!(
+                "the first frame must be hello with protocol 1, was {}",
+                hello.frame
+            ));
+        }
+        if hello.frame.get("token").and_then(Json::as_str) != Some(self.admin_key.as_str()) {
+            return Err("hello must carry the credential it was given".into());
+        }
+        Ok(())
+    }
+
+    async fn live_query(&mut self) -> Result<(), String> {
+        self.rest
+            .batch(json!([
+                {"op": "set", "path": self.doc("a"), "data": {"n": 10}},
+                {"op": "set", "path": self.doc("b"), "data": {"n": 20}},
+                {"op": "set", "path": self.doc("c"), "data": {"n": 30}},
+            ]))
+            .await?;
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        let first = self.converge("q", &query, "the initial result").await?;
+        if first.paths() != [self.doc("a"), self.doc("b"), self.doc("c")] {
+            return Err(format!("wrong initial order {:?}", first.paths()));
+        }
+        let steps = [
+            (
+                "an added document",
+                json!([{"op": "set", "path": self.doc("d"), "data": {"n": 25}}]),
+            ),
+            (
+                "a document moving",
+                json!([{"op": "update", "path": self.doc("b"), "fields": {"n": 35}}]),
+            ),
+            (
+                "a modified document",
+                json!([{"op": "update", "path": self.doc("c"), "fields": {"label": "x"}}]),
+            ),
+            (
+                "a removed document",
+                json!([{"op": "delete", "path": self.doc("a")}]),
+            ),
+            (
+                "one commit touching three documents",
+                json!([
+                    {"op": "delete", "path": self.doc("d")},
+                    {"op": "set", "path": self.doc("e"), "data": {"n": 1}},
+                    {"op": "update", "path": self.doc("c"), "fields": {"n": 40}},
+                ]),
+            ),
+        ];
+        for (what, writes) in steps {
+            let seen_before = self.driver.snapshots.get("q").map_or(0, Vec::len);
+            self.rest.batch(writes).await?;
+            self.converge("q", &query, what).await?;
+            // A commit is atomic: no snapshot may show part of it.
+            let history = &self.driver.snapshots["q"][seen_before..];
+            if history.len() > 1 {
+                return Err(format!(
+                    "{what}: one commit produced {} snapshots (a state that never existed)",
+                    history.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn document(&mut self) -> Result<(), String> {
+        self.connect_admin().await?;
+        let path = self.doc("one");
+        self.subscribe("d", json!({ "doc": path })).await?;
+        self.driver
+            .wait_snapshot(
+                "d",
+                SETTLE,
+                "the empty snapshot of a missing document",
+                |s| s.docs.is_empty(),
+            )
+            .await?;
+        self.rest
+            .batch(json!([{"op": "set", "path": path, "data": {"n": 1}}]))
+            .await?;
+        self.driver
+            .wait_snapshot("d", SETTLE, "the created document", |s| {
+                s.contents() == [(path.clone(), json!({"n": 1}))]
+            })
+            .await?;
+        self.rest
+            .batch(json!([{"op": "update", "path": path, "fields": {"n": 2}}]))
+            .await?;
+        self.driver
+            .wait_snapshot("d", SETTLE, "the modified document", |s| {
+                s.contents() == [(path.clone(), json!({"n": 2}))]
+            })
+            .await?;
+        self.rest
+            .batch(json!([{"op": "delete", "path": path}]))
+            .await?;
+        self.driver
+            .wait_snapshot("d", SETTLE, "the deletion", |s| s.docs.is_empty())
+            .await?;
+        Ok(())
+    }
+
+    async fn limit_window(&mut self) -> Result<(), String> {
+        let writes: Vec<Json> = (1..=5)
+            .map(|n| json!({"op": "set", "path": self.doc(&format!("w{n}")), "data": {"n": n}}))
+            .collect();
+        self.rest.batch(Json::Array(writes)).await?;
+        self.connect_admin().await?;
+        let mut query = self.ordered_query();
+        query["limit"] = json!(2);
+        self.subscribe("top", json!({ "query": query })).await?;
+        self.converge("top", &query, "the first two").await?;
+        self.rest
+            .batch(json!([{"op": "delete", "path": self.doc("w1")}]))
+            .await?;
+        let next = self
+            .converge("top", &query, "the next document entering the window")
+            .await?;
+        if next.paths() != [self.doc("w2"), self.doc("w3")] {
+            return Err(format!("window after a removal: {:?}", next.paths()));
+        }
+        self.rest
+            .batch(json!([{"op": "set", "path": self.doc("w0"), "data": {"n": 0}}]))
+            .await?;
+        let pushed = self
+            .converge("top", &query, "a new first document pushing one out")
+            .await?;
+        if pushed.paths() != [self.doc("w0"), self.doc("w2")] {
+            return Err(format!("window after an insertion: {:?}", pushed.paths()));
+        }
+        Ok(())
+    }
+
+    async fn resume_without_loss(&mut self) -> Result<(), String> {
+        const WRITES: usize = 40;
+        const DROPS: usize = 8;
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        let rest = self.rest.clone();
+        let paths: Vec<String> = (0..WRITES).map(|i| self.doc(&format!("m{i:03}"))).collect();
+        let to_write = paths.clone();
+        let writer = tokio::spawn(async move {
+            for (i, path) in to_write.iter().enumerate() {
+                rest.batch(json!([{"op": "create", "path": path, "data": {"n": i}}]))
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok::<(), String>(())
+        });
+        for _ in 0..DROPS {
+            self.driver.drain_for(Duration::from_millis(120)).await;
+            self.proxy.drop_all();
+        }
+        writer.await.map_err(|e| e.to_string())??;
+        let last = self.converge("q", &query, "every written document").await?;
+        if last.paths() != paths {
+            return Err(format!("final view {:?}", last.paths()));
+        }
+        if self.proxy.connections() < 3 {
+            return Err(format!(
+                "expected the client to reconnect after the drops; it opened {} connections",
+                self.proxy.connections()
+            ));
+        }
+        // Every state shown existed: documents are created in `n` order, so
+        // each view is a prefix of the final one, and views never go back.
+        let mut shown = 0;
+        let mut added: std::collections::BTreeMap<String, usize> = Default::default();
+        for snapshot in &self.driver.snapshots["q"] {
+            let view = snapshot.paths();
+            if view.len() > paths.len() || view[..] != paths[..view.len()] {
+                return Err(format!("a view that never existed: {view:?}"));
+            }
+            if view.len() < shown {
+                return Err(format!(
+                    "the view went back from {shown} to {} documents",
+                    view.len()
+                ));
+            }
+            shown = view.len();
+            for change in &snapshot.changes {
+                if kind_of_change(change) == "added" {
+                    *added.entry(change_path(change)).or_default() += 1;
+                }
+            }
+        }
+        if let Some((path, n)) = added.iter().find(|(_, n)| **n != 1) {
+            return Err(format!("{path} was reported added {n} times"));
+        }
+        self.check_resume_tokens(&json!({ "query": query }))
+    }
+
+    /// Every re-subscription to `target` on a later connection carries a
+    /// resume token the server sent for it, when the client had received
+    /// one (with 200 ms to spare) before its previous connection ended.
+    fn check_resume_tokens(&self, target: &Json) -> Result<(), String> {
+        let frames = self.proxy.frames();
+        let mut subs: Vec<String> = Vec::new();
+        let mut tokens_sent: Vec<(String, Instant)> = Vec::new();
+        let mut checked = 0;
+        for frame in &frames {
+            let f = &frame.frame;
+            if frame.from_client && kind(f) == "subscribe" && f.get("target") == Some(target) {
+                if let Some(sub) = f.get("sub").and_then(Json::as_str) {
+                    subs.push(sub.to_string());
+                }
+                if frame.conn > 1 {
+                    let previous_end = self.proxy.ended(frame.conn - 1);
+                    let had_token = tokens_sent.iter().any(|(_, at)| {
+                        previous_end.is_some_and(|end| *at + Duration::from_millis(200) < end)
+                    });
+                    match f.get("resume").and_then(Json::as_str) {
+                        Some(token) if tokens_sent.iter().any(|(t, _)| t == token) => checked += 1,
+                        Some(token) => {
+                            return Err(format!(
+                                "resubscribed with a resume token the server never sent: {token}"
+                            ))
+                        }
+                        None if had_token => {
+                            return Err(format!(
+                                "resubscribed on connection {} without its resume token: {f}",
+                                frame.conn
+                            ))
+                        }
+                        None => {}
+                    }
+                }
+            } else if !frame.from_client
+                && matches!(kind(f), "snapshot" | "changes")
+                && f.get("sub")
+                    .and_then(Json::as_str)
+                    .is_some_and(|s| subs.iter().any(|x| x == s))
+            {
+                if let Some(token) = f.get("resume").and_then(Json::as_str) {
+                    tokens_sent.push((token.to_string(), frame.at));
+                }
+            }
+        }
+        if checked == 0 {
+            return Err("no re-subscription carried a resume token".into());
+        }
+        Ok(())
+    }
+
+    async fn retry_lost_answer(&mut self) -> Result<(), String> {
+        const WRITES: usize = 3;
+        let counter = self.doc("counter");
+        self.rest
+            .batch(json!([{"op": "set", "path": counter, "data": {"n": 0}}]))
+            .await?;
+        self.connect_admin().await?;
+        self.subscribe("c", json!({ "doc": counter })).await?;
+        self.driver
+            .wait_snapshot("c", SETTLE, "the counter at 0", |s| {
+                s.contents() == [(counter.clone(), json!({"n": 0}))]
+            })
+            .await?;
+        self.proxy.lose_answers(true);
+        for i in 0..WRITES {
+            let increment = json!([{"op": "merge", "path": counter,
+                "transforms": [{"field": "n", "transform": "increment", "value": 1}]}]);
+            let id = self
+                .driver
+                .send("write", json!({ "writes": increment }))
+                .await?;
+            match self.driver.reply(id, SETTLE).await? {
+                Ok(_) => {}
+                Err(e) => return Err(format!("write {i} whose answer was lost failed: {e}")),
+            }
+        }
+        let stored = self.rest.get(&counter).await?;
+        if stored.get("fields") != Some(&json!({ "n": WRITES })) {
+            return Err(format!(
+                "{WRITES} increments whose answers were lost left {stored}: a retry must reuse its mutation id"
+            ));
+        }
+        let mut sent: std::collections::BTreeMap<String, Vec<Json>> = Default::default();
+        for frame in self.proxy.client_frames() {
+            if kind(&frame.frame) == "write" {
+                let id = frame
+                    .frame
+                    .get("mutation_id")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default();
+                sent.entry(id.to_string())
+                    .or_default()
+                    .push(frame.frame.get("writes").cloned().unwrap_or(Json::Null));
+            }
+        }
+        if sent.len() != WRITES {
+            return Err(format!(
+                "expected {WRITES} mutation ids, the client used {}",
+                sent.len()
+            ));
+        }
+        for (id, copies) in &sent {
+            if copies.len() < 2 {
+                return Err(format!(
+                    "mutation {id} was not retried after its answer was lost"
+                ));
+            }
+            if copies.iter().any(|w| w != &copies[0]) {
+                return Err(format!("mutation {id} was retried with different writes"));
+            }
+        }
+        self.driver
+            .wait_snapshot("c", SETTLE, "the counter at the number of writes", |s| {
+                s.contents() == [(counter.clone(), json!({ "n": WRITES }))] && !s.has_pending_writes
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn latency_compensation(&mut self) -> Result<(), String> {
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        let path = self.doc("mine");
+        self.proxy.hold(true);
+        let id = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [{"op": "set", "path": path, "data": {"n": 7}}]}),
+            )
+            .await?;
+        let shown = self
+            .driver
+            .wait_snapshot(
+                "q",
+                SHORT,
+                "the client's own write, flagged pending, before the server answers",
+                |s| {
+                    s.doc(&path)
+                        .is_some_and(|d| d.get("pending") == Some(&json!(true)))
+                        && s.has_pending_writes
+                },
+            )
+            .await;
+        let answered_early = self.driver.has_reply(id);
+        self.proxy.hold(false);
+        let shown = shown?;
+        if shown.contents() != [(path.clone(), json!({"n": 7}))] {
+            return Err(format!("the local view is {:?}", shown.contents()));
+        }
+        if answered_early {
+            return Err(
+                "the write was reported done while the server's answer was held back".into(),
+            );
+        }
+        self.driver
+            .reply(id, SETTLE)
+            .await?
+            .map_err(|e| format!("the write failed: {e}"))?;
+        let confirmed = self.converge("q", &query, "the write confirmed").await?;
+        if confirmed
+            .docs
+            .iter()
+            .any(|d| d.get("pending") == Some(&json!(true)))
+        {
+            return Err("a confirmed document is still flagged pending".into());
+        }
+        Ok(())
+    }
+
+    async fn offline_queue(&mut self) -> Result<(), String> {
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        self.proxy.refuse(true);
+        self.proxy.drop_all();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let write =
+                json!([{"op": "create", "path": self.doc(&format!("off{i}")), "data": {"n": i}}]);
+            ids.push(
+                self.driver
+                    .send("write", json!({ "writes": write }))
+                    .await?,
+            );
+        }
+        self.driver
+            .wait_snapshot("q", SHORT, "three offline writes shown as pending", |s| {
+                s.docs.len() == 3
+                    && s.docs
+                        .iter()
+                        .all(|d| d.get("pending") == Some(&json!(true)))
+            })
+            .await?;
+        self.driver.drain_for(Duration::from_millis(800)).await;
+        if let Some(id) = ids.iter().find(|id| self.driver.has_reply(**id)) {
+            return Err(format!(
+                "command {id} was answered while the server was unreachable"
+            ));
+        }
+        if !self.rest.query(&query).await?.is_empty() {
+            return Err("a write reached the server while it was unreachable".into());
+        }
+        self.proxy.refuse(false);
+        for id in ids {
+            self.driver
+                .reply(id, Duration::from_secs(40))
+                .await?
+                .map_err(|e| format!("an offline write failed after reconnecting: {e}"))?;
+        }
+        let done = self
+            .converge("q", &query, "the offline writes confirmed")
+            .await?;
+        if done.docs.len() != 3 {
+            return Err(format!(
+                "expected 3 documents, the server has {:?}",
+                done.paths()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn backoff(&mut self) -> Result<(), String> {
+        const REFUSED_FOR: Duration = Duration::from_secs(6);
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        self.proxy.refuse(true);
+        let cut = Instant::now();
+        self.proxy.drop_all();
+        self.driver.drain_for(REFUSED_FOR).await;
+        let attempts = self.proxy.attempts().iter().filter(|t| **t > cut).count();
+        if attempts < 2 {
+            return Err(format!(
+                "{attempts} reconnect attempt(s) in {REFUSED_FOR:?}: the client must keep trying"
+            ));
+        }
+        if attempts > 30 {
+            return Err(format!(
+                "{attempts} reconnect attempts in {REFUSED_FOR:?}: back off exponentially between failed attempts"
+            ));
+        }
+        self.proxy.refuse(false);
+        self.rest
+            .batch(json!([{"op": "set", "path": self.doc("after"), "data": {"n": 1}}]))
+            .await?;
+        let expected = self.rest.query(&query).await?;
+        self.driver
+            .wait_snapshot(
+                "q",
+                Duration::from_secs(45),
+                "the change made while it was away",
+                |s| s.contents() == expected,
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), String> {
+        self.connect_admin().await?;
+        let (conn, id) = self
+            .proxy
+            .inject_ping()
+            .ok_or("no live connection to ping on")?;
+        let deadline = Instant::now() + SHORT;
+        while Instant::now() < deadline {
+            if self
+                .proxy
+                .injected_pongs()
+                .iter()
+                .any(|(c, i, _)| *c == conn && *i == id)
+            {
+                return Ok(());
+            }
+            self.driver.drain_for(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "no pong with id {id} within {SHORT:?} of the server's ping"
+        ))
+    }
+
+    async fn token_refresh(&mut self, anonymous: &mut Option<Json>) -> Result<(), String> {
+        let tokens = match anonymous.take() {
+            Some(tokens) => tokens,
+            None => {
+                self.rest
+                    .call(
+                        reqwest::Method::POST,
+                        "/v1/auth/anonymous",
+                        Some(json!({})),
+                        None,
+                    )
+                    .await?
+            }
+        };
+        let field = |t: &Json, k: &str| t.get(k).and_then(Json::as_str).map(str::to_string);
+        let access =
+            field(&tokens, "access_token").ok_or("no access_token from /v1/auth/anonymous")?;
+        let refresh =
+            field(&tokens, "refresh_token").ok_or("no refresh_token from /v1/auth/anonymous")?;
+        self.connect(Some(&access)).await?;
+        // Default rules deny an anonymous user: errors reach the application.
+        self.subscribe("denied", json!({"query": self.ordered_query()}))
+            .await?;
+        self.driver
+            .wait_snapshot("denied", SHORT, "the subscription's error", |_| false)
+            .await
+            .err()
+            .filter(|e| e.contains("permission-denied"))
+            .ok_or("a subscription the rules deny must end with permission-denied")?;
+        let refreshed = self
+            .rest
+            .call(
+                reqwest::Method::POST,
+                "/v1/auth/refresh",
+                Some(json!({ "refresh_token": refresh })),
+                None,
+            )
+            .await?;
+        *anonymous = Some(refreshed.clone());
+        let fresh =
+            field(&refreshed, "access_token").ok_or("no access_token from /v1/auth/refresh")?;
+        self.driver
+            .request("set_token", json!({ "token": fresh }), SHORT)
+            .await?;
+        let sent = self.proxy.client_frames().into_iter().find(|f| {
+            kind(&f.frame) == "auth"
+                && f.frame.get("token").and_then(Json::as_str) == Some(fresh.as_str())
+        });
+        match sent {
+            Some(frame) if frame.conn == 1 && self.proxy.connections() == 1 => Ok(()),
+            Some(frame) => Err(format!(
+                "the token was sent on connection {} of {}: refresh it on the live socket with `auth`",
+                frame.conn,
+                self.proxy.connections()
+            )),
+            None => Err("no `auth` frame carried the new token".into()),
+        }
+    }
+
+    async fn reset_past_retention(&mut self) -> Result<(), String> {
+        self.rest
+            .batch(json!([
+                {"op": "set", "path": self.doc("a"), "data": {"n": 1}},
+                {"op": "set", "path": self.doc("b"), "data": {"n": 2}},
+            ]))
+            .await?;
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.converge("q", &query, "the initial result").await?;
+        self.proxy.refuse(true);
+        self.proxy.drop_all();
+        self.rest
+            .batch(json!([
+                {"op": "delete", "path": self.doc("a")},
+                {"op": "set", "path": self.doc("c"), "data": {"n": 3}},
+            ]))
+            .await?;
+        let other = format!("{}_filler/f", self.collection);
+        for i in 0..30 {
+            self.rest
+                .batch(json!([{"op": "set", "path": other, "data": {"i": i}}]))
+                .await?;
+        }
+        self.driver.drain_for(Duration::from_millis(700)).await;
+        self.proxy.refuse(false);
+        let last = self
+            .converge("q", &query, "the current result after a reset")
+            .await?;
+        if last.paths() != [self.doc("b"), self.doc("c")] {
+            return Err(format!("after the reset the view is {:?}", last.paths()));
+        }
+        let reset_sent = self.proxy.frames().iter().any(|f| {
+            !f.from_client
+                && kind(&f.frame) == "snapshot"
+                && f.frame.get("reset") == Some(&json!(true))
+        });
+        if !reset_sent {
+            return Err(
+                "the server never sent a reset snapshot: is it configured with tiny retention?"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn kind(frame: &Json) -> &str {
+    frame.get("type").and_then(Json::as_str).unwrap_or_default()
+}
+
+fn kind_of_change(change: &Json) -> &str {
+    change
+        .get("kind")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+}
+
+fn change_path(change: &Json) -> String {
+    change
+        .get("path")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string()
+}

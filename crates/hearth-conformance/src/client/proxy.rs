@@ -1,0 +1,468 @@
+//! A WebSocket proxy between the client under test and the server.
+//!
+//! The client checks need to see what a client sends and to break its
+//! network on cue, which neither the client nor the server can do for
+//! them. The proxy accepts the client's WebSocket on loopback, opens one to
+//! the server with the same subprotocol, and forwards frames both ways
+//! while it:
+//! - logs and schema-checks every frame (both directions, decoded from
+//!   JSON text or MessagePack binary);
+//! - drops every live connection on demand (both TCP connections closed
+//!   without a close frame: a network failure as the client sees it);
+//! - refuses new connections on demand (TCP accepted, then closed before
+//!   the upgrade), recording each attempt's time;
+//! - holds the server's frames back and releases them in order (a slow
+//!   network), and injects its own `ping` frames, swallowing their `pong`s;
+//! - loses the answer to a write: it forwards a `write`/`transaction`
+//!   with a mutation id it has not seen before, swallows the server's
+//!   answer to it and drops the connection, so the client must retry a
+//!   mutation the server has already applied.
+//!
+//! WebSocket-level pings are answered by each side's own library and not
+//! forwarded.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value as Json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::schema::SchemaSet;
+
+/// Ids of the proxy's own `ping` frames start here, far above what a server
+/// sends, so their `pong`s can be told apart.
+const INJECTED_PING_BASE: u64 = 9_000_000_000;
+
+/// One frame that passed the proxy.
+#[derive(Debug, Clone)]
+pub(crate) struct Logged {
+    /// 1 for the first proxied connection, 2 for the next, …
+    pub conn: usize,
+    pub from_client: bool,
+    pub frame: Json,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    refusing: bool,
+    /// Every TCP connection the client opened (refused ones included).
+    attempts: Vec<Instant>,
+    connections: usize,
+    frames: Vec<Logged>,
+    violations: Vec<String>,
+    frames_validated: usize,
+    lose_answers: bool,
+    seen_mutations: HashSet<String>,
+    /// Live connections: their task (aborting it drops both sockets) and a
+    /// way to send the client frames of the proxy's own.
+    live: Vec<(usize, AbortHandle, mpsc::UnboundedSender<Message>)>,
+    next_ping: u64,
+    /// `pong`s that answered injected pings: (connection, id, when).
+    pongs: Vec<(usize, u64, Instant)>,
+    /// When each connection ended (dropped or closed).
+    ended: Vec<(usize, Instant)>,
+}
+
+struct Shared {
+    upstream: String,
+    schemas: Option<Arc<SchemaSet>>,
+    state: Mutex<State>,
+    held: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) struct Proxy {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for (_, task, _) in self.shared.state().live.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `upstream` (the
+    /// server's `ws://…/v1/ws`).
+    pub async fn start(upstream: &str, schemas: Option<Arc<SchemaSet>>) -> Result<Proxy, String> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("proxy: bind: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (held, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_string(),
+            schemas,
+            state: Mutex::new(State::default()),
+            held,
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Proxy {
+            addr,
+            shared,
+            accept,
+        })
+    }
+
+    /// The URL the client under test connects to.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Drops every live connection (no close frame on either side).
+    pub fn drop_all(&self) {
+        for (_, task, _) in self.shared.state().live.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// While on, new connections are closed right after TCP accept.
+    pub fn refuse(&self, on: bool) {
+        self.shared.state().refusing = on;
+    }
+
+    /// While on, the server's frames are kept back; turning it off sends
+    /// them on, in order.
+    pub fn hold(&self, on: bool) {
+        self.shared.held.send_replace(on);
+    }
+
+    /// While on, the answer to each new mutation is lost with its connection.
+    pub fn lose_answers(&self, on: bool) {
+        self.shared.state().lose_answers = on;
+    }
+
+    /// Sends a `ping` of the proxy's own to the client on the newest live
+    /// connection; returns `(connection, id)`.
+    pub fn inject_ping(&self) -> Option<(usize, u64)> {
+        let mut state = self.shared.state();
+        state.next_ping += 1;
+        let id = INJECTED_PING_BASE + state.next_ping;
+        let (conn, _, tx) = state.live.last()?;
+        let frame = json!({"type": "ping", "id": id});
+        tx.send(Message::text(frame.to_string())).ok()?;
+        Some((*conn, id))
+    }
+
+    /// The answers to injected pings so far: `(connection, id, when)`.
+    pub fn injected_pongs(&self) -> Vec<(usize, u64, Instant)> {
+        self.shared.state().pongs.clone()
+    }
+
+    /// When connection `conn` ended, if it has.
+    pub fn ended(&self, conn: usize) -> Option<Instant> {
+        let state = self.shared.state();
+        state
+            .ended
+            .iter()
+            .find(|(c, _)| *c == conn)
+            .map(|(_, at)| *at)
+    }
+
+    pub fn attempts(&self) -> Vec<Instant> {
+        self.shared.state().attempts.clone()
+    }
+
+    /// Connections that reached the server (refused attempts not counted).
+    pub fn connections(&self) -> usize {
+        self.shared.state().connections
+    }
+
+    pub fn frames(&self) -> Vec<Logged> {
+        self.shared.state().frames.clone()
+    }
+
+    /// Frames the client sent, in order.
+    pub fn client_frames(&self) -> Vec<Logged> {
+        self.frames()
+            .into_iter()
+            .filter(|f| f.from_client)
+            .collect()
+    }
+
+    /// Schema violations and undecodable frames seen so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.shared.state().violations.clone()
+    }
+
+    pub fn frames_validated(&self) -> usize {
+        self.shared.state().frames_validated
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let refusing = {
+            let mut state = shared.state();
+            state.attempts.push(Instant::now());
+            state.refusing
+        };
+        if refusing {
+            drop(stream);
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Registers itself in `live` once both sides are up.
+            let _ = proxy_connection(stream, shared).await;
+        });
+    }
+}
+
+/// The subprotocols the proxy speaks for: the first of these the client
+/// offers is selected on both legs.
+const SUBPROTOCOLS: [&str; 2] = ["hearth.v1", "hearth.v1.msgpack"];
+
+/// The client's first offered subprotocol that the proxy knows.
+fn chosen_subprotocol(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| SUBPROTOCOLS.contains(p))
+        .map(str::to_string)
+}
+
+async fn proxy_connection(stream: TcpStream, shared: Arc<Shared>) -> Result<(), String> {
+    // The proxy selects the client's first known subprotocol and then offers
+    // exactly that one to the server (which speaks both).
+    let chosen = Arc::new(Mutex::new(None::<String>));
+    let chosen_in_callback = chosen.clone();
+    // The error type is tungstenite's (an HTTP response), fixed by its trait.
+    #[allow(clippy::result_large_err)]
+    let callback = move |request: &Request, mut response: Response| {
+        let subprotocol = chosen_subprotocol(request);
+        if let Some(value) = subprotocol
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
+            response
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", value);
+        }
+        *chosen_in_callback.lock().unwrap_or_else(|e| e.into_inner()) = subprotocol;
+        Ok(response)
+    };
+    let client = tokio_tungstenite::accept_hdr_async(stream, callback)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = shared
+        .upstream
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let subprotocol = chosen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(value) = subprotocol
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", value);
+    }
+    let (server, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (inject_tx, inject_rx) = mpsc::unbounded_channel();
+    let conn = {
+        let mut state = shared.state();
+        state.connections += 1;
+        state.connections
+    };
+    let task = tokio::spawn(forward(conn, client, server, inject_rx, shared.clone()));
+    shared
+        .state()
+        .live
+        .push((conn, task.abort_handle(), inject_tx));
+    let _ = task.await;
+    let mut state = shared.state();
+    state.live.retain(|(c, _, _)| *c != conn);
+    state.ended.push((conn, Instant::now()));
+    Ok(())
+}
+
+/// Decodes a data frame (JSON text or MessagePack binary); `None` for
+/// control frames.
+fn decode(message: &Message) -> Option<Result<Json, String>> {
+    match message {
+        Message::Text(text) => Some(serde_json::from_str(text.as_str()).map_err(|e| e.to_string())),
+        Message::Binary(bytes) => {
+            Some(hearth_protocol::ws::from_msgpack(bytes).map_err(|e| e.to_string()))
+        }
+        _ => None,
+    }
+}
+
+async fn forward<C, S>(
+    conn: usize,
+    client: tokio_tungstenite::WebSocketStream<C>,
+    server: tokio_tungstenite::WebSocketStream<S>,
+    mut inject: mpsc::UnboundedReceiver<Message>,
+    shared: Arc<Shared>,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut to_client, mut from_client) = client.split();
+    let (mut to_server, mut from_server) = server.split();
+    let mut held_rx = shared.held.subscribe();
+    let mut held_back: Vec<Message> = Vec::new();
+    // The request id whose answer is to be lost, once such a write passed.
+    let mut lose_answer_to: Option<Json> = None;
+    loop {
+        tokio::select! {
+            message = from_client.next() => {
+                let Some(Ok(message)) = message else { break };
+                if let Message::Close(_) = message {
+                    let _ = to_server.send(message).await;
+                    break;
+                }
+                let Some(decoded) = decode(&message) else { continue };
+                let frame = record(&shared, conn, true, decoded);
+                if let Some(frame) = &frame {
+                    if swallow_pong(&shared, conn, frame) {
+                        continue;
+                    }
+                    if lose_answer_to.is_none() {
+                        lose_answer_to = answer_to_lose(&shared, frame);
+                    }
+                }
+                if to_server.send(message).await.is_err() {
+                    break;
+                }
+            }
+            message = from_server.next() => {
+                let Some(Ok(message)) = message else { break };
+                if let Message::Close(_) = message {
+                    let _ = to_client.send(message).await;
+                    break;
+                }
+                let Some(decoded) = decode(&message) else { continue };
+                let frame = record(&shared, conn, false, decoded);
+                let answers_lost_write = match (&frame, &lose_answer_to) {
+                    (Some(frame), Some(id)) => {
+                        matches!(frame.get("type").and_then(Json::as_str), Some("write_ok" | "error"))
+                            && frame.get("id") == Some(id)
+                    }
+                    _ => false,
+                };
+                if answers_lost_write {
+                    break;
+                }
+                if *held_rx.borrow() {
+                    held_back.push(message);
+                } else if to_client.send(message).await.is_err() {
+                    break;
+                }
+            }
+            changed = held_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let held = *held_rx.borrow_and_update();
+                if !held {
+                    for message in held_back.drain(..) {
+                        if to_client.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Some(message) = inject.recv() => {
+                if to_client.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Logs a decoded frame and checks it against the schemas; returns it.
+fn record(
+    shared: &Shared,
+    conn: usize,
+    from_client: bool,
+    decoded: Result<Json, String>,
+) -> Option<Json> {
+    let direction = if from_client { "client" } else { "server" };
+    let mut state = shared.state();
+    match decoded {
+        Ok(frame) => {
+            if let Some(schemas) = &shared.schemas {
+                state.frames_validated += 1;
+                if let Err(e) = schemas.validate(&frame) {
+                    state.violations.push(format!(
+                        "{direction} frame on connection {conn}: {e}: {frame}"
+                    ));
+                }
+            }
+            state.frames.push(Logged {
+                conn,
+                from_client,
+                frame: frame.clone(),
+                at: Instant::now(),
+            });
+            Some(frame)
+        }
+        Err(e) => {
+            state.violations.push(format!(
+                "undecodable {direction} frame on connection {conn}: {e}"
+            ));
+            None
+        }
+    }
+}
+
+fn swallow_pong(shared: &Shared, conn: usize, frame: &Json) -> bool {
+    if frame.get("type").and_then(Json::as_str) != Some("pong") {
+        return false;
+    }
+    match frame.get("id").and_then(Json::as_u64) {
+        Some(id) if id > INJECTED_PING_BASE => {
+            shared.state().pongs.push((conn, id, Instant::now()));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The request id of a write whose answer the proxy should lose: lose mode
+/// is on and its mutation id is new.
+fn answer_to_lose(shared: &Shared, frame: &Json) -> Option<Json> {
+    let kind = frame.get("type").and_then(Json::as_str)?;
+    if kind != "write" && kind != "transaction" {
+        return None;
+    }
+    let mutation = frame.get("mutation_id").and_then(Json::as_str)?;
+    let mut state = shared.state();
+    if !state.lose_answers || !state.seen_mutations.insert(mutation.to_string()) {
+        return None;
+    }
+    frame.get("id").cloned()
+}
