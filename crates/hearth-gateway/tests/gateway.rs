@@ -883,6 +883,305 @@ match /notes/{id} {
     assert_eq!(again["docs"][0]["fields"]["n"], 2);
 }
 
+/// A gateway over a store whose engine fails reads or writes on demand.
+async fn start_faulty(config: GatewayConfig) -> (Server, Arc<hearth_store::FaultyEngine>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = faulty_engine(dir.path());
+    let server = start_in(
+        dir,
+        Options {
+            config,
+            engine: Some(Arc::clone(&engine)),
+            ..Options::default()
+        },
+    )
+    .await;
+    (server, engine)
+}
+
+/// Asserts that `f` is the `internal` error answering request `id`, with no
+/// `sub` (a failed write has no subscription).
+fn assert_internal_error_for(f: &serde_json::Value, id: &serde_json::Value) {
+    assert_eq!(
+        (
+            f["type"].as_str(),
+            f["code"].as_str(),
+            &f["id"],
+            f.get("sub")
+        ),
+        (Some("error"), Some("internal"), id, None),
+        "{f}"
+    );
+}
+
+fn count_of(server: &Server, path: &str) -> Option<HValue> {
+    server
+        .store
+        .get(&DocPath::parse(path).expect("path"))
+        .expect("get")
+        .and_then(|d| d.fields.get("count").cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_write_whose_commit_fails_is_an_error_and_its_retry_applies_once() {
+    // Admin writes commit directly, user writes through a rules-checked
+    // store transaction: both paths.
+    for token in ["user:u", "admin"] {
+        let (server, engine) = start_faulty(GatewayConfig {
+            max_inflight_writes: 2,
+            ..GatewayConfig::default()
+        })
+        .await;
+        let mut c = Client::connect(server.addr, Some(token)).await;
+        let snap = c.subscribe("a", json!({"doc": "w/a"}), None).await;
+        assert_eq!(snap["docs"], json!([]), "{snap}");
+        let writes = json!([{"op": "merge", "path": "w/a",
+            "transforms": [{"field": "count", "transform": "increment", "value": 1}]}]);
+        engine.fail_writes(true);
+        // Twice the in-flight limit, one after the other: a failed commit
+        // must free its slot, or the third would be `resource-exhausted`.
+        // The same mutation id each time: a failed commit is not recorded,
+        // so each retry is evaluated (and fails) again.
+        for _ in 0..4 {
+            let id = json!(c.id() + 1);
+            let (e, other) = c.write("m-1", writes.clone()).await;
+            assert_internal_error_for(&e, &id);
+            assert!(other.is_empty(), "{token}: {other:?}");
+        }
+        // As many as the limit at once: both answered, neither refused.
+        let ids = [c.id(), c.id()];
+        for id in ids {
+            c.send(json!({"type": "write", "id": id, "mutation_id": format!("p-{id}"), "writes": writes}))
+                .await;
+        }
+        for _ in ids {
+            let e = c.recv().await;
+            assert!(ids.iter().any(|&id| e["id"] == json!(id)), "{e}");
+            assert_internal_error_for(&e, &e["id"]);
+        }
+        // The session is open and nothing else was sent.
+        assert_eq!(c.until_pong().await, Vec::<serde_json::Value>::new());
+        assert_eq!(count_of(&server, "w/a"), None, "{token}: nothing applied");
+
+        engine.fail_writes(false);
+        let (ok, early) = c.write("m-1", writes.clone()).await;
+        assert_eq!(
+            (ok["type"].as_str(), ok["duplicate"].as_bool()),
+            (Some("write_ok"), Some(false)),
+            "{token}: the retry is applied, not answered from a record: {ok}"
+        );
+        assert!(early.is_empty(), "write_ok comes first: {early:?}");
+        let changed = c.recv().await;
+        assert_eq!(
+            (
+                changed["sub"].as_str(),
+                &changed["changes"][0]["doc"]["fields"]["count"]
+            ),
+            (Some("a"), &json!(1)),
+            "{changed}"
+        );
+        // Applied once: another retry is the duplicate, with the same result.
+        let (again, other) = c.write("m-1", writes.clone()).await;
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["result"], ok["result"]);
+        assert!(other.is_empty(), "{other:?}");
+        assert_eq!(c.until_pong().await, Vec::<serde_json::Value>::new());
+        assert_eq!(count_of(&server, "w/a"), Some(HValue::from(1)), "{token}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_transaction_whose_commit_fails_is_an_error_and_its_retry_applies_once() {
+    let (server, engine) = start_faulty(GatewayConfig {
+        max_inflight_writes: 1,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let seq = commit(&server, vec![wset("t/a", 1)]).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let reads = json!([{"path": "t/a", "version": seq}, {"path": "t/none", "version": null}]);
+    let writes = json!([{"op": "merge", "path": "t/counter",
+        "transforms": [{"field": "count", "transform": "increment", "value": 1}]}]);
+    engine.fail_writes(true);
+    for _ in 0..3 {
+        let id = json!(c.id() + 1);
+        let (e, other) = c.transaction("tx-1", reads.clone(), writes.clone()).await;
+        assert_internal_error_for(&e, &id);
+        assert!(other.is_empty(), "{other:?}");
+    }
+    assert_eq!(c.until_pong().await, Vec::<serde_json::Value>::new());
+    engine.fail_writes(false);
+    let (ok, _) = c.transaction("tx-1", reads.clone(), writes.clone()).await;
+    assert_eq!(
+        (ok["type"].as_str(), ok["duplicate"].as_bool()),
+        (Some("write_ok"), Some(false)),
+        "{ok}"
+    );
+    let (again, _) = c.transaction("tx-1", reads, writes).await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["result"], ok["result"]);
+    assert_eq!(count_of(&server, "t/counter"), Some(HValue::from(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_window_whose_reread_fails_ends_only_that_subscription() {
+    let (server, engine) = start_faulty(GatewayConfig::default()).await;
+    commit(
+        &server,
+        (1..=5).map(|i| wset(&format!("s/d{i}"), i * 10)).collect(),
+    )
+    .await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let top = json!({"query": {"collection": "s", "order_by": [{"field": "n", "direction": "desc"}], "limit": 2}});
+    let snap = c.subscribe("top", top.clone(), None).await;
+    assert_eq!(paths(&snap["docs"]), ["s/d5", "s/d4"]);
+    let snap = c.subscribe("other", q("o"), None).await;
+    assert_eq!(snap["docs"], json!([]));
+    // Once the fan-out delivers live, a commit reaches it straight from
+    // the committer, after the on-durable hook below.
+    commit(&server, vec![wset("o/x", 1)]).await;
+    assert_eq!(c.recv().await["sub"], "other");
+
+    // d5 leaves the window: the engine must re-read it to let d3 in, and
+    // reads fail from the moment the commit is durable.
+    let failing = Arc::clone(&engine);
+    server
+        .store
+        .commit_with(
+            vec![wset("s/d5", 1), wset("o/x", 2)],
+            Box::new(move |_| failing.fail_reads(true)),
+        )
+        .await
+        .expect("commit");
+    let mut frames = [c.recv().await, c.recv().await];
+    frames.sort_by_key(|f| f["sub"].as_str().map(str::to_string));
+    let (other, ended) = (&frames[0], &frames[1]);
+    assert_eq!(
+        (
+            ended["type"].as_str(),
+            ended["sub"].as_str(),
+            ended["code"].as_str(),
+            ended.get("id")
+        ),
+        (Some("error"), Some("top"), Some("internal"), None),
+        "{ended}"
+    );
+    // The other subscription got the same commit.
+    assert_eq!(
+        (
+            other["type"].as_str(),
+            other["sub"].as_str(),
+            &other["changes"][0]["doc"]["fields"]["n"]
+        ),
+        (Some("changes"), Some("other"), &json!(2)),
+        "{other}"
+    );
+    engine.fail_reads(false);
+
+    // Ended: a commit that would move the window sends nothing for "top";
+    // the other subscription keeps going. Frames of one connection are
+    // queued in order, so anything for "top" from the first commit would
+    // arrive before "other"'s frame of the second.
+    commit(&server, vec![wset("s/d4", 0), wset("o/y", 3)]).await;
+    commit(&server, vec![wset("o/z", 4)]).await;
+    let mut seen = Vec::new();
+    loop {
+        let f = c.recv().await;
+        assert_eq!(f["sub"], "other", "nothing for the ended subscription: {f}");
+        let done = f["changes"][0]["doc"]["path"] == "o/z";
+        seen.push(f);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // The name is free, and the new subscription sees the current window.
+    let again = c.subscribe("top", top, None).await;
+    assert_eq!(
+        (again["type"].as_str(), again["sub"].as_str()),
+        (Some("snapshot"), Some("top")),
+        "{again}"
+    );
+    assert_eq!(paths(&again["docs"]), ["s/d3", "s/d2"]);
+    let mut view = vec![];
+    apply(&mut view, &again);
+    // And it keeps its window again.
+    commit(&server, vec![wset("s/d3", 5)]).await;
+    let f = c.recv().await;
+    assert_eq!(f["sub"], "top", "{f}");
+    apply(&mut view, &f);
+    assert_eq!(view_paths(&view), ["s/d2", "s/d1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_whose_first_read_fails_is_refused_and_registers_nothing() {
+    let (server, engine) = start_faulty(GatewayConfig {
+        max_subscriptions: 2,
+        ..GatewayConfig::default()
+    })
+    .await;
+    commit(&server, vec![wset("c/a", 1)]).await;
+    let mut c = Client::connect(server.addr, Some("user:u")).await;
+    let keep = c.subscribe("keep", q("c"), None).await;
+    assert_eq!(paths(&keep["docs"]), ["c/a"]);
+    let ordered = json!({"query": {"collection": "c", "order_by": [{"field": "n", "direction": "asc"}], "limit": 5}});
+    engine.fail_reads(true);
+    // More failures than free slots: a refused subscribe holds none.
+    for (sub, target) in [
+        ("q", ordered.clone()),
+        ("q", ordered.clone()),
+        ("d", json!({"doc": "c/a"})),
+        ("u", q("c")),
+    ] {
+        let id = json!(c.id() + 1);
+        let e = c.subscribe(sub, target, None).await;
+        assert_eq!(
+            (
+                e["type"].as_str(),
+                e["code"].as_str(),
+                &e["id"],
+                e["sub"].as_str()
+            ),
+            (Some("error"), Some("internal"), &id, Some(sub)),
+            "{e}"
+        );
+    }
+    assert_eq!(c.until_pong().await, Vec::<serde_json::Value>::new());
+    // Not registered: unsubscribe does not know them.
+    for sub in ["u", "d", "q"] {
+        let id = c.id();
+        c.send(json!({"type": "unsubscribe", "id": id, "sub": sub}))
+            .await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64(), e["sub"].as_str()),
+            (Some("not-found"), Some(id), Some(sub)),
+            "{e}"
+        );
+    }
+    engine.fail_reads(false);
+    let snap = c.subscribe("q", ordered, None).await;
+    assert_eq!(
+        (snap["type"].as_str(), snap["sub"].as_str()),
+        (Some("snapshot"), Some("q")),
+        "{snap}"
+    );
+    assert_eq!(paths(&snap["docs"]), ["c/a"]);
+    // Both live subscriptions get the next change, once each.
+    commit(&server, vec![wset("c/b", 2)]).await;
+    let mut subs = vec![c.recv().await, c.recv().await]
+        .into_iter()
+        .map(|f| {
+            assert_eq!(f["changes"][0]["doc"]["path"], "c/b", "{f}");
+            f["sub"].as_str().unwrap_or("").to_string()
+        })
+        .collect::<Vec<_>>();
+    subs.sort();
+    assert_eq!(subs, ["keep", "q"]);
+    assert_eq!(c.until_pong().await, Vec::<serde_json::Value>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_ok_precedes_the_changes_that_carry_the_commit_on_the_same_socket() {
     // Latency compensation depends on it: a client that saw its own

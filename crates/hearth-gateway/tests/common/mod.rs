@@ -402,6 +402,45 @@ impl Client {
             other.push(f);
         }
     }
+
+    /// [`Client::write`] for a `transaction` frame.
+    pub async fn transaction(
+        &mut self,
+        mutation_id: &str,
+        reads: Value,
+        writes: Value,
+    ) -> (Value, Vec<Value>) {
+        let id = self.id();
+        self.send(
+            json!({"type": "transaction", "id": id, "mutation_id": mutation_id,
+                         "reads": reads, "writes": writes}),
+        )
+        .await;
+        let mut other = Vec::new();
+        loop {
+            let f = self.recv().await;
+            if f["id"] == json!(id) {
+                return (f, other);
+            }
+            other.push(f);
+        }
+    }
+
+    /// Sends a ping and returns the frames that arrived before its pong:
+    /// the session is alive, and every answer queued before the server
+    /// read the ping has arrived.
+    pub async fn until_pong(&mut self) -> Vec<Value> {
+        let id = self.id();
+        self.send(json!({"type": "ping", "id": id})).await;
+        let mut before = Vec::new();
+        loop {
+            let f = self.recv().await;
+            if f["type"] == "pong" && f["id"] == json!(id) {
+                return before;
+            }
+            before.push(f);
+        }
+    }
 }
 
 pub fn set(path: &str, data: Value) -> Value {
