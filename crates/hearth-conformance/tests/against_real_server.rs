@@ -122,3 +122,44 @@ const FAST_HEARTBEAT_CONFIG: &str = "[gateway]\nheartbeat = \"300ms\"\nidle_time
 async fn heartbeat_and_idle_timeout_pass_against_a_fast_heartbeat_server() {
     passes_on_a_server_with(FAST_HEARTBEAT_CONFIG, "fast-heartbeat", "heartbeat").await;
 }
+
+/// The client checks are not fooled by a driver that claims success without
+/// doing anything, and a driver that never answers fails in bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_checks_fail_a_driver_that_does_not_do_the_work() {
+    hearth_testkit::hearth_binary().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        let server = TestServer::start(TestServerOptions::default())
+            .await
+            .unwrap();
+        for (driver, why) in [
+            // Answers `connect` with `ok` but never opens a connection.
+            (
+                r#"read line; echo '{"id":1,"ok":{}}'; cat > /dev/null"#,
+                "the client sent no frame",
+            ),
+            // Prints something that is not the line protocol, then nothing.
+            ("echo hello; cat > /dev/null", "no reply to command 1"),
+        ] {
+            let report = hearth_conformance::run_client_checks(
+                &server.base_url(),
+                hearth_conformance::ClientRunOptions {
+                    admin_key: server.admin_key().to_string(),
+                    driver: driver.to_string(),
+                    schema_dir: Some(schema_dir()),
+                    filter: Some("handshake".into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+            print!("{}", report.render());
+            assert_eq!(report.failed(), 1, "{driver}");
+            match &report.results[0].outcome {
+                Outcome::Failed { reason, .. } => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "must finish within 120 s");
+}

@@ -506,6 +506,30 @@ impl Check {
         self.driver
             .wait_snapshot("d", SETTLE, "the deletion", |s| s.docs.is_empty())
             .await?;
+        // Unsubscribing reaches the server, and nothing more is reported.
+        self.driver
+            .request("unsubscribe", json!({"sub": "d"}), SHORT)
+            .await?;
+        let deadline = Instant::now() + SHORT;
+        while !self
+            .proxy
+            .client_frames()
+            .iter()
+            .any(|f| kind(&f.frame) == "unsubscribe")
+        {
+            if Instant::now() > deadline {
+                return Err("`unsubscribe` sent no unsubscribe frame".into());
+            }
+            self.driver.drain_for(Duration::from_millis(50)).await;
+        }
+        let reported = self.driver.snapshots.get("d").map_or(0, Vec::len);
+        self.rest
+            .batch(json!([{"op": "set", "path": path, "data": {"n": 3}}]))
+            .await?;
+        self.driver.drain_for(Duration::from_millis(500)).await;
+        if self.driver.snapshots.get("d").map_or(0, Vec::len) != reported {
+            return Err("a snapshot was reported after `unsubscribe`".into());
+        }
         Ok(())
     }
 
@@ -678,9 +702,20 @@ impl Check {
                 .driver
                 .send("write", json!({ "writes": increment }))
                 .await?;
-            match self.driver.reply(id, SETTLE).await? {
-                Ok(_) => {}
-                Err(e) => return Err(format!("write {i} whose answer was lost failed: {e}")),
+            match self.driver.reply(id, SETTLE).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("write {i} whose answer was lost failed: {e}")),
+                Err(timeout) => {
+                    let ids = self.mutations_sent().len();
+                    return Err(if ids > i + 1 {
+                        format!(
+                            "{timeout}: {ids} mutation ids for {} writes; a retry must reuse its mutation id",
+                            i + 1
+                        )
+                    } else {
+                        timeout
+                    });
+                }
             }
         }
         let stored = self.rest.get(&counter).await?;
@@ -689,19 +724,7 @@ impl Check {
                 "{WRITES} increments whose answers were lost left {stored}: a retry must reuse its mutation id"
             ));
         }
-        let mut sent: std::collections::BTreeMap<String, Vec<Json>> = Default::default();
-        for frame in self.proxy.client_frames() {
-            if kind(&frame.frame) == "write" {
-                let id = frame
-                    .frame
-                    .get("mutation_id")
-                    .and_then(Json::as_str)
-                    .unwrap_or_default();
-                sent.entry(id.to_string())
-                    .or_default()
-                    .push(frame.frame.get("writes").cloned().unwrap_or(Json::Null));
-            }
-        }
+        let sent = self.mutations_sent();
         if sent.len() != WRITES {
             return Err(format!(
                 "expected {WRITES} mutation ids, the client used {}",
@@ -724,6 +747,24 @@ impl Check {
             })
             .await
             .map(drop)
+    }
+
+    /// The `writes` of every `write` frame the client sent, by mutation id.
+    fn mutations_sent(&self) -> std::collections::BTreeMap<String, Vec<Json>> {
+        let mut sent: std::collections::BTreeMap<String, Vec<Json>> = Default::default();
+        for frame in self.proxy.client_frames() {
+            if kind(&frame.frame) == "write" {
+                let id = frame
+                    .frame
+                    .get("mutation_id")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default();
+                sent.entry(id.to_string())
+                    .or_default()
+                    .push(frame.frame.get("writes").cloned().unwrap_or(Json::Null));
+            }
+        }
+        sent
     }
 
     async fn latency_compensation(&mut self) -> Result<(), String> {

@@ -52,6 +52,14 @@ pub(crate) struct Logged {
     pub at: Instant,
 }
 
+struct Live {
+    conn: usize,
+    task: AbortHandle,
+    inject: mpsc::UnboundedSender<Message>,
+    /// The connection speaks `hearth.v1.msgpack`.
+    msgpack: bool,
+}
+
 #[derive(Default)]
 struct State {
     refusing: bool,
@@ -65,7 +73,7 @@ struct State {
     seen_mutations: HashSet<String>,
     /// Live connections: their task (aborting it drops both sockets) and a
     /// way to send the client frames of the proxy's own.
-    live: Vec<(usize, AbortHandle, mpsc::UnboundedSender<Message>)>,
+    live: Vec<Live>,
     next_ping: u64,
     /// `pong`s that answered injected pings: (connection, id, when).
     pongs: Vec<(usize, u64, Instant)>,
@@ -95,8 +103,8 @@ pub(crate) struct Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
-        for (_, task, _) in self.shared.state().live.drain(..) {
-            task.abort();
+        for live in self.shared.state().live.drain(..) {
+            live.task.abort();
         }
     }
 }
@@ -131,8 +139,8 @@ impl Proxy {
 
     /// Drops every live connection (no close frame on either side).
     pub fn drop_all(&self) {
-        for (_, task, _) in self.shared.state().live.drain(..) {
-            task.abort();
+        for live in self.shared.state().live.drain(..) {
+            live.task.abort();
         }
     }
 
@@ -158,10 +166,15 @@ impl Proxy {
         let mut state = self.shared.state();
         state.next_ping += 1;
         let id = INJECTED_PING_BASE + state.next_ping;
-        let (conn, _, tx) = state.live.last()?;
+        let live = state.live.last()?;
         let frame = json!({"type": "ping", "id": id});
-        tx.send(Message::text(frame.to_string())).ok()?;
-        Some((*conn, id))
+        let message = if live.msgpack {
+            Message::binary(hearth_protocol::ws::to_msgpack(&frame).ok()?)
+        } else {
+            Message::text(frame.to_string())
+        };
+        live.inject.send(message).ok()?;
+        Some((live.conn, id))
     }
 
     /// The answers to injected pings so far: `(connection, id, when)`.
@@ -296,13 +309,15 @@ async fn proxy_connection(stream: TcpStream, shared: Arc<Shared>) -> Result<(), 
         state.connections
     };
     let task = tokio::spawn(forward(conn, client, server, inject_rx, shared.clone()));
-    shared
-        .state()
-        .live
-        .push((conn, task.abort_handle(), inject_tx));
+    shared.state().live.push(Live {
+        conn,
+        task: task.abort_handle(),
+        inject: inject_tx,
+        msgpack: subprotocol.as_deref() == Some("hearth.v1.msgpack"),
+    });
     let _ = task.await;
     let mut state = shared.state();
-    state.live.retain(|(c, _, _)| *c != conn);
+    state.live.retain(|live| live.conn != conn);
     state.ended.push((conn, Instant::now()));
     Ok(())
 }
