@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(5);
 
 /// The client checks, in order: `(name, required server capability)`.
-pub const CLIENT_CHECKS: [(&str, Option<&str>); 12] = [
+pub const CLIENT_CHECKS: [(&str, Option<&str>); 13] = [
     ("client-01-handshake", None),
     ("client-02-live-query", None),
     ("client-03-document", None),
@@ -50,6 +50,7 @@ pub const CLIENT_CHECKS: [(&str, Option<&str>); 12] = [
     ("client-10-heartbeat", None),
     ("client-11-token-refresh", None),
     ("client-12-reset-past-retention", Some("tiny-retention")),
+    ("client-13-revoked-session", None),
 ];
 
 /// What to run the client checks with.
@@ -292,6 +293,7 @@ impl Check {
             "client-10-heartbeat" => self.heartbeat().await,
             "client-11-token-refresh" => self.token_refresh(anonymous).await,
             "client-12-reset-past-retention" => self.reset_past_retention().await,
+            "client-13-revoked-session" => self.revoked_session().await,
             other => Err(format!("unknown check {other}")),
         }
     }
@@ -1002,6 +1004,51 @@ impl Check {
             )),
             None => Err("no `auth` frame carried the new token".into()),
         }
+    }
+
+    /// A session revoked by sign-out is closed with 4003; the client must not
+    /// reconnect with the same credential (PROTOCOL.md §4, §13).
+    async fn revoked_session(&mut self) -> Result<(), String> {
+        let tokens = self
+            .rest
+            .call(
+                reqwest::Method::POST,
+                "/v1/auth/anonymous",
+                Some(json!({})),
+                None,
+            )
+            .await?;
+        let access = tokens
+            .get("access_token")
+            .and_then(Json::as_str)
+            .ok_or("no access_token from /v1/auth/anonymous")?
+            .to_string();
+        self.connect(Some(&access)).await?;
+        let attempts = self.proxy.attempts().len();
+        self.rest
+            .call(
+                reqwest::Method::POST,
+                "/v1/auth/logout",
+                Some(json!({"everywhere": false})),
+                Some(&access),
+            )
+            .await?;
+        let deadline = Instant::now() + SHORT;
+        while self.proxy.ended(1).is_none() {
+            if Instant::now() > deadline {
+                return Err("the server did not close the revoked session's connection".into());
+            }
+            self.driver.drain_for(Duration::from_millis(50)).await;
+        }
+        self.driver.drain_for(Duration::from_secs(3)).await;
+        let again = self.proxy.attempts().len() - attempts;
+        if again > 0 {
+            return Err(format!(
+                "the client reconnected {again} time(s) after close 4003 (session revoked); \
+                 it must wait for a new credential"
+            ));
+        }
+        Ok(())
     }
 
     async fn reset_past_retention(&mut self) -> Result<(), String> {
