@@ -14,6 +14,12 @@
 //! error and consumes no number; if the engine rejects the batch, every
 //! request of the group gets `Internal` and the sequence rolls back.
 //!
+//! A failed flush stops the store (fail-stop): the writers of that group
+//! get `Internal`, their on-durable hooks do not run, and every later commit
+//! is refused with `Unavailable` until a restart, because after a failed
+//! fsync no later flush proves the earlier data durable (see the crate docs).
+//! Background work that writes (index builds, pruning) stops with it.
+//!
 //! Between groups the committer also runs the background work that must be
 //! serialized with commits: composite index builds (in chunks, so commits
 //! interleave), changelog retention pruning and, in relaxed mode, the
@@ -34,7 +40,7 @@ use tokio::sync::oneshot;
 
 use crate::codec;
 use crate::config::Durability;
-use crate::engine::WriteBatch;
+use crate::engine::{EngineError, WriteBatch};
 use crate::index::IndexState;
 use crate::keys;
 use crate::planner;
@@ -196,6 +202,26 @@ impl Committer {
         }
     }
 
+    /// The store's fail-stop: records why every later commit is refused,
+    /// and says so once in the log.
+    fn fail_stop(&self, after: &str, e: &EngineError) {
+        let message = format!(
+            "storage failed to sync ({after}: {e}); the store refuses every write until \
+             the server is restarted (the next start recovers the data from the write-ahead log)"
+        );
+        if self.shared.storage_failure.set(message).is_ok() {
+            tracing::error!(
+                error = %e,
+                head = self.seq,
+                "storage failed to sync; refusing every write until the server is restarted"
+            );
+        }
+    }
+
+    fn failed(&self) -> Option<&String> {
+        self.shared.storage_failure.get()
+    }
+
     fn final_flush(&mut self) {
         if let Err(e) = self.shared.engine.flush() {
             tracing::error!(error = %e, "final flush failed");
@@ -220,6 +246,10 @@ impl Committer {
         // Query reads are re-run against the engine, so the group so far must be applied first.
         if reads.as_ref().is_some_and(|r| !r.queries.is_empty()) && !self.pending.is_empty() {
             self.finish_group();
+        }
+        if let Some(failure) = self.failed() {
+            let _ = reply.send(Err(StoreError::Unavailable(failure.clone())));
+            return;
         }
         let commit_time = match self.group_time {
             Some(t) => t,
@@ -441,7 +471,7 @@ impl Committer {
         let mut flush_error = None;
         if self.strict() {
             if let Err(e) = self.shared.engine.flush() {
-                tracing::error!(error = %e, "flush failed after commit");
+                self.fail_stop(&format!("the flush of commit {}", self.seq), &e);
                 flush_error = Some(e);
             }
             self.last_flush = Instant::now();
@@ -463,8 +493,10 @@ impl Committer {
             let _ = self.shared.live.send(p.record);
             let _ = p.reply.send(match &flush_error {
                 None => Ok(p.result),
+                // Applied and visible, but not known to be durable: never Ok.
                 Some(e) => Err(StoreError::Internal(format!(
-                    "commit {} applied but the flush failed: {e}",
+                    "commit {} applied but the flush failed: {e}; it is not known to be \
+                     durable, and the store refuses writes until the server is restarted",
                     p.result.seq
                 ))),
             });
@@ -472,10 +504,14 @@ impl Committer {
     }
 
     fn maintenance(&mut self) {
+        if self.failed().is_some() {
+            // Fail-stop: nothing more is written until a restart.
+            return;
+        }
         if let Durability::Relaxed { flush_interval } = self.shared.config.durability {
             if self.dirty && self.last_flush.elapsed() >= flush_interval {
                 if let Err(e) = self.shared.engine.flush() {
-                    tracing::error!(error = %e, "periodic flush failed");
+                    self.fail_stop(&format!("the periodic flush up to commit {}", self.seq), &e);
                 }
                 self.dirty = false;
                 self.last_flush = Instant::now();
@@ -491,12 +527,15 @@ impl Committer {
     }
 
     fn build_pending(&self) -> bool {
-        self.shared
-            .indexes
-            .read()
-            .composites
-            .iter()
-            .any(|d| matches!(d.state, IndexState::Building { .. }))
+        // A failed store builds nothing (and must not spin waiting to).
+        self.failed().is_none()
+            && self
+                .shared
+                .indexes
+                .read()
+                .composites
+                .iter()
+                .any(|d| matches!(d.state, IndexState::Building { .. }))
     }
 
     /// Indexes the next chunk of documents for the first index being built.

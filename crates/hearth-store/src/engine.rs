@@ -145,14 +145,16 @@ impl Engine for SledEngine {
     }
 }
 
-/// An engine whose reads and writes fail on demand: the errors a healthy
-/// disk never produces, for tests of every layer above the engine (the
-/// committer's rollback, a subscription whose re-read fails). Wraps any
-/// engine; faults are off until switched on.
+/// An engine whose reads, writes and flushes fail on demand: the errors a
+/// healthy disk never produces, for tests of every layer above the engine
+/// (the committer's rollback, its fail-stop after a failed fsync, a
+/// subscription whose re-read fails). Wraps any engine; faults are off until
+/// switched on.
 pub struct FaultyEngine {
     inner: std::sync::Arc<dyn Engine>,
     fail_reads: std::sync::atomic::AtomicBool,
     fail_writes: std::sync::atomic::AtomicBool,
+    fail_flushes: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyEngine {
@@ -161,6 +163,7 @@ impl FaultyEngine {
             inner,
             fail_reads: Default::default(),
             fail_writes: Default::default(),
+            fail_flushes: Default::default(),
         }
     }
 
@@ -173,6 +176,14 @@ impl FaultyEngine {
     /// While on, `apply` fails (nothing of the batch is applied).
     pub fn fail_writes(&self, on: bool) {
         self.fail_writes
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// While on, `flush` fails without calling the inner engine's (what an
+    /// fsync that reports an I/O error looks like to the store: the batch
+    /// was applied, its durability is unknown).
+    pub fn fail_flushes(&self, on: bool) {
+        self.fail_flushes
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -203,6 +214,7 @@ impl Engine for FaultyEngine {
     }
 
     fn flush(&self) -> Result<(), EngineError> {
+        Self::fault(&self.fail_flushes)?;
         self.inner.flush()
     }
 

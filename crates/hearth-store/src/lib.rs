@@ -29,6 +29,17 @@
 //! `read_seq` it reflects. In strict mode a commit can become visible to
 //! readers a moment before its fsync completes and it is acknowledged.
 //!
+//! ## Fail-stop after a failed flush
+//! When the engine's flush (the fsync) fails, the store cannot tell what
+//! reached the disk: Linux may already have dropped the dirty pages and
+//! report the next fsync as a success ("fsyncgate", which made PostgreSQL
+//! panic on a failed fsync). So the committer never retries its way past
+//! one: the writers of that group get an error, and from then on the store
+//! is *failed* ([`Store::storage_failure`]): every commit is refused with
+//! `Unavailable` until the process restarts and recovers from what is on
+//! disk (the write-ahead log). Reads continue. Relaxed mode's periodic
+//! flush fails the store the same way.
+//!
 //! ## Operations
 //! [`Store::check_consistency`] re-derives every index and membership key
 //! from the documents and checks the changelog for gaps (used by crash tests);
@@ -139,6 +150,9 @@ pub(crate) struct Shared {
     pub live: tokio::sync::broadcast::Sender<Arc<CommitRecord>>,
     pub indexes: RwLock<index::IndexSet>,
     pub config: StoreConfig,
+    /// Set once, by the committer, when a flush fails: from then on every
+    /// commit is refused (see `Store::storage_failure`).
+    pub storage_failure: std::sync::OnceLock<String>,
 }
 
 #[allow(dead_code)]

@@ -163,6 +163,7 @@ impl Store {
                 exemptions: config.indexes.exemptions.clone(),
             }),
             config,
+            storage_failure: std::sync::OnceLock::new(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let committer = Committer::new(shared.clone(), rx);
@@ -194,6 +195,14 @@ impl Store {
         self.shared().head.load(AtomicOrdering::SeqCst)
     }
 
+    /// Why the store refuses every commit, once a flush (fsync) failed:
+    /// the message of the `Unavailable` error those commits get. `None`
+    /// while the store is healthy. Only a restart clears it (see the crate
+    /// docs, "Fail-stop after a failed flush").
+    pub fn storage_failure(&self) -> Option<String> {
+        self.shared().storage_failure.get().cloned()
+    }
+
     fn check_writes(writes: &[Write], allow_empty: bool) -> Result<(), StoreError> {
         if (writes.is_empty() && !allow_empty) || writes.len() > MAX_OPS_PER_COMMIT {
             return Err(StoreError::InvalidArgument(format!(
@@ -223,6 +232,10 @@ impl Store {
     ) -> Result<CommitResult, StoreError> {
         if self.inner.closed.load(AtomicOrdering::SeqCst) {
             return Err(StoreError::Unavailable("the store is shutting down".into()));
+        }
+        // The committer refuses too (it owns the decision); this spares the trip.
+        if let Some(failure) = self.storage_failure() {
+            return Err(StoreError::Unavailable(failure));
         }
         let (reply, rx) = oneshot::channel();
         {

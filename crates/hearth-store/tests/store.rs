@@ -591,6 +591,139 @@ async fn engine_failure_fails_the_whole_group_with_internal_and_rolls_back_the_s
     assert!(store.check_consistency().unwrap().is_consistent());
 }
 
+/// The default engine stack (write-ahead log over sled, as `Store::open`
+/// builds it in `dir`) behind a [`hearth_store::FaultyEngine`].
+fn faulty_default_stack(dir: &std::path::Path) -> std::sync::Arc<hearth_store::FaultyEngine> {
+    let sled = hearth_store::SledEngine::open(dir, 1 << 24).unwrap();
+    let (wal, _) =
+        hearth_store::WalEngine::open(&dir.join("wal"), std::sync::Arc::new(sled)).unwrap();
+    std::sync::Arc::new(hearth_store::FaultyEngine::new(std::sync::Arc::new(wal)))
+}
+
+fn assert_refused_until_restart(e: StoreError) {
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("failed to sync") && m.contains("restart"),
+        "the message says what happened and what to do: {m}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_flush_fails_its_commit_and_stops_every_later_write_until_a_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = faulty_default_stack(dir.path());
+    let store = Store::open_with_engine(StoreConfig::new(dir.path()), engine.clone()).unwrap();
+    store
+        .commit(vec![set("f/1", json!({"n": 1}))])
+        .await
+        .unwrap();
+    assert_eq!(store.storage_failure(), None);
+
+    engine.fail_flushes(true);
+    let announced = std::sync::Arc::new(AtomicBool::new(false));
+    let a = std::sync::Arc::clone(&announced);
+    let e = store
+        .commit_with(
+            vec![set("f/2", json!({"n": 2}))],
+            Box::new(move |_| a.store(true, Ordering::SeqCst)),
+        )
+        .await
+        .expect_err("a commit whose flush failed is never acknowledged");
+    assert_eq!(e.code(), ErrorCode::Internal, "{e}");
+    assert!(!announced.load(Ordering::SeqCst), "no on-durable hook ran");
+    let failure = store.storage_failure().expect("the store is failed");
+    assert!(failure.contains("restart"), "{failure}");
+    let failed_head = store.head_seq();
+    assert_eq!(
+        failed_head, 2,
+        "the commit was applied (visible, not durable)"
+    );
+
+    // The disk is fine again, but nothing proves the lost flush's data durable:
+    // every kind of write stays refused.
+    engine.fail_flushes(false);
+    assert_refused_until_restart(store.commit(vec![set("f/3", json!({}))]).await.unwrap_err());
+    let hook: hearth_store::OnDurable = Box::new(|_| panic!("a refused commit announced"));
+    assert_refused_until_restart(
+        store
+            .commit_with(vec![set("f/3", json!({}))], hook)
+            .await
+            .unwrap_err(),
+    );
+    let tx = store.transaction();
+    assert!(tx.get(&path("f/1")).unwrap().is_some(), "reads continue");
+    assert_refused_until_restart(tx.commit(vec![set("f/3", json!({}))]).await.unwrap_err());
+    let batch: Vec<Write> = (0..10)
+        .map(|i| set(&format!("f/b{i}"), json!({})))
+        .collect();
+    assert_refused_until_restart(store.commit(batch).await.unwrap_err());
+    assert_refused_until_restart(
+        store
+            .commit(vec![set("__users__/u1", json!({"email": "a@b"}))])
+            .await
+            .unwrap_err(),
+    );
+    let imported = hearth_protocol::Document {
+        path: path("f/imported"),
+        fields: map(json!({})),
+        create_time: hearth_protocol::Timestamp(1),
+        update_time: hearth_protocol::Timestamp(1),
+        version: 0,
+    };
+    assert_refused_until_restart(store.import(vec![imported]).await.unwrap_err());
+    assert_eq!(store.head_seq(), failed_head, "nothing was applied");
+    assert_eq!(
+        store.get(&path("f/2")).unwrap().unwrap().fields,
+        map(json!({"n": 2}))
+    );
+
+    // A restart: the same directory opened again by the default stack.
+    drop(store);
+    drop(engine);
+    let store = open(dir.path());
+    assert_eq!(store.storage_failure(), None);
+    assert!(store.check_consistency().unwrap().is_consistent());
+    assert_eq!(store.head_seq(), failed_head);
+    assert!(store.get(&path("f/3")).unwrap().is_none());
+    assert!(store.get(&path("__users__/u1")).unwrap().is_none());
+    let r = store.commit(vec![set("f/3", json!({}))]).await.unwrap();
+    assert_eq!(
+        r.seq,
+        failed_head + 1,
+        "accepting commits again, with no gap"
+    );
+    let log = store.changelog().read_from(0, 10).unwrap();
+    assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(store.check_consistency().unwrap().is_consistent());
+}
+
+#[tokio::test]
+async fn a_failed_periodic_flush_in_relaxed_mode_stops_every_later_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = faulty_default_stack(dir.path());
+    let mut config = StoreConfig::new(dir.path());
+    config.durability = hearth_store::Durability::Relaxed {
+        flush_interval: std::time::Duration::from_millis(20),
+    };
+    let store = Store::open_with_engine(config, engine.clone()).unwrap();
+    engine.fail_flushes(true);
+    // Relaxed mode acknowledges before the flush.
+    store.commit(vec![set("r/1", json!({}))]).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.storage_failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the periodic flush never failed the store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    engine.fail_flushes(false);
+    assert_refused_until_restart(store.commit(vec![set("r/2", json!({}))]).await.unwrap_err());
+    assert!(store.get(&path("r/1")).unwrap().is_some(), "reads continue");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_with_announces_once_durable_before_the_live_changelog_sees_it() {
     use futures::StreamExt;
