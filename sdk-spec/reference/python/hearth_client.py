@@ -1,0 +1,890 @@
+"""Hearth reference client (Python, asyncio) for the ``hearth.v1`` WebSocket protocol.
+
+Written from ``sdk-spec/PROTOCOL.md`` alone (section 13, "Client guidance",
+describes the design).  One :class:`HearthClient` owns one logical session
+that survives network failures:
+
+* **Handshake** -- ``hello`` / ``welcome`` (PROTOCOL.md section 3, 4).
+* **Subscriptions** -- per subscription the *server view* (a list of
+  documents built only from ``snapshot`` and ``changes`` frames, section 5)
+  and the newest resume token (section 6).
+* **Pending writes** -- one queue, in application order; the *local view*
+  each listener sees is the server view with the pending writes applied on
+  top (latency compensation, section 13).
+* **Reconnect** -- exponential backoff with full jitter; after ``welcome``
+  every subscription is re-sent with its resume token and every
+  unacknowledged write with its ORIGINAL ``mutation_id``.
+* **Liveness** -- answers server pings, pings when it has been quiet for
+  ``heartbeat_ms``, gives up on a connection silent for ``idle_timeout_ms``.
+* **Token refresh** -- :meth:`HearthClient.set_token` sends ``auth`` on the
+  live socket.
+
+Only JSON (``hearth.v1``) is implemented.  Values are kept in Hearth's JSON
+encoding as Python's ``json`` module decodes it (``42`` -> int, ``42.0`` ->
+float, so integers and doubles stay distinct).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import random
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+import websockets
+
+log = logging.getLogger("hearth")
+
+CLIENT_INFO = {"name": "hearth-python-reference", "version": "0.1.0"}
+_NO_RECONNECT = (4001, 4003)      # need a new credential first (section 10)
+ACK_GRACE_S = 5.0                 # an acknowledged write leaves the queue at the latest then
+
+
+class HearthError(Exception):
+    """An error answered by the server (``code`` is the protocol's canonical code)."""
+
+    def __init__(self, code: str, message: str = "", details: Optional[dict] = None):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.details = code, message, details or {}
+
+
+class _Fatal(Exception):
+    """The handshake was refused in a way reconnecting cannot fix (close 4000/4001/4003)."""
+
+    def __init__(self, close_code: int, error: HearthError):
+        super().__init__(str(error))
+        self.close_code, self.error = close_code, error
+
+
+# --------------------------------------------------------------------------
+# Values, field paths and local application of writes (PROTOCOL.md section 2)
+# --------------------------------------------------------------------------
+
+_RANK_NULL, _RANK_BOOL, _RANK_NAN, _RANK_NUM, _RANK_TS, _RANK_STR, _RANK_BYTES, _RANK_ARR, _RANK_MAP = range(9)
+
+
+def _typed(v: Any) -> tuple[int, Any]:
+    """Return ``(type rank, comparable value)`` for a value in Hearth's JSON encoding."""
+    if v is None:
+        return _RANK_NULL, None
+    if isinstance(v, bool):
+        return _RANK_BOOL, v
+    if isinstance(v, (int, float)):
+        return (_RANK_NAN, None) if v != v else (_RANK_NUM, v)
+    if isinstance(v, str):
+        return _RANK_STR, v
+    if isinstance(v, list):
+        return _RANK_ARR, v
+    if isinstance(v, dict) and len(v) == 1:
+        (k, x), = v.items()
+        if k == "$double":
+            f = float({"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}.get(x, x))
+            return (_RANK_NAN, None) if f != f else (_RANK_NUM, f)
+        if k == "$timestamp":
+            secs, _, frac = x.rstrip("Z").partition(".")
+            return _RANK_TS, (secs, int((frac + "000000000")[:9]))  # fixed-width UTC text + nanos
+        if k == "$bytes":
+            return _RANK_BYTES, base64.b64decode(x)
+        if k == "$map":
+            return _RANK_MAP, x
+    return _RANK_MAP, v
+
+
+def compare_values(a: Any, b: Any) -> int:
+    """Total order of values: null < bool < NaN < numbers < timestamps < strings < bytes < arrays < maps."""
+    (ra, va), (rb, vb) = _typed(a), _typed(b)
+    if ra != rb:
+        return -1 if ra < rb else 1
+    if ra == _RANK_ARR:
+        for x, y in zip(va, vb):
+            c = compare_values(x, y)
+            if c:
+                return c
+        return (len(va) > len(vb)) - (len(va) < len(vb))
+    if ra == _RANK_MAP:   # assumption (SPEC-NOTES): sorted keys, then values, then size
+        for (ka, xa), (kb, xb) in zip(sorted(va.items()), sorted(vb.items())):
+            if ka != kb:
+                return -1 if ka < kb else 1
+            c = compare_values(xa, xb)
+            if c:
+                return c
+        return (len(va) > len(vb)) - (len(va) < len(vb))
+    if va is None:        # null, NaN
+        return 0
+    return (va > vb) - (va < vb)
+
+
+def _as_map(v: Any) -> Optional[dict]:
+    """The entries of a map value (plain object or ``{"$map": {...}}``), else None."""
+    if not isinstance(v, dict):
+        return None
+    if len(v) == 1:
+        k = next(iter(v))
+        if k == "$map":
+            return v[k]
+        if k.startswith("$"):
+            return None   # a typed value ($double, $bytes, $timestamp)
+    return v
+
+
+_MISSING = object()
+
+
+def split_field_path(path: str) -> list[str]:
+    """Split ``a.b`` into segments; a segment in backticks (`` `x.y` ``) may hold dots.
+
+    (The server accepts backtick-quoted segments; the spec does not describe them.)"""
+    segs, cur, quoted = [], "", False
+    for ch in path:
+        if ch == "`":
+            quoted = not quoted
+        elif ch == "." and not quoted:
+            segs.append(cur); cur = ""
+        else:
+            cur += ch
+    return segs + [cur]
+
+
+def get_field(fields: dict, path: str) -> Any:
+    """Read a dotted field path (``"topic.text"``); ``_MISSING`` when absent."""
+    cur: Any = fields
+    for seg in split_field_path(path):
+        m = _as_map(cur)
+        if m is None or seg not in m:
+            return _MISSING
+        cur = m[seg]
+    return cur
+
+
+def set_field(fields: dict, path: str, value: Any) -> None:
+    """Write a dotted field path in place, creating (or replacing non-map) parents."""
+    segs = split_field_path(path)
+    cur = fields
+    for seg in segs[:-1]:
+        nxt = _as_map(cur.get(seg))
+        if nxt is None:
+            nxt = cur[seg] = {}
+        cur = nxt
+    cur[segs[-1]] = value
+
+
+def delete_field(fields: dict, path: str) -> None:
+    segs = split_field_path(path)
+    cur: Any = fields
+    for seg in segs[:-1]:
+        cur = _as_map(cur.get(seg)) if isinstance(cur, dict) else None
+        if cur is None:
+            return
+    cur.pop(segs[-1], None)
+
+
+def _num(v: Any) -> Optional[float | int]:
+    rank, x = _typed(v)
+    if rank == _RANK_NUM:
+        return float(x) if isinstance(v, dict) else x
+    return None
+
+
+def now_timestamp() -> dict:
+    """The local clock as a ``$timestamp`` value (stand-in for ``server_timestamp``)."""
+    ns = time.time_ns()
+    secs = datetime.fromtimestamp(ns // 10**9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return {"$timestamp": f"{secs}.{ns % 10**9:09d}Z"}
+
+
+def apply_transform(fields: dict, t: dict) -> None:
+    """Apply one field transform locally, as the server would."""
+    f, kind = t["field"], t["transform"]
+    cur = get_field(fields, f)
+    if kind == "increment":
+        a, b = _num(cur), _num(t.get("value"))
+        if b is None:
+            return
+        if a is None:
+            new = t["value"]                       # not a number yet: the operand replaces it
+        elif isinstance(a, int) and isinstance(b, int):
+            new = a + b
+        else:
+            new = float(a) + float(b)
+        set_field(fields, f, new)
+    elif kind == "server_timestamp":
+        set_field(fields, f, now_timestamp())
+    elif kind == "array_union":
+        arr = list(cur) if isinstance(cur, list) else []
+        for v in t.get("values", []):
+            if not any(compare_values(v, x) == 0 for x in arr):
+                arr.append(v)
+        set_field(fields, f, arr)
+    elif kind == "array_remove":
+        arr = list(cur) if isinstance(cur, list) else []
+        set_field(fields, f, [x for x in arr if not any(compare_values(v, x) == 0 for v in t.get("values", []))])
+    elif kind == "delete":
+        delete_field(fields, f)
+
+
+def apply_write(current: Optional[dict], w: dict) -> Optional[dict]:
+    """Return the fields a protocol ``Write`` leaves when applied to ``current`` (None: no document).
+
+    Preconditions are not evaluated locally (the server judges them)."""
+    op = w["op"]
+    if op == "delete":
+        return None
+    if op == "create" and current is not None:
+        return current                              # the server will refuse it
+    if op == "update" and current is None:
+        return None                                 # left to the server (not-found)
+    if op in ("set", "create"):
+        out = json.loads(json.dumps(w.get("data", {})))
+    else:                                           # update, merge: field paths
+        out = json.loads(json.dumps(current or {}))
+        for path, value in (w.get("fields") or {}).items():
+            set_field(out, path, value)
+    for t in w.get("transforms") or []:
+        apply_transform(out, t)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Queries evaluated locally (only needed to place pending writes in a view)
+# --------------------------------------------------------------------------
+
+_INEQUALITY = {"<", "<=", ">", ">=", "!=", "not-in"}
+
+
+def _path_key(path: str) -> list:
+    return path.split("/")
+
+
+class LocalQuery:
+    """The parts of a protocol Query the client needs to filter and order documents."""
+
+    def __init__(self, q: dict):
+        self.q = q
+        explicit = [(o["field"], o.get("direction", "asc")) for o in q.get("order_by", [])]
+        ordered = {f for f, _ in explicit}
+        ineq = sorted({f["field"] for f in self._filters(q.get("where")) if f["op"] in _INEQUALITY} - ordered)
+        last_dir = explicit[-1][1] if explicit else "asc"
+        self.order = explicit + [(f, "asc") for f in ineq if f != "__name__"]
+        self.order.append(("__name__", last_dir))
+
+    @staticmethod
+    def _filters(flt: Optional[dict]):
+        if not flt:
+            return
+        if "and" in flt or "or" in flt:
+            for sub in flt.get("and", flt.get("or", [])):
+                yield from LocalQuery._filters(sub)
+        else:
+            yield flt
+
+    def in_scope(self, path: str) -> bool:
+        segs = path.split("/")
+        if "collection" in self.q:
+            return "/".join(segs[:-1]) == self.q["collection"]
+        return len(segs) >= 2 and segs[-2] == self.q.get("collection_group")
+
+    def _value(self, path: str, fields: dict, field: str) -> Any:
+        return path if field == "__name__" else get_field(fields, field)
+
+    def _eval(self, flt: Optional[dict], path: str, fields: dict) -> bool:
+        if not flt:
+            return True
+        if "and" in flt:
+            return all(self._eval(f, path, fields) for f in flt["and"])
+        if "or" in flt:
+            return any(self._eval(f, path, fields) for f in flt["or"])
+        v, op, want = self._value(path, fields, flt["field"]), flt["op"], flt["value"]
+        if v is _MISSING:
+            return False
+        eq = lambda a, b: compare_values(a, b) == 0
+        if op == "==":
+            return eq(v, want)
+        if op == "!=":
+            return not eq(v, want)
+        if op in ("<", "<=", ">", ">="):
+            if _typed(v)[0] != _typed(want)[0]:
+                return False                        # comparisons stay within one type
+            c = compare_values(v, want)
+            return {"<": c < 0, "<=": c <= 0, ">": c > 0, ">=": c >= 0}[op]
+        if op == "in":
+            return any(eq(v, x) for x in want)
+        if op == "not-in":
+            return not any(eq(v, x) for x in want)
+        if op == "array-contains":
+            return isinstance(v, list) and any(eq(x, want) for x in v)
+        if op == "array-contains-any":
+            return isinstance(v, list) and any(eq(x, y) for x in v for y in want)
+        return False
+
+    def sort_key_cmp(self, a: tuple[str, dict], b: tuple[str, dict]) -> int:
+        """Compare two ``(path, fields)`` in the query's normalized order."""
+        for field, direction in self.order:
+            if field == "__name__":
+                pa, pb = _path_key(a[0]), _path_key(b[0])
+                c = (pa > pb) - (pa < pb)
+            else:
+                c = compare_values(get_field(a[1], field), get_field(b[1], field))
+            if c:
+                return -c if direction == "desc" else c
+        return 0
+
+    def _cursor_cmp(self, path: str, fields: dict, cursor: dict) -> int:
+        for (field, direction), want in zip(self.order, cursor["values"]):
+            c = compare_values(self._value(path, fields, field), want)
+            if c:
+                return -c if direction == "desc" else c
+        return 0
+
+    def matches(self, path: str, fields: dict) -> bool:
+        if not self.in_scope(path) or not self._eval(self.q.get("where"), path, fields):
+            return False
+        if any(f != "__name__" and get_field(fields, f) is _MISSING for f, _ in self.order):
+            return False                            # lacking an ordered field: not in the result
+        if "start_at" in self.q:
+            c = self._cursor_cmp(path, fields, self.q["start_at"])
+            if c < 0 or (c == 0 and not self.q["start_at"].get("inclusive", True)):
+                return False
+        if "end_at" in self.q:
+            c = self._cursor_cmp(path, fields, self.q["end_at"])
+            if c > 0 or (c == 0 and not self.q["end_at"].get("inclusive", True)):
+                return False
+        return True
+
+
+# --------------------------------------------------------------------------
+# Views
+# --------------------------------------------------------------------------
+
+def apply_changes(view: list[dict], changes: list[dict]) -> list[dict]:
+    """Apply a ``changes`` frame to a server view (PROTOCOL.md section 5, absolute indexes)."""
+    drop = {c["old_index"] for c in changes if c.get("old_index") is not None}
+    out = [d for i, d in enumerate(view) if i not in drop]
+    for c in sorted((c for c in changes if c.get("new_index") is not None), key=lambda c: c["new_index"]):
+        out.insert(c["new_index"], c["doc"])
+    return out
+
+
+def diff_views(old: list[dict], new: list[dict]) -> list[dict]:
+    """Changes (same absolute-index convention as the protocol) turning ``old`` into ``new``.
+
+    Documents equal in both that keep their relative order (a longest increasing
+    subsequence of old positions) are not reported; every other one is."""
+    old_at = {d["path"]: i for i, d in enumerate(old)}
+    new_paths = {d["path"] for d in new}
+    same = [(old_at[d["path"]], d["path"]) for d in new if d["path"] in old_at and old[old_at[d["path"]]] == d]
+    # longest increasing subsequence of old indexes, O(n log n)
+    import bisect
+    tails, tails_i, prev = [], [], [-1] * len(same)
+    for k, (oi, _) in enumerate(same):
+        j = bisect.bisect_left(tails, oi)
+        if j == len(tails):
+            tails.append(oi); tails_i.append(k)
+        else:
+            tails[j] = oi; tails_i[j] = k
+        prev[k] = tails_i[j - 1] if j else -1
+    keep, k = set(), tails_i[-1] if tails_i else -1
+    while k >= 0:
+        keep.add(same[k][1]); k = prev[k]
+    changes = [{"kind": "removed", "path": d["path"], "old_index": i, "new_index": None}
+               for i, d in enumerate(old) if d["path"] not in new_paths]
+    for i, d in enumerate(new):
+        if d["path"] not in old_at:
+            changes.append({"kind": "added", "path": d["path"], "old_index": None, "new_index": i})
+        elif d["path"] not in keep:
+            changes.append({"kind": "modified", "path": d["path"], "old_index": old_at[d["path"]], "new_index": i})
+    return changes
+
+
+@dataclasses.dataclass
+class ViewSnapshot:
+    """What a listener receives: the whole local view and what changed since the last one."""
+    docs: list[dict]            # {"path", "fields", "pending", [version, create_time, update_time]}
+    changes: list[dict]         # {"kind", "path", "old_index", "new_index"} vs the previous snapshot
+    has_pending_writes: bool
+    from_cache: bool
+    reset: bool
+
+
+@dataclasses.dataclass
+class _PendingWrite:
+    mutation_id: str
+    writes: list[dict]
+    future: asyncio.Future
+    request_id: Optional[int] = None      # set while in flight on the current connection
+    seq: Optional[int] = None             # result.seq once acknowledged
+    in_doubt: bool = False                # was in flight on a connection that died unanswered
+
+
+class Subscription:
+    """A live subscription; keep it to :meth:`HearthClient.unsubscribe` later."""
+
+    def __init__(self, client: "HearthClient", name: str, target: dict,
+                 on_snapshot: Callable[[ViewSnapshot], None], on_error: Callable[[HearthError], None]):
+        self.client, self.name, self.target = client, name, target
+        self.on_snapshot, self.on_error = on_snapshot, on_error
+        self.query = LocalQuery(target["query"]) if "query" in target else None
+        self.server_view: list[dict] = []
+        self.resume: Optional[str] = None       # newest token received
+        self.position: Optional[int] = None     # the number in `resume`
+        self.synced = False                     # a frame arrived on the current connection
+        self.emitted: Optional[list[dict]] = None   # the docs of the last snapshot given to the listener
+        self.reset_pending = False              # a reset snapshot arrived and was not yet reported
+        self.request_id: Optional[int] = None   # the subscribe request awaiting its first frame
+        self.ended = False
+
+    def covers(self, path: str) -> bool:
+        """Could a write to ``path`` change this subscription's view?"""
+        return self.query.in_scope(path) if self.query else path == self.target["doc"]
+
+    def local_view(self, writes: list[_PendingWrite]) -> list[dict]:
+        """Server view + the pending writes this subscription's position has not seen yet."""
+        def out(d: dict, pending: bool = False) -> dict:
+            e = {k: d[k] for k in ("path", "fields", "version", "create_time", "update_time") if k in d}
+            e["pending"] = pending
+            return e
+        overlay = [w for w in writes if w.seq is None or self.position is None or self.position < w.seq]
+        local: dict[str, Optional[dict]] = {}
+        pending: set[str] = set()
+        base = {d["path"]: d["fields"] for d in self.server_view}
+        for w in overlay:
+            for op in w.writes:
+                p = op["path"]
+                if self.covers(p):
+                    local[p] = apply_write(local[p] if p in local else base.get(p), op)
+                    if w.seq is None:
+                        pending.add(p)
+        docs = [out(d) for d in self.server_view if d["path"] not in local]
+        for p, fields in local.items():
+            if fields is None or (self.query and not self.query.matches(p, fields)):
+                continue
+            doc = {"path": p, "fields": fields, "pending": p in pending}
+            i = 0
+            if self.query:   # insert at its place, keeping the server's order for the rest
+                while i < len(docs) and self.query.sort_key_cmp((docs[i]["path"], docs[i]["fields"]), (p, fields)) <= 0:
+                    i += 1
+            docs.insert(i, doc)
+        limit = self.query.q.get("limit") if self.query else None
+        if limit is not None and len(docs) > limit:
+            docs = docs[-limit:] if self.query.q.get("limit_to_last") else docs[:limit]
+        return docs
+
+    async def unsubscribe(self) -> None:
+        await self.client.unsubscribe(self)
+
+
+# --------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------
+
+class HearthClient:
+    """A Hearth session that reconnects by itself.
+
+    Usage::
+
+        client = HearthClient("ws://127.0.0.1:8080/v1/ws", token=access_token)
+        await client.connect()
+        sub = client.subscribe({"query": {"collection": "rooms"}}, on_snapshot)
+        result = await client.write([{"op": "set", "path": "rooms/r1", "data": {"n": 1}}])
+    """
+
+    def __init__(self, url: str, token: Optional[str] = None, *,
+                 backoff_base: float = 0.25, backoff_cap: float = 30.0, attempt_timeout: float = 10.0):
+        self.url, self.token = url, token
+        self.backoff_base, self.backoff_cap, self.attempt_timeout = backoff_base, backoff_cap, attempt_timeout
+        self.welcome: Optional[dict] = None
+        self._subs: dict[str, Subscription] = {}
+        self._writes: list[_PendingWrite] = []
+        self._requests: dict[int, tuple[str, Any]] = {}   # request id -> (kind, object), current connection
+        self._next_id = 0
+        self._next_sub = 0
+        self._ws = None
+        self._outbox: Optional[asyncio.Queue] = None
+        self._connected = asyncio.Event()
+        self._token_changed = asyncio.Event()
+        self._auth_waiters: list[asyncio.Future] = []     # set_token calls waiting for the next welcome
+        self._first: Optional[asyncio.Future] = None
+        self._runner: Optional[asyncio.Task] = None
+        self._closed = False
+        self._last_sent = self._last_recv = 0.0
+
+    # ---- public API --------------------------------------------------------
+
+    async def connect(self, timeout: float = 20.0) -> dict:
+        """Start the session loop; return the first ``welcome`` (raise if the server refuses us)."""
+        self._first = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._first), timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+    def subscribe(self, target: dict, on_snapshot: Callable[[ViewSnapshot], None],
+                  on_error: Callable[[HearthError], None] = lambda e: None) -> Subscription:
+        """Subscribe to ``{"doc": path}`` or ``{"query": Query}``; works offline too (sent on connect)."""
+        self._next_sub += 1
+        sub = Subscription(self, f"s{self._next_sub}", target, on_snapshot, on_error)
+        self._subs[sub.name] = sub
+        if self._connected.is_set():
+            self._send_subscribe(sub)
+        self._refresh(sub)                  # pending writes may already show in it
+        return sub
+
+    async def unsubscribe(self, sub: Subscription) -> None:
+        """End a subscription; its listener is not called again."""
+        sub.ended = True
+        if self._subs.pop(sub.name, None) is not None and self._connected.is_set():
+            self._request({"type": "unsubscribe", "sub": sub.name}, "unsubscribe", sub)
+
+    def write(self, writes: list[dict]) -> asyncio.Future:
+        """Queue one atomic batch; shown in local views at once.
+
+        Returns a future resolved with the ``CommitResult`` once the server
+        acknowledged it (or failed with :class:`HearthError` if it refused)."""
+        pw = _PendingWrite(str(uuid.uuid4()), writes, asyncio.get_running_loop().create_future())
+        self._writes.append(pw)
+        self._refresh_all()
+        self._pump_writes()
+        return pw.future
+
+    async def set_token(self, token: str) -> dict:
+        """Give the client a fresh credential: ``auth`` on the live socket, else used by the next hello."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._connected.is_set():
+            self._request({"type": "auth", "token": token}, "auth", (fut, token))
+        else:
+            self.token = token
+            self._auth_waiters.append(fut)
+            self._token_changed.set()
+        return await fut
+
+    async def close(self) -> None:
+        """Shut down: close the socket (1000) and fail whatever still waits."""
+        self._closed = True
+        self._token_changed.set()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except BaseException:
+                pass
+        err = HearthError("unavailable", "client closed")
+        for f in [w.future for w in self._writes] + self._auth_waiters + [self._first]:
+            if f is not None and not f.done():
+                f.set_exception(err)
+                f.exception()   # mark retrieved
+
+    # ---- connection loop ---------------------------------------------------
+
+    async def _run(self) -> None:
+        failures, first = 0, True
+        while not self._closed:
+            if not first:   # full jitter: random in [0, min(cap, base * 2^failures)]
+                delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** failures))
+                log.info("reconnecting in %.3f s (failures=%d)", delay, failures)
+                await asyncio.sleep(delay)
+            first = False
+            try:
+                ws, welcome = await asyncio.wait_for(self._open(), self.attempt_timeout)
+            except _Fatal as e:
+                log.warning("handshake refused (%d): %s", e.close_code, e.error)
+                self._fail_handshake(e.error)
+                await self._wait_for_token()
+                failures, first = 0, True
+                continue
+            except Exception as e:          # refused, reset, timed out, bad upgrade...
+                log.info("connection attempt failed: %r", e)
+                failures += 1
+                continue
+            failures = 0
+            code = await self._session(ws, welcome)
+            if code in _NO_RECONNECT and not self._closed:
+                await self._wait_for_token()
+                first = True
+
+    async def _wait_for_token(self) -> None:
+        """After 4001/4003: wait until the application gives a new token (set_token)."""
+        self._token_changed.clear()
+        await self._token_changed.wait()
+
+    def _fail_handshake(self, err: HearthError) -> None:
+        for f in self._auth_waiters + [self._first]:
+            if f is not None and not f.done():
+                f.set_exception(err)
+        self._auth_waiters.clear()
+
+    async def _open(self):
+        """Connect, send hello, wait for welcome."""
+        ws = await websockets.connect(self.url, subprotocols=["hearth.v1"], ping_interval=None,
+                                      max_size=None, close_timeout=1, open_timeout=None)
+        try:
+            hello = {"type": "hello", "protocol": 1, "client": CLIENT_INFO}
+            if self.token:
+                hello["token"] = self.token
+            await ws.send(json.dumps(hello))
+            error = None
+            while True:
+                try:
+                    msg = json.loads(await ws.recv())
+                except websockets.ConnectionClosed as e:
+                    code = _close_code(e)
+                    if error is not None and code in (4000, 4001, 4003):
+                        raise _Fatal(code, error)
+                    raise
+                if msg.get("type") == "welcome":
+                    return ws, msg
+                if msg.get("type") == "error":
+                    error = HearthError(msg.get("code", "internal"), msg.get("message", ""), msg.get("details"))
+        except BaseException:
+            await ws.close()
+            raise
+
+    async def _session(self, ws, welcome: dict) -> Optional[int]:
+        """Run one connection from its welcome to its end; return the close code."""
+        self._ws, self.welcome, self._requests = ws, welcome, {}
+        self._outbox = asyncio.Queue()
+        self._last_sent = self._last_recv = time.monotonic()
+        log.info("welcome: session %s uid=%s", welcome.get("session_id"), welcome.get("uid"))
+        writer = asyncio.create_task(self._writer(ws, self._outbox))
+        keepalive = asyncio.create_task(self._keepalive(ws, welcome))
+        self._connected.set()
+        # Before anything else: every subscription (with its resume token), then unacknowledged writes.
+        for sub in list(self._subs.values()):
+            sub.synced = False
+            self._send_subscribe(sub)
+        self._pump_writes()
+        for f in self._auth_waiters:
+            if not f.done():
+                f.set_result({k: welcome.get(k) for k in ("uid", "admin", "expires_at")})
+        self._auth_waiters.clear()
+        if self._first and not self._first.done():
+            self._first.set_result(welcome)
+        code = None
+        try:
+            async for raw in ws:
+                self._last_recv = time.monotonic()
+                try:
+                    msg = json.loads(raw)
+                except (TypeError, ValueError):
+                    log.warning("undecodable frame ignored")
+                    continue
+                self._dispatch(msg)
+        except websockets.ConnectionClosed as e:
+            code = _close_code(e)
+        else:
+            code = _close_code(None, ws)
+        finally:
+            log.info("connection ended (close code %s)", code)
+            self._connected.clear()
+            self._ws = self._outbox = None
+            writer.cancel()
+            keepalive.cancel()
+            self._requests = {}
+            for w in self._writes:           # unacknowledged writes go out again on the next connection
+                if w.request_id is not None and w.seq is None:
+                    w.in_doubt = True        # the server may or may not have applied it
+                w.request_id = None
+            try:
+                await ws.close()
+            except Exception:
+                pass
+        return code
+
+    async def _writer(self, ws, outbox: asyncio.Queue) -> None:
+        try:
+            while True:
+                frame = await outbox.get()
+                await ws.send(json.dumps(frame))
+                self._last_sent = time.monotonic()
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _keepalive(self, ws, welcome: dict) -> None:
+        """Ping after heartbeat_ms of silence from us; drop the socket after idle_timeout_ms from the server."""
+        hb = max(welcome.get("heartbeat_ms", 25000), 100) / 1000
+        idle = max(welcome.get("idle_timeout_ms", 60000), 200) / 1000
+        while True:
+            await asyncio.sleep(min(hb, idle) / 4)
+            now = time.monotonic()
+            if now - self._last_recv > idle:
+                log.warning("nothing received for %.1f s: reconnecting", idle)
+                transport = getattr(ws, "transport", None)
+                if transport is not None:
+                    transport.abort()       # a dead peer would not answer a close handshake
+                return
+            if now - self._last_sent >= hb:
+                self._request({"type": "ping"}, "ping", None)
+
+    def _send(self, frame: dict) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(frame)
+
+    def _request(self, frame: dict, kind: str, obj: Any) -> int:
+        self._next_id += 1
+        frame["id"] = self._next_id
+        self._requests[self._next_id] = (kind, obj)
+        self._send(frame)
+        return self._next_id
+
+    def _send_subscribe(self, sub: Subscription) -> None:
+        frame = {"type": "subscribe", "sub": sub.name, "target": sub.target}
+        if sub.resume is not None:
+            frame["resume"] = sub.resume
+        sub.request_id = self._request(frame, "subscribe", sub)
+
+    def _pump_writes(self) -> None:
+        """Send unacknowledged writes, oldest first, up to limits.max_inflight_writes."""
+        if not self._connected.is_set():
+            return
+        limit = self.welcome.get("limits", {}).get("max_inflight_writes", 32)
+        inflight = sum(1 for w in self._writes if w.request_id is not None and w.seq is None)
+        for w in self._writes:
+            if inflight >= limit:
+                break
+            if w.seq is None and w.request_id is None:
+                w.request_id = self._request({"type": "write", "mutation_id": w.mutation_id,
+                                              "writes": w.writes}, "write", w)
+                inflight += 1
+
+    # ---- incoming frames ---------------------------------------------------
+
+    def _dispatch(self, msg: dict) -> None:
+        t = msg.get("type")
+        if t in ("snapshot", "changes"):
+            sub = self._subs.get(msg.get("sub"))
+            if sub is not None:
+                self._on_view_frame(sub, msg)
+        elif t == "ping":
+            self._send({"type": "pong", "id": msg.get("id")})
+        elif t == "write_ok":
+            kind, w = self._requests.pop(msg.get("id"), (None, None))
+            if kind == "write":
+                self._on_write_ok(w, msg)
+        elif t == "auth_ok":
+            kind, obj = self._requests.pop(msg.get("id"), (None, None))
+            if kind == "auth":
+                fut, token = obj
+                self.token = token
+                if not fut.done():
+                    fut.set_result({k: msg.get(k) for k in ("uid", "admin", "expires_at")})
+        elif t == "unsubscribed":
+            self._requests.pop(msg.get("id"), None)
+        elif t == "pong":
+            self._requests.pop(msg.get("id"), None)
+        elif t == "error":
+            self._on_error(msg)
+        # welcome twice or an unknown type: ignored (section 2)
+
+    def _on_view_frame(self, sub: Subscription, msg: dict) -> None:
+        if sub.request_id is not None:          # the first frame answers the subscribe
+            self._requests.pop(sub.request_id, None)
+            sub.request_id = None
+        if msg["type"] == "snapshot":
+            sub.server_view = list(msg["docs"])     # replaces the view, reset or not
+            sub.reset_pending |= bool(msg.get("reset"))
+        else:
+            sub.server_view = apply_changes(sub.server_view, msg["changes"])
+        sub.resume = msg["resume"]
+        sub.position = _position(msg["resume"])
+        sub.synced = True
+        self._prune_acknowledged()
+        self._refresh(sub)
+
+    def _on_write_ok(self, w: _PendingWrite, msg: dict) -> None:
+        w.seq = msg["result"]["seq"]
+        w.request_id, w.in_doubt = None, False
+        if not w.future.done():
+            w.future.set_result(msg["result"])
+        asyncio.get_running_loop().call_later(ACK_GRACE_S, self._drop_write, w)
+        self._prune_acknowledged()
+        self._refresh_all()
+        self._pump_writes()
+
+    def _on_error(self, msg: dict) -> None:
+        err = HearthError(msg.get("code", "internal"), msg.get("message", ""), msg.get("details"))
+        if "id" in msg:
+            kind, obj = self._requests.pop(msg["id"], (None, None))
+            if kind == "subscribe":
+                self._end_sub(obj, err)
+            elif kind == "write":      # refused: leaves the queue, the view falls back
+                self._drop_write(obj)
+                if not obj.future.done():
+                    obj.future.set_exception(err)
+                self._pump_writes()
+            elif kind == "auth":       # the session keeps its current credential
+                if not obj[0].done():
+                    obj[0].set_exception(err)
+            else:
+                log.warning("error for request %s (%s): %s", msg["id"], kind, err)
+        elif "sub" in msg:
+            if msg["sub"] in self._subs:
+                self._end_sub(self._subs[msg["sub"]], err)
+        else:
+            log.warning("server error: %s", err)
+
+    def _end_sub(self, sub: Subscription, err: HearthError) -> None:
+        """The server ended a subscription (section 3): tell the application once."""
+        if self._subs.get(sub.name) is sub:
+            del self._subs[sub.name]
+        sub.request_id = None
+        if not sub.ended:
+            sub.ended = True
+            sub.on_error(err)
+
+    # ---- pending-write bookkeeping and view emission ----------------------
+
+    def _drop_write(self, w: _PendingWrite) -> None:
+        if w in self._writes:
+            self._writes.remove(w)
+            self._refresh_all()
+
+    def _prune_acknowledged(self) -> None:
+        """Drop acknowledged writes that every subscription they touch has caught up with."""
+        for w in [w for w in self._writes if w.seq is not None]:
+            touched = [s for s in self._subs.values() if any(s.covers(op["path"]) for op in w.writes)]
+            if all(s.position is not None and s.position >= w.seq for s in touched):
+                self._writes.remove(w)
+
+    def _refresh_all(self) -> None:
+        for sub in list(self._subs.values()):
+            self._refresh(sub)
+
+    def _refresh(self, sub: Subscription) -> None:
+        """Recompute the local view; call the listener if it changed (or on the first frame / a reset)."""
+        if sub.ended:
+            return
+        if any(w.in_doubt and any(sub.covers(op["path"]) for op in w.writes) for w in self._writes):
+            # A write whose answer was lost may already be in the server view (a resumed frame can
+            # carry its commit before the duplicate write_ok arrives): overlaying it again would
+            # count it twice. Hold the view back until its answer tells us its seq.
+            return
+        docs = sub.local_view(self._writes)
+        if sub.emitted is None:
+            if sub.resume is None and not docs:
+                return                              # nothing to show before the first frame
+        elif docs == sub.emitted and not sub.reset_pending:
+            return
+        changes = diff_views(sub.emitted or [], docs)
+        sub.emitted, reset, sub.reset_pending = docs, sub.reset_pending, False
+        sub.on_snapshot(ViewSnapshot(docs, changes, any(d["pending"] for d in docs),
+                                     from_cache=not sub.synced, reset=reset))
+
+
+def _position(token: str) -> Optional[int]:
+    """The changelog position in a resume token ``"p<seq>"`` (section 6)."""
+    return int(token[1:]) if token.startswith("p") and token[1:].isdigit() else None
+
+
+def _close_code(e: Optional[Exception], ws: Any = None) -> Optional[int]:
+    rcvd = getattr(e, "rcvd", None) if e is not None else getattr(ws, "close_code", None)
+    if isinstance(rcvd, int):
+        return rcvd
+    return getattr(rcvd, "code", None)
