@@ -17,6 +17,13 @@
 //! new writes are silently dropped. Records written before the digest
 //! existed have none and match any retry.
 //!
+//! A record proves a write durable only while the store is healthy. After a
+//! failed flush the commit that failed stays applied (and its record
+//! readable) without being known durable, so a storage failure is never
+//! answered from a record: the failed commit's own error stands, and while
+//! the store is failed every write, a retry included, is `unavailable`
+//! (see `Store::storage_failure`).
+//!
 //! Every write is checked by `AccessControl::authorize_writes` (the check
 //! REST uses too) against the state it will be applied to (earlier writes of
 //! the same batch included), inside a store transaction so a concurrent
@@ -224,6 +231,10 @@ pub(crate) async fn apply_once(
     validate(mutation_id, &writes)?;
     let record_path = mutation_record_path(p, mutation_id);
     let digest = request_digest(reads, &writes);
+    // A failed store may hold records of commits that were never durable.
+    if let Some(failure) = store.storage_failure() {
+        return Err(store_error(StoreError::Unavailable(failure)));
+    }
     if let Some(record) = store.get(&record_path).map_err(store_error)? {
         return duplicate_of(&record, mutation_id, &digest);
     }
@@ -357,7 +368,9 @@ pub fn spawn_mutation_pruner(
 
 /// After a failed commit: if the mutation's record exists, a concurrent
 /// retry of the same mutation won and its result is ours (a duplicate);
-/// otherwise the commit's error stands.
+/// otherwise the commit's error stands. A storage failure always stands:
+/// the record of a commit whose flush failed is readable but not durable,
+/// so answering from it would acknowledge a write that may be lost.
 async fn duplicate_or(
     store: &Store,
     record_path: &DocPath,
@@ -365,6 +378,9 @@ async fn duplicate_or(
     digest: &str,
     error: StoreError,
 ) -> Result<(CommitResult, bool), ErrorBody> {
+    if matches!(error, StoreError::Internal(_) | StoreError::Unavailable(_)) {
+        return Err(store_error(error));
+    }
     // A commit refused because the record exists may have lost to a retry
     // committed in the same group, which becomes readable a moment later.
     let lost_to_a_retry = matches!(&error, StoreError::AlreadyExists(p) if p == record_path);

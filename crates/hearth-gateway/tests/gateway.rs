@@ -991,6 +991,46 @@ async fn a_socket_write_whose_commit_fails_is_an_error_and_its_retry_applies_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_write_whose_flush_fails_is_never_acknowledged_not_even_on_retry() {
+    // The commit is applied (its mutation record readable) but its fsync
+    // failed: neither the write nor a retry of it may get `write_ok`.
+    // Admin writes commit directly, user writes through a rules-checked
+    // store transaction: both paths.
+    for token in ["user:u", "admin"] {
+        let (server, engine) = start_faulty(GatewayConfig::default()).await;
+        let mut c = Client::connect(server.addr, Some(token)).await;
+        let writes = json!([set("w/a", json!({"n": 1}))]);
+        engine.fail_flushes(true);
+        let id = json!(c.id() + 1);
+        let (e, other) = c.write("m-1", writes.clone()).await;
+        assert_internal_error_for(&e, &id);
+        assert!(other.is_empty(), "{token}: {other:?}");
+        assert!(
+            server
+                .store
+                .get(&DocPath::parse("w/a").expect("path"))
+                .expect("get")
+                .is_some(),
+            "{token}: applied, only its durability is unknown"
+        );
+        // A healthy disk again proves nothing about the lost flush.
+        engine.fail_flushes(false);
+        for mutation_id in ["m-1", "m-1", "m-2"] {
+            let id = json!(c.id() + 1);
+            let (e, _) = c.write(mutation_id, writes.clone()).await;
+            assert_eq!(
+                (e["type"].as_str(), e["code"].as_str(), &e["id"]),
+                (Some("error"), Some("unavailable"), &id),
+                "{token}: {mutation_id}: {e}"
+            );
+            let message = e["message"].as_str().unwrap_or_default();
+            assert!(message.contains("restart"), "{token}: {message}");
+        }
+        assert!(server.store.storage_failure().is_some(), "{token}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_transaction_whose_commit_fails_is_an_error_and_its_retry_applies_once() {
     let (server, engine) = start_faulty(GatewayConfig {
         max_inflight_writes: 1,
