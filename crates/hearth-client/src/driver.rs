@@ -90,6 +90,16 @@ struct SubEntry {
     position: Option<u64>,
     emitted: Vec<SnapshotDoc>,
     emitted_once: bool,
+    /// While a write in doubt (see [`PendingWrite::in_doubt`]) touches this
+    /// subscription: the server view and position as they were when its
+    /// connection broke, which cannot include that write's commit (its
+    /// `write_ok` would have come first). Local views are built on this
+    /// instead of the live server view until the retry is answered, so the
+    /// write is applied exactly once, and new local writes still show.
+    frozen: Option<(Vec<hearth_protocol::Document>, Option<u64>)>,
+    /// A `reset` snapshot arrived while the view was frozen; the first
+    /// snapshot after it carries the flag.
+    held_reset: bool,
     tx: SnapshotSender,
 }
 
@@ -101,6 +111,11 @@ struct PendingWrite {
     in_flight: Option<u64>,
     /// Commit sequence and time of the acknowledgement.
     acked: Option<(u64, Instant)>,
+    /// Sent on a connection that broke before its answer: the server may
+    /// have applied it, so a resumed subscription may already carry its
+    /// commit while it still looks unanswered. Views it touches are held
+    /// back until the retry is answered, so it is never counted twice.
+    in_doubt: bool,
 }
 
 enum Request {
@@ -354,7 +369,18 @@ impl Driver {
         self.outbox.clear();
         self.requests.clear();
         for w in &mut self.writes {
-            w.in_flight = None;
+            if w.in_flight.take().is_some() && w.acked.is_none() {
+                w.in_doubt = true;
+            }
+        }
+        for entry in self.subs.values_mut() {
+            let touched = self
+                .writes
+                .iter()
+                .any(|w| w.in_doubt && w.acked.is_none() && entry.overlay_applies(w));
+            if touched && entry.frozen.is_none() {
+                entry.frozen = Some((entry.server.docs.clone(), entry.position));
+            }
         }
         for entry in self.subs.values_mut() {
             entry.synced = false;
@@ -433,6 +459,8 @@ impl Driver {
                         position: None,
                         emitted: Vec::new(),
                         emitted_once: false,
+                        frozen: None,
+                        held_reset: false,
                         tx,
                     },
                 );
@@ -456,6 +484,7 @@ impl Driver {
                     reply: Some(reply),
                     in_flight: None,
                     acked: None,
+                    in_doubt: false,
                 });
                 self.update_pending_count();
                 self.send_writes();
@@ -652,19 +681,34 @@ impl Driver {
     /// Recomputes a subscription's local view and sends a snapshot if it
     /// changed (or `force`, for every server frame).
     fn emit(&mut self, sub: &str, force: bool, reset: bool) {
-        let Some(entry) = self.subs.get(sub) else {
+        let Some(entry) = self.subs.get_mut(sub) else {
             return;
         };
         if !entry.has_server_data {
             return;
         }
+        let held = self
+            .writes
+            .iter()
+            .any(|w| w.in_doubt && w.acked.is_none() && entry.overlay_applies(w));
+        if held && reset {
+            entry.held_reset = true;
+        }
+        let entry = &*entry;
+        let (base, position) = match (&entry.frozen, held) {
+            (Some((docs, position)), true) => (docs.as_slice(), *position),
+            _ => (entry.server.docs.as_slice(), entry.position),
+        };
+        let thawed = entry.frozen.is_some() && !held;
+        let force = force || thawed;
+        let reset_now = !held && (reset || entry.held_reset);
         let overlay = self.writes.iter().filter(|w| match w.acked {
             None => true,
-            Some((seq, _)) => entry.position.is_some_and(|p| p < seq),
+            Some((seq, _)) => position.is_some_and(|p| p < seq),
         });
         let local = local_view(
             &entry.target,
-            &entry.server.docs,
+            base,
             overlay.map(|w| w.writes.as_slice()),
             Timestamp::now(),
         );
@@ -674,6 +718,7 @@ impl Driver {
         if !force && entry.emitted_once && changes.is_empty() && has_pending == had_pending {
             return;
         }
+        let reset = reset_now;
         let snapshot = QuerySnapshot {
             docs: local.clone(),
             changes,
@@ -686,6 +731,10 @@ impl Driver {
         if let Some(entry) = self.subs.get_mut(sub) {
             entry.emitted = local;
             entry.emitted_once = true;
+            if !held {
+                entry.held_reset = false;
+                entry.frozen = None;
+            }
         }
         if !delivered {
             self.subs.remove(sub);

@@ -747,8 +747,30 @@ impl Check {
             .wait_snapshot("c", SETTLE, "the counter at the number of writes", |s| {
                 s.contents() == [(counter.clone(), json!({ "n": WRITES }))] && !s.has_pending_writes
             })
-            .await
-            .map(drop)
+            .await?;
+        // Increments only add: a view that shows more than was written, or
+        // goes back, counted a retried write twice (its commit arrived with
+        // the resumed subscription while the write still looked unanswered).
+        let mut shown = 0;
+        for snapshot in &self.driver.snapshots["c"] {
+            let n = snapshot
+                .doc(&counter)
+                .and_then(|d| d.pointer("/fields/n"))
+                .and_then(Json::as_u64)
+                .unwrap_or(0);
+            if n < shown || n > WRITES as u64 {
+                let history: Vec<Option<&Json>> = self.driver.snapshots["c"]
+                    .iter()
+                    .map(|s| s.doc(&counter).and_then(|d| d.pointer("/fields/n")))
+                    .collect();
+                return Err(format!(
+                    "the counter showed {history:?}: a write retried after its answer was lost \
+                     must not be counted twice while its retry is unanswered"
+                ));
+            }
+            shown = n;
+        }
+        Ok(())
     }
 
     /// The `writes` of every `write` frame the client sent, by mutation id.
