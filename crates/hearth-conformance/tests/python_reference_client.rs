@@ -1,0 +1,71 @@
+//! The Python reference client (`sdk-spec/reference/python`), written from
+//! `sdk-spec/` alone, passes every client check against a real `hearth
+//! serve` (with tiny retention, so the reset check runs too). This keeps the
+//! spec honest: a second client, in another language and by another author,
+//! must keep working from the documents as they change.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use hearth_conformance::{run_client_checks, ClientRunOptions, Outcome, CLIENT_CHECKS};
+use hearth_testkit::{TestServer, TestServerOptions};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `python3` with the `websockets` package (`.ci/run` installs it).
+fn python_with_websockets() -> bool {
+    Command::new("python3")
+        .args(["-c", "import websockets"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_reference_client_passes_every_client_check() {
+    if !python_with_websockets() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide python3 with websockets (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: python3 with the websockets package is not installed");
+        return;
+    }
+    hearth_testkit::hearth_binary().unwrap();
+    let driver = repo().join("sdk-spec/reference/python/driver.py");
+    let result = tokio::time::timeout(Duration::from_secs(400), async {
+        let server = TestServer::start(
+            TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),
+        )
+        .await
+        .unwrap();
+        let report = run_client_checks(
+            &server.base_url(),
+            ClientRunOptions {
+                admin_key: server.admin_key().to_string(),
+                driver: format!("python3 {}", driver.display()),
+                schema_dir: Some(repo().join("sdk-spec/schema")),
+                capabilities: vec!["tiny-retention".into()],
+                filter: None,
+                msgpack: false,
+            },
+        )
+        .await;
+        print!("{}", report.render());
+        let failed: Vec<&str> = report
+            .results
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Passed))
+            .map(|r| r.name.as_str())
+            .collect();
+        assert!(report.setup_error.is_none(), "{:?}", report.setup_error);
+        assert!(failed.is_empty(), "checks not passed: {failed:?}");
+        assert_eq!(report.passed(), CLIENT_CHECKS.len());
+    })
+    .await;
+    assert!(result.is_ok(), "the client checks must finish within 400 s");
+}
