@@ -155,6 +155,11 @@ pub async fn healthz() -> Json<HealthResponse> {
     responses((status = 200, description = "Ready to serve.", body = openapi::HealthSchema),
               (status = 503, description = "Starting or shutting down.", body = openapi::ErrorEnvelopeSchema)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
+    // A store that failed to sync refuses every write until a restart
+    // (hearth-store's fail-stop): not ready, and the message says why.
+    if let Some(failure) = state.store().storage_failure() {
+        return Err(ApiError::new(ErrorCode::Unavailable, failure));
+    }
     if state.is_ready() {
         Ok(Json(HealthResponse {
             status: "ready".into(),
@@ -170,6 +175,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse
 pub async fn metrics_text(State(state): State<AppState>) -> Response<Body> {
     metrics::gauge!("hearth_changelog_head").set(state.store().changelog().head() as f64);
     metrics::gauge!("hearth_open_transactions").set(state.transactions().len() as f64);
+    let failed = state.store().storage_failure().is_some();
+    metrics::gauge!("hearth_storage_failed").set(if failed { 1.0 } else { 0.0 });
     if let Ok(hooks) = state.0.scrape_hooks.lock() {
         hooks.iter().for_each(|hook| hook());
     }
@@ -258,4 +265,62 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, String) {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_a_store_that_failed_to_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = hearth_store::SledEngine::open(dir.path(), 1 << 24).expect("sled");
+        let engine = Arc::new(hearth_store::FaultyEngine::new(Arc::new(sled)));
+        let store = hearth_store::Store::open_with_engine(
+            hearth_store::StoreConfig::new(dir.path()),
+            Arc::clone(&engine) as Arc<dyn hearth_store::Engine>,
+        )
+        .expect("store");
+        let key = AdminKey::new("readyz-test-admin-key-0123456789").expect("key");
+        let state = AppState::new(
+            store.clone(),
+            Access::new(key, false),
+            ServerOptions::default(),
+        );
+        let app = app(state, Vec::new());
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+
+        engine.fail_flushes(true);
+        let write = hearth_protocol::Write::set(
+            hearth_protocol::DocPath::parse("rooms/r1").expect("path"),
+            hearth_protocol::Map::new(),
+        );
+        assert!(store.commit(vec![write]).await.is_err());
+        engine.fail_flushes(false);
+
+        let (status, body) = get(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(json["error"]["code"], "unavailable", "{body}");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("failed to sync") && message.contains("restart"),
+            "{message}"
+        );
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK, "still alive");
+        let (_, metrics) = get(&app, "/metrics").await;
+        assert!(metrics.contains("hearth_storage_failed 1"), "{metrics}");
+    }
 }
