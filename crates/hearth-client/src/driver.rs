@@ -73,6 +73,9 @@ pub(crate) struct Stats {
 /// How long an acknowledged write may stay in the overlay waiting for its
 /// subscription to catch up, before it is dropped anyway.
 const ACK_GRACE: Duration = Duration::from_secs(5);
+/// A session this long (or one that got any frame after `welcome`) resets
+/// the reconnect backoff; a shorter, silent one counts as a failed attempt.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
@@ -146,6 +149,8 @@ pub(crate) struct Driver {
     limits: Option<Limits>,
     connected: bool,
     outbox: Vec<String>,
+    /// Frames received in the current session after `welcome`.
+    frames_in_session: u64,
     rng: rand::rngs::StdRng,
 }
 
@@ -170,6 +175,7 @@ impl Driver {
             limits: None,
             connected: false,
             outbox: Vec::new(),
+            frames_in_session: 0,
             rng: rand::rngs::StdRng::from_entropy(),
         }
     }
@@ -221,8 +227,19 @@ impl Driver {
             let reason = match outcome {
                 None => return self.close_all(),
                 Some(Ok((socket, welcome))) => {
-                    attempt = 0;
-                    match self.session(socket, welcome).await {
+                    // A session that dies right after `welcome` (a server
+                    // that closes at once, a proxy in trouble) counts as a
+                    // failed attempt, or the client would reconnect every
+                    // `backoff.initial` forever.
+                    let started = Instant::now();
+                    self.frames_in_session = 0;
+                    let ended = self.session(socket, welcome).await;
+                    if started.elapsed() >= STABLE_SESSION || self.frames_in_session > 0 {
+                        attempt = 0;
+                    } else {
+                        attempt = attempt.saturating_add(1);
+                    }
+                    match ended {
                         Disconnect::Shutdown => return self.close_all(),
                         Disconnect::AuthFailed(message) => {
                             self.auth_failure(message);
@@ -510,6 +527,7 @@ impl Driver {
     }
 
     fn on_frame(&mut self, text: &str) -> Result<(), Disconnect> {
+        self.frames_in_session += 1;
         let frame = match wire::decode(text) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),

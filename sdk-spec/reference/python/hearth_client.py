@@ -44,6 +44,7 @@ log = logging.getLogger("hearth")
 CLIENT_INFO = {"name": "hearth-python-reference", "version": "0.1.0"}
 _NO_RECONNECT = (4001, 4003)      # need a new credential first (section 10)
 ACK_GRACE_S = 5.0                 # an acknowledged write leaves the queue at the latest then
+STABLE_SESSION = 5.0              # a session this long (or with any frame after welcome) resets the backoff
 
 
 class HearthError(Exception):
@@ -512,6 +513,7 @@ class HearthClient:
         self._runner: Optional[asyncio.Task] = None
         self._closed = False
         self._last_sent = self._last_recv = 0.0
+        self._frames_in_session = 0
 
     # ---- public API --------------------------------------------------------
 
@@ -604,8 +606,15 @@ class HearthClient:
                 log.info("connection attempt failed: %r", e)
                 failures += 1
                 continue
-            failures = 0
+            # A session that ends before any frame after welcome (and within
+            # STABLE_SESSION) counts as a failure, or a server that drops
+            # every connection right after welcome would be hammered.
+            started, self._frames_in_session = time.monotonic(), 0
             code = await self._session(ws, welcome)
+            if self._frames_in_session > 0 or time.monotonic() - started >= STABLE_SESSION:
+                failures = 0
+            else:
+                failures += 1
             if code in _NO_RECONNECT and not self._closed:
                 await self._wait_for_token()
                 first = True
@@ -671,6 +680,7 @@ class HearthClient:
         try:
             async for raw in ws:
                 self._last_recv = time.monotonic()
+                self._frames_in_session += 1
                 try:
                     msg = json.loads(raw)
                 except (TypeError, ValueError):

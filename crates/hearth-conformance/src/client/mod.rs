@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(5);
 
 /// The client checks, in order: `(name, required server capability)`.
-pub const CLIENT_CHECKS: [(&str, Option<&str>); 13] = [
+pub const CLIENT_CHECKS: [(&str, Option<&str>); 14] = [
     ("client-01-handshake", None),
     ("client-02-live-query", None),
     ("client-03-document", None),
@@ -51,6 +51,7 @@ pub const CLIENT_CHECKS: [(&str, Option<&str>); 13] = [
     ("client-11-token-refresh", None),
     ("client-12-reset-past-retention", Some("tiny-retention")),
     ("client-13-revoked-session", None),
+    ("client-14-backoff-after-welcome", None),
 ];
 
 /// What to run the client checks with.
@@ -294,6 +295,7 @@ impl Check {
             "client-11-token-refresh" => self.token_refresh(anonymous).await,
             "client-12-reset-past-retention" => self.reset_past_retention().await,
             "client-13-revoked-session" => self.revoked_session().await,
+            "client-14-backoff-after-welcome" => self.backoff_after_welcome().await,
             other => Err(format!("unknown check {other}")),
         }
     }
@@ -931,6 +933,51 @@ impl Check {
             ));
         }
         self.proxy.refuse(false);
+        self.rest
+            .batch(json!([{"op": "set", "path": self.doc("after"), "data": {"n": 1}}]))
+            .await?;
+        let expected = self.rest.query(&query).await?;
+        self.driver
+            .wait_snapshot(
+                "q",
+                Duration::from_secs(45),
+                "the change made while it was away",
+                |s| s.contents() == expected,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// A server that accepts the handshake and drops the connection at once,
+    /// again and again, must not be hammered: a session that ends before
+    /// anything but `welcome` arrived counts as a failed attempt.
+    async fn backoff_after_welcome(&mut self) -> Result<(), String> {
+        const FLAPPING_FOR: Duration = Duration::from_secs(6);
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        self.proxy.drop_after_welcome(true);
+        let cut = Instant::now();
+        self.proxy.drop_all();
+        self.driver.drain_for(FLAPPING_FOR).await;
+        let attempts = self.proxy.attempts().iter().filter(|t| **t > cut).count();
+        if attempts < 2 {
+            return Err(format!(
+                "{attempts} reconnect attempt(s) in {FLAPPING_FOR:?}: the client must keep trying"
+            ));
+        }
+        if attempts > 20 {
+            return Err(format!(
+                "{attempts} connections in {FLAPPING_FOR:?} to a server that drops each one right after `welcome`: \
+                 such a session must count as a failed attempt for the backoff"
+            ));
+        }
+        self.proxy.drop_after_welcome(false);
         self.rest
             .batch(json!([{"op": "set", "path": self.doc("after"), "data": {"n": 1}}]))
             .await?;

@@ -70,6 +70,8 @@ struct State {
     violations: Vec<String>,
     frames_validated: usize,
     lose_answers: bool,
+    /// Drop each connection right after forwarding its `welcome`.
+    drop_after_welcome: bool,
     seen_mutations: HashSet<String>,
     /// Live connections: their task (aborting it drops both sockets) and a
     /// way to send the client frames of the proxy's own.
@@ -153,6 +155,12 @@ impl Proxy {
     /// them on, in order.
     pub fn hold(&self, on: bool) {
         self.shared.held.send_replace(on);
+    }
+
+    /// While on, every connection is dropped right after its `welcome`
+    /// reaches the client (a server that fails at once, again and again).
+    pub fn drop_after_welcome(&self, on: bool) {
+        self.shared.state().drop_after_welcome = on;
     }
 
     /// While on, the answer to each new mutation is lost with its connection.
@@ -390,9 +398,13 @@ async fn forward<C, S>(
                 if answers_lost_write {
                     break;
                 }
+                let is_welcome = frame.as_ref().is_some_and(|f| f.get("type").and_then(Json::as_str) == Some("welcome"));
                 if *held_rx.borrow() {
                     held_back.push(message);
                 } else if to_client.send(message).await.is_err() {
+                    break;
+                }
+                if is_welcome && shared.state().drop_after_welcome {
                     break;
                 }
             }
