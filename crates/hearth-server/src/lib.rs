@@ -150,10 +150,11 @@ pub async fn healthz() -> Json<HealthResponse> {
     })
 }
 
-/// `GET /readyz`: the store is open and the server is not shutting down.
+/// `GET /readyz`: the store is open, can still commit (it has not failed to
+/// sync), and the server is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready to serve.", body = openapi::HealthSchema),
-              (status = 503, description = "Starting or shutting down.", body = openapi::ErrorEnvelopeSchema)))]
+              (status = 503, description = "Shutting down, or the store failed to sync to disk and refuses writes until a restart (the message says which).", body = openapi::ErrorEnvelopeSchema)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
     // A store that failed to sync refuses every write until a restart
     // (hearth-store's fail-stop): not ready, and the message says why.
