@@ -119,6 +119,13 @@ struct PendingWrite {
     /// commit while it still looks unanswered. Views it touches are held
     /// back until the retry is answered, so it is never counted twice.
     in_doubt: bool,
+    /// Answered `unavailable` this many times in a row: the server could
+    /// not take it (shutting down, or its storage failed and it refuses
+    /// writes until a restart). It stays queued and is resent with the
+    /// same mutation id after a backoff, like a write cut off by the network.
+    unavailable: u32,
+    /// Not sent again before this.
+    retry_at: Option<Instant>,
 }
 
 enum Request {
@@ -378,6 +385,7 @@ impl Driver {
                         self.outbox.push(wire::encode(&ClientMessage::Ping { id }));
                     }
                     self.prune_acked();
+                    self.send_writes();
                 }
             }
         };
@@ -449,6 +457,9 @@ impl Driver {
             if w.in_flight.is_some() || w.acked.is_some() {
                 continue;
             }
+            if w.retry_at.is_some_and(|at| at > Instant::now()) {
+                continue;
+            }
             let mutation_id = w.mutation_id.clone();
             let id = self.request(Request::Write(mutation_id.clone()));
             let w = &mut self.writes[i];
@@ -502,6 +513,8 @@ impl Driver {
                     in_flight: None,
                     acked: None,
                     in_doubt: false,
+                    unavailable: 0,
+                    retry_at: None,
                 });
                 self.update_pending_count();
                 self.send_writes();
@@ -609,6 +622,9 @@ impl Driver {
                     _ => None,
                 });
                 match (request, sub) {
+                    (Some(Request::Write(mutation_id)), _) if code == ErrorCode::Unavailable => {
+                        self.retry_later(&mutation_id, message)
+                    }
                     (Some(Request::Write(mutation_id)), _) => {
                         self.fail_write(&mutation_id, code, message)
                     }
@@ -646,6 +662,27 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// A write answered `unavailable` (nothing durable happened for it, or
+    /// the server stopped taking writes until a restart): keep it queued,
+    /// with its mutation id, and resend it after a backoff.
+    fn retry_later(&mut self, mutation_id: &str, message: String) {
+        if let Some(w) = self
+            .writes
+            .iter_mut()
+            .find(|w| w.mutation_id == mutation_id && w.acked.is_none())
+        {
+            w.in_flight = None;
+            w.unavailable = w.unavailable.saturating_add(1);
+            let delay = self
+                .config
+                .backoff
+                .delay(w.unavailable, &mut self.rng)
+                .max(self.config.backoff.initial / 2);
+            w.retry_at = Some(Instant::now() + delay);
+            tracing::debug!(mutation_id, %message, ?delay, "write unavailable; retrying later");
+        }
     }
 
     fn fail_write(&mut self, mutation_id: &str, code: ErrorCode, message: String) {

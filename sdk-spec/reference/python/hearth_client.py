@@ -420,6 +420,8 @@ class _PendingWrite:
     request_id: Optional[int] = None      # set while in flight on the current connection
     seq: Optional[int] = None             # result.seq once acknowledged
     in_doubt: bool = False                # was in flight on a connection that died unanswered
+    unavailable: int = 0                  # consecutive `unavailable` answers (kept queued, retried)
+    retry_at: float = 0.0                 # monotonic time before which it is not resent
 
 
 class Subscription:
@@ -759,7 +761,7 @@ class HearthClient:
         for w in self._writes:
             if inflight >= limit:
                 break
-            if w.seq is None and w.request_id is None:
+            if w.seq is None and w.request_id is None and w.retry_at <= time.monotonic():
                 w.request_id = self._request({"type": "write", "mutation_id": w.mutation_id,
                                               "writes": w.writes}, "write", w)
                 inflight += 1
@@ -824,6 +826,16 @@ class HearthClient:
             kind, obj = self._requests.pop(msg["id"], (None, None))
             if kind == "subscribe":
                 self._end_sub(obj, err)
+            elif kind == "write" and err.code == "unavailable":
+                # The server cannot take writes for now (shutting down, or its
+                # storage failed until a restart, section 7): keep it queued and
+                # resend it, same mutation id, after a backoff.
+                obj.request_id = None
+                obj.unavailable += 1
+                delay = max(self.backoff_base / 2,
+                            random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** obj.unavailable)))
+                obj.retry_at = time.monotonic() + delay
+                asyncio.get_running_loop().call_later(delay, self._pump_writes)
             elif kind == "write":      # refused: leaves the queue, the view falls back
                 self._drop_write(obj)
                 if not obj.future.done():

@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(5);
 
 /// The client checks, in order: `(name, required server capability)`.
-pub const CLIENT_CHECKS: [(&str, Option<&str>); 14] = [
+pub const CLIENT_CHECKS: [(&str, Option<&str>); 15] = [
     ("client-01-handshake", None),
     ("client-02-live-query", None),
     ("client-03-document", None),
@@ -52,6 +52,7 @@ pub const CLIENT_CHECKS: [(&str, Option<&str>); 14] = [
     ("client-12-reset-past-retention", Some("tiny-retention")),
     ("client-13-revoked-session", None),
     ("client-14-backoff-after-welcome", None),
+    ("client-15-retry-unavailable", None),
 ];
 
 /// What to run the client checks with.
@@ -296,6 +297,7 @@ impl Check {
             "client-12-reset-past-retention" => self.reset_past_retention().await,
             "client-13-revoked-session" => self.revoked_session().await,
             "client-14-backoff-after-welcome" => self.backoff_after_welcome().await,
+            "client-15-retry-unavailable" => self.retry_unavailable().await,
             other => Err(format!("unknown check {other}")),
         }
     }
@@ -991,6 +993,54 @@ impl Check {
             )
             .await
             .map(drop)
+    }
+
+    /// A write answered `unavailable` (a server shutting down, or one whose
+    /// storage failed and that refuses writes until a restart) stays queued
+    /// and is resent with its mutation id after a backoff.
+    async fn retry_unavailable(&mut self) -> Result<(), String> {
+        const REFUSALS: usize = 2;
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        self.proxy.refuse_writes(REFUSALS);
+        let path = self.doc("kept");
+        let id = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [{"op": "create", "path": path, "data": {"n": 1}}]}),
+            )
+            .await?;
+        match self.driver.reply(id, SETTLE).await? {
+            Ok(_) => {}
+            Err(e) => {
+                return Err(format!(
+                    "a write answered `unavailable` must stay queued and be retried, it failed: {e}"
+                ))
+            }
+        }
+        let sent = self.mutations_sent();
+        let copies = sent.values().next().map_or(0, Vec::len);
+        if sent.len() != 1 || copies < REFUSALS + 1 {
+            return Err(format!(
+                "expected one mutation id sent {} times, got {:?}",
+                REFUSALS + 1,
+                sent.iter().map(|(id, c)| (id, c.len())).collect::<Vec<_>>()
+            ));
+        }
+        let done = self
+            .converge("q", &query, "the retried write confirmed")
+            .await?;
+        if done.paths() != [path] {
+            return Err(format!("the server holds {:?}", done.paths()));
+        }
+        Ok(())
     }
 
     async fn heartbeat(&mut self) -> Result<(), String> {

@@ -72,6 +72,9 @@ struct State {
     lose_answers: bool,
     /// Drop each connection right after forwarding its `welcome`.
     drop_after_welcome: bool,
+    /// Answer this many of the client's next `write` frames with
+    /// `unavailable` instead of forwarding them.
+    refuse_writes: usize,
     seen_mutations: HashSet<String>,
     /// Live connections: their task (aborting it drops both sockets) and a
     /// way to send the client frames of the proxy's own.
@@ -161,6 +164,13 @@ impl Proxy {
     /// reaches the client (a server that fails at once, again and again).
     pub fn drop_after_welcome(&self, on: bool) {
         self.shared.state().drop_after_welcome = on;
+    }
+
+    /// Answers the client's next `n` `write` frames itself, with an `error`
+    /// `unavailable` (a server that cannot take writes for now), instead
+    /// of forwarding them.
+    pub fn refuse_writes(&self, n: usize) {
+        self.shared.state().refuse_writes = n;
     }
 
     /// While on, the answer to each new mutation is lost with its connection.
@@ -316,12 +326,20 @@ async fn proxy_connection(stream: TcpStream, shared: Arc<Shared>) -> Result<(), 
         state.connections += 1;
         state.connections
     };
-    let task = tokio::spawn(forward(conn, client, server, inject_rx, shared.clone()));
+    let msgpack = subprotocol.as_deref() == Some("hearth.v1.msgpack");
+    let task = tokio::spawn(forward(
+        conn,
+        client,
+        server,
+        inject_tx.clone(),
+        inject_rx,
+        shared.clone(),
+    ));
     shared.state().live.push(Live {
         conn,
         task: task.abort_handle(),
         inject: inject_tx,
-        msgpack: subprotocol.as_deref() == Some("hearth.v1.msgpack"),
+        msgpack,
     });
     let _ = task.await;
     let mut state = shared.state();
@@ -346,6 +364,7 @@ async fn forward<C, S>(
     conn: usize,
     client: tokio_tungstenite::WebSocketStream<C>,
     server: tokio_tungstenite::WebSocketStream<S>,
+    answer: mpsc::UnboundedSender<Message>,
     mut inject: mpsc::UnboundedReceiver<Message>,
     shared: Arc<Shared>,
 ) where
@@ -370,6 +389,10 @@ async fn forward<C, S>(
                 let frame = record(&shared, conn, true, decoded);
                 if let Some(frame) = &frame {
                     if swallow_pong(&shared, conn, frame) {
+                        continue;
+                    }
+                    if let Some(refusal) = refuse_write(&shared, frame, matches!(message, Message::Binary(_))) {
+                        let _ = answer.send(refusal);
                         continue;
                     }
                     if lose_answer_to.is_none() {
@@ -464,6 +487,27 @@ fn record(
             None
         }
     }
+}
+
+/// The proxy's own `unavailable` answer to a `write`, while refusing writes.
+fn refuse_write(shared: &Shared, frame: &Json, msgpack: bool) -> Option<Message> {
+    if frame.get("type").and_then(Json::as_str) != Some("write") {
+        return None;
+    }
+    {
+        let mut state = shared.state();
+        if state.refuse_writes == 0 {
+            return None;
+        }
+        state.refuse_writes -= 1;
+    }
+    let error = json!({"type": "error", "id": frame.get("id"), "code": "unavailable",
+        "message": "the conformance proxy refuses this write (a server that cannot take writes for now)"});
+    Some(if msgpack {
+        Message::binary(hearth_protocol::ws::to_msgpack(&error).ok()?)
+    } else {
+        Message::text(error.to_string())
+    })
 }
 
 fn swallow_pong(shared: &Shared, conn: usize, frame: &Json) -> bool {
