@@ -139,6 +139,11 @@ impl Driver {
         })
     }
 
+    /// Every snapshot reported for `sub` so far (empty if none).
+    pub fn history(&self, sub: &str) -> &[Snapshot] {
+        self.snapshots.get(sub).map_or(&[], Vec::as_slice)
+    }
+
     /// The last lines the driver wrote to stderr.
     pub fn stderr_tail(&self) -> Vec<String> {
         self.stderr_tail

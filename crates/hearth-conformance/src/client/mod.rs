@@ -467,7 +467,11 @@ impl Check {
             self.rest.batch(writes).await?;
             self.converge("q", &query, what).await?;
             // A commit is atomic: no snapshot may show part of it.
-            let history = &self.driver.snapshots["q"][seen_before..];
+            let history = self
+                .driver
+                .history("q")
+                .get(seen_before..)
+                .unwrap_or_default();
             if history.len() > 1 {
                 return Err(format!(
                     "{what}: one commit produced {} snapshots (a state that never existed)",
@@ -611,7 +615,7 @@ impl Check {
         // each view is a prefix of the final one, and views never go back.
         let mut shown = 0;
         let mut added: std::collections::BTreeMap<String, usize> = Default::default();
-        for snapshot in &self.driver.snapshots["q"] {
+        for snapshot in self.driver.history("q") {
             let view = snapshot.paths();
             if view.len() > paths.len() || view[..] != paths[..view.len()] {
                 return Err(format!("a view that never existed: {view:?}"));
@@ -756,14 +760,16 @@ impl Check {
         // goes back, counted a retried write twice (its commit arrived with
         // the resumed subscription while the write still looked unanswered).
         let mut shown = 0;
-        for snapshot in &self.driver.snapshots["c"] {
+        for snapshot in self.driver.history("c") {
             let n = snapshot
                 .doc(&counter)
                 .and_then(|d| d.pointer("/fields/n"))
                 .and_then(Json::as_u64)
                 .unwrap_or(0);
             if n < shown || n > WRITES as u64 {
-                let history: Vec<Option<&Json>> = self.driver.snapshots["c"]
+                let history: Vec<Option<&Json>> = self
+                    .driver
+                    .history("c")
                     .iter()
                     .map(|s| s.doc(&counter).and_then(|d| d.pointer("/fields/n")))
                     .collect();
