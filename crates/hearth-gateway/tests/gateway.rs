@@ -1136,6 +1136,21 @@ async fn a_limit_window_whose_reread_fails_ends_only_that_subscription() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 
+    // Disposing of the ended subscription needs no special case: its
+    // unsubscribe is answered `unsubscribed` (PROTOCOL.md §3).
+    c.send(json!({"type": "unsubscribe", "id": 900, "sub": "top"}))
+        .await;
+    let gone = c.recv().await;
+    assert_eq!(
+        (
+            gone["type"].as_str(),
+            gone["id"].as_u64(),
+            gone["sub"].as_str()
+        ),
+        (Some("unsubscribed"), Some(900), Some("top")),
+        "{gone}"
+    );
+
     // The name is free, and the new subscription sees the current window.
     let again = c.subscribe("top", top, None).await;
     assert_eq!(
