@@ -387,6 +387,20 @@ impl Check {
         json!({"collection": self.collection, "order_by": [{"field": "n", "direction": "asc"}]})
     }
 
+    /// Connects as the admin, subscribes `q` to the (empty) collection
+    /// ordered by `n`, and waits for its first snapshot; returns the query.
+    async fn watch_empty_collection(&mut self) -> Result<Json, String> {
+        self.connect_admin().await?;
+        let query = self.ordered_query();
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.driver
+            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
+                s.docs.is_empty()
+            })
+            .await?;
+        Ok(query)
+    }
+
     async fn subscribe(&mut self, sub: &str, target: Json) -> Result<(), String> {
         self.driver
             .request("subscribe", json!({"sub": sub, "target": target}), SHORT)
@@ -577,14 +591,7 @@ impl Check {
     async fn resume_without_loss(&mut self) -> Result<(), String> {
         const WRITES: usize = 40;
         const DROPS: usize = 8;
-        self.connect_admin().await?;
-        let query = self.ordered_query();
-        self.subscribe("q", json!({ "query": query })).await?;
-        self.driver
-            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
-                s.docs.is_empty()
-            })
-            .await?;
+        let query = self.watch_empty_collection().await?;
         let rest = self.rest.clone();
         let paths: Vec<String> = (0..WRITES).map(|i| self.doc(&format!("m{i:03}"))).collect();
         let to_write = paths.clone();
@@ -802,14 +809,7 @@ impl Check {
     }
 
     async fn latency_compensation(&mut self) -> Result<(), String> {
-        self.connect_admin().await?;
-        let query = self.ordered_query();
-        self.subscribe("q", json!({ "query": query })).await?;
-        self.driver
-            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
-                s.docs.is_empty()
-            })
-            .await?;
+        let query = self.watch_empty_collection().await?;
         let path = self.doc("mine");
         self.proxy.hold(true);
         let id = self
@@ -859,14 +859,7 @@ impl Check {
     }
 
     async fn offline_queue(&mut self) -> Result<(), String> {
-        self.connect_admin().await?;
-        let query = self.ordered_query();
-        self.subscribe("q", json!({ "query": query })).await?;
-        self.driver
-            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
-                s.docs.is_empty()
-            })
-            .await?;
+        let query = self.watch_empty_collection().await?;
         self.proxy.refuse(true);
         self.proxy.drop_all();
         let mut ids = Vec::new();
@@ -916,80 +909,60 @@ impl Check {
     }
 
     async fn backoff(&mut self) -> Result<(), String> {
-        const REFUSED_FOR: Duration = Duration::from_secs(6);
-        self.connect_admin().await?;
-        let query = self.ordered_query();
-        self.subscribe("q", json!({ "query": query })).await?;
-        self.driver
-            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
-                s.docs.is_empty()
-            })
-            .await?;
+        let query = self.watch_empty_collection().await?;
         self.proxy.refuse(true);
-        let cut = Instant::now();
-        self.proxy.drop_all();
-        self.driver.drain_for(REFUSED_FOR).await;
-        let attempts = self.proxy.attempts().iter().filter(|t| **t > cut).count();
-        if attempts < 2 {
-            return Err(format!(
-                "{attempts} reconnect attempt(s) in {REFUSED_FOR:?}: the client must keep trying"
-            ));
-        }
-        if attempts > 30 {
-            return Err(format!(
-                "{attempts} reconnect attempts in {REFUSED_FOR:?}: back off exponentially between failed attempts"
-            ));
-        }
-        self.proxy.refuse(false);
-        self.rest
-            .batch(json!([{"op": "set", "path": self.doc("after"), "data": {"n": 1}}]))
+        self.count_reconnects(30, "back off exponentially between failed attempts")
             .await?;
-        let expected = self.rest.query(&query).await?;
-        self.driver
-            .wait_snapshot(
-                "q",
-                Duration::from_secs(45),
-                "the change made while it was away",
-                |s| s.contents() == expected,
-            )
-            .await
-            .map(drop)
+        self.proxy.refuse(false);
+        self.catches_up(&query).await
     }
 
     /// A server that accepts the handshake and drops the connection at once,
     /// again and again, must not be hammered: a session that ends before
     /// anything but `welcome` arrived counts as a failed attempt.
     async fn backoff_after_welcome(&mut self) -> Result<(), String> {
-        const FLAPPING_FOR: Duration = Duration::from_secs(6);
-        self.connect_admin().await?;
-        let query = self.ordered_query();
-        self.subscribe("q", json!({ "query": query })).await?;
-        self.driver
-            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
-                s.docs.is_empty()
-            })
-            .await?;
+        let query = self.watch_empty_collection().await?;
         self.proxy.drop_after_welcome(true);
+        self.count_reconnects(
+            20,
+            "to a server that drops each one right after `welcome`: such a session must count as \
+             a failed attempt for the backoff",
+        )
+        .await?;
+        self.proxy.drop_after_welcome(false);
+        self.catches_up(&query).await
+    }
+
+    /// Drops the connection and counts the client's connection attempts
+    /// over the next 6 s (the proxy set to fail them): at least 2 (it keeps
+    /// trying), at most `most` (it backs off).
+    async fn count_reconnects(&mut self, most: usize, hint: &str) -> Result<(), String> {
+        const WINDOW: Duration = Duration::from_secs(6);
         let cut = Instant::now();
         self.proxy.drop_all();
-        self.driver.drain_for(FLAPPING_FOR).await;
+        self.driver.drain_for(WINDOW).await;
         let attempts = self.proxy.attempts().iter().filter(|t| **t > cut).count();
         if attempts < 2 {
             return Err(format!(
-                "{attempts} reconnect attempt(s) in {FLAPPING_FOR:?}: the client must keep trying"
+                "{attempts} reconnect attempt(s) in {WINDOW:?}: the client must keep trying"
             ));
         }
-        if attempts > 20 {
+        if attempts > most {
             return Err(format!(
-                "{attempts} connections in {FLAPPING_FOR:?} to a server that drops each one right after `welcome`: \
-                 such a session must count as a failed attempt for the backoff"
+                "{attempts} connection attempts in {WINDOW:?}: {hint}"
             ));
         }
-        self.proxy.drop_after_welcome(false);
+        Ok(())
+    }
+
+    /// Changes the watched collection over REST and waits (up to 45 s, a
+    /// backed-off client's next attempt included) for subscription `q` to
+    /// show it.
+    async fn catches_up(&mut self, query: &Json) -> Result<(), String> {
         self.rest
             .batch(json!([{"op": "set", "path": self.doc("after"), "data": {"n": 1}}]))
             .await?;
-        let expected = self.rest.query(&query).await?;
+        let expected = self.rest.query(query).await?;
         self.driver
             .wait_snapshot(
                 "q",
@@ -1006,14 +979,7 @@ impl Check {
     /// and is resent with its mutation id after a backoff.
     async fn retry_unavailable(&mut self) -> Result<(), String> {
         const REFUSALS: usize = 2;
-        self.connect_admin().await?;
-        let query = self.ordered_query();
-        self.subscribe("q", json!({ "query": query })).await?;
-        self.driver
-            .wait_snapshot("q", SETTLE, "the initial (empty) result", |s| {
-                s.docs.is_empty()
-            })
-            .await?;
+        let query = self.watch_empty_collection().await?;
         self.proxy.refuse_writes(REFUSALS);
         let path = self.doc("kept");
         let id = self

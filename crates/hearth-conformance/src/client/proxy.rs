@@ -186,12 +186,7 @@ impl Proxy {
         let id = INJECTED_PING_BASE + state.next_ping;
         let live = state.live.last()?;
         let frame = json!({"type": "ping", "id": id});
-        let message = if live.msgpack {
-            Message::binary(hearth_protocol::ws::to_msgpack(&frame).ok()?)
-        } else {
-            Message::text(frame.to_string())
-        };
-        live.inject.send(message).ok()?;
+        live.inject.send(encode(&frame, live.msgpack)?).ok()?;
         Some((live.conn, id))
     }
 
@@ -503,10 +498,15 @@ fn refuse_write(shared: &Shared, frame: &Json, msgpack: bool) -> Option<Message>
     }
     let error = json!({"type": "error", "id": frame.get("id"), "code": "unavailable",
         "message": "the conformance proxy refuses this write (a server that cannot take writes for now)"});
+    encode(&error, msgpack)
+}
+
+/// A frame of the proxy's own, in the connection's encoding.
+fn encode(frame: &Json, msgpack: bool) -> Option<Message> {
     Some(if msgpack {
-        Message::binary(hearth_protocol::ws::to_msgpack(&error).ok()?)
+        Message::binary(hearth_protocol::ws::to_msgpack(frame).ok()?)
     } else {
-        Message::text(error.to_string())
+        Message::text(frame.to_string())
     })
 }
 
