@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hearth_conformance::{run_client_checks, ClientRunOptions, Outcome, CLIENT_CHECKS};
+use hearth_conformance::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
 use hearth_testkit::{TestServer, TestServerOptions};
 
 async fn every_client_check_passes(msgpack: bool) {
@@ -36,12 +36,7 @@ async fn every_client_check_passes(msgpack: bool) {
         )
         .await;
         print!("{}", report.render());
-        let failed: Vec<&str> = report
-            .results
-            .iter()
-            .filter(|r| !matches!(r.outcome, Outcome::Passed))
-            .map(|r| r.name.as_str())
-            .collect();
+        let failed = report.not_passed();
         assert!(report.setup_error.is_none(), "{:?}", report.setup_error);
         assert!(failed.is_empty(), "checks not passed: {failed:?}");
         assert_eq!(report.passed(), CLIENT_CHECKS.len());

@@ -76,6 +76,14 @@ impl Report {
     pub fn skipped(&self) -> usize {
         self.count(|o| matches!(o, Outcome::Skipped(_)))
     }
+    /// The names of the scenarios or checks that did not pass (failed or skipped).
+    pub fn not_passed(&self) -> Vec<&str> {
+        self.results
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Passed))
+            .map(|r| r.name.as_str())
+            .collect()
+    }
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.results.iter().filter(|r| f(&r.outcome)).count()
     }

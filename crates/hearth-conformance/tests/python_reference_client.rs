@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hearth_conformance::{run_client_checks, ClientRunOptions, Outcome, CLIENT_CHECKS};
+use hearth_conformance::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
 use hearth_testkit::{TestServer, TestServerOptions};
 
 fn repo() -> PathBuf {
@@ -56,12 +56,7 @@ async fn the_python_reference_client_passes_every_client_check() {
         )
         .await;
         print!("{}", report.render());
-        let failed: Vec<&str> = report
-            .results
-            .iter()
-            .filter(|r| !matches!(r.outcome, Outcome::Passed))
-            .map(|r| r.name.as_str())
-            .collect();
+        let failed = report.not_passed();
         assert!(report.setup_error.is_none(), "{:?}", report.setup_error);
         assert!(failed.is_empty(), "checks not passed: {failed:?}");
         assert_eq!(report.passed(), CLIENT_CHECKS.len());
