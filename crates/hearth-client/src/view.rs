@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use hearth_protocol::{apply_write, DocPath, Document, Timestamp, Write};
+use hearth_protocol::{apply_write, DocPath, Document, Timestamp, Write, WriteKind};
 
 use crate::wire::{ChangeKind, Target, WireChange};
 
@@ -163,9 +163,12 @@ impl ServerView {
 /// The local view: the server view with `pending` writes (oldest first)
 /// applied on top with the same [`apply_write`] the server runs.
 ///
-/// Only documents the view knows can be updated locally: an `update` of a
-/// document outside the result is left to the server. With a `limit`, a
-/// local delete can leave the window one short until the server answers.
+/// Only documents the view knows can be updated locally: an `update` or a
+/// `merge` of a document outside a query's result is left to the server
+/// (the document may exist with fields the client has never seen, so the
+/// merged fields alone would be a state that never exists). With a
+/// `limit`, a local delete can leave the window one short until the server
+/// answers.
 pub fn local_view<'a>(
     target: &Target,
     server: &[Document],
@@ -200,6 +203,10 @@ pub fn local_view<'a>(
         .collect();
     for w in relevant {
         let current = docs.get(&w.path).map(|d| &d.doc);
+        let unknown_base = current.is_none() && matches!(target, Target::Query(_));
+        if unknown_base && matches!(w.kind, WriteKind::Merge { .. }) {
+            continue;
+        }
         match apply_write(current, w, now) {
             Ok(Some(fields)) => {
                 let doc = Document {
@@ -417,6 +424,56 @@ mod tests {
         );
         let writes = vec![Write::update(DocPath::parse("items/a").unwrap(), fields)];
         assert!(local_view(&target, &server, [writes.as_slice()], Timestamp(2)).is_empty());
+    }
+
+    fn merge_n(id: &str, n: i64) -> Write {
+        let mut fields = BTreeMap::new();
+        fields.insert(
+            hearth_protocol::FieldPath::parse("n").unwrap(),
+            Value::Integer(n),
+        );
+        Write::merge(DocPath::parse(&format!("items/{id}")).unwrap(), fields)
+    }
+
+    #[test]
+    fn a_merge_of_a_document_outside_a_query_is_left_to_the_server() {
+        // `b` may exist with fields this view has never seen: showing
+        // `{n: 0}` alone would show a document that never exists.
+        let server = vec![doc("a", 1, 1)];
+        let writes = vec![merge_n("b", 0), merge_n("a", 5)];
+        let local = local_view(&query(), &server, [writes.as_slice()], Timestamp(2));
+        let got: Vec<(&str, i64, bool)> = local
+            .iter()
+            .map(|d| match d.doc.fields.get("n") {
+                Some(Value::Integer(n)) => (d.doc.path.id(), *n, d.pending),
+                other => panic!("unexpected n {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("a", 5, true)],
+            "the known document merged, the unknown one not shown"
+        );
+        // A merge after a pending set of the same document has a known base.
+        let mut data = Map::new();
+        data.insert("n".into(), Value::Integer(9));
+        let created = vec![
+            Write::set(DocPath::parse("items/c").unwrap(), data),
+            merge_n("c", 3),
+        ];
+        let local = local_view(&query(), &server, [created.as_slice()], Timestamp(2));
+        assert_eq!(local.len(), 2);
+        assert_eq!(local[1].doc.fields.get("n"), Some(&Value::Integer(3)));
+    }
+
+    #[test]
+    fn a_merge_creates_an_absent_document_in_a_document_view() {
+        // A document target knows the document is absent: the merge creates it.
+        let target = Target::Doc(DocPath::parse("items/b").unwrap());
+        let writes = vec![merge_n("b", 4)];
+        let local = local_view(&target, &[], [writes.as_slice()], Timestamp(2));
+        assert_eq!(local.len(), 1);
+        assert!(local[0].pending);
     }
 
     #[test]

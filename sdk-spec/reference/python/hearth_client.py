@@ -459,6 +459,10 @@ class Subscription:
             for op in w.writes:
                 p = op["path"]
                 if self.covers(p):
+                    if self.query and op["op"] == "merge" and p not in local and p not in base:
+                        # The document may exist with fields this view never saw:
+                        # the merged fields alone would be a state that never exists.
+                        continue                    # left to the server (PROTOCOL.md §13)
                     local[p] = apply_write(local[p] if p in local else base.get(p), op)
                     if w.seq is None:
                         pending.add(p)

@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(5);
 
 /// The client checks, in order: `(name, required server capability)`.
-pub const CLIENT_CHECKS: [(&str, Option<&str>); 15] = [
+pub const CLIENT_CHECKS: [(&str, Option<&str>); 17] = [
     ("client-01-handshake", None),
     ("client-02-live-query", None),
     ("client-03-document", None),
@@ -53,6 +53,8 @@ pub const CLIENT_CHECKS: [(&str, Option<&str>); 15] = [
     ("client-13-revoked-session", None),
     ("client-14-backoff-after-welcome", None),
     ("client-15-retry-unavailable", None),
+    ("client-16-pending-in-limit-window", None),
+    ("client-17-merge-outside-view", None),
 ];
 
 /// What to run the client checks with.
@@ -298,6 +300,8 @@ impl Check {
             "client-13-revoked-session" => self.revoked_session().await,
             "client-14-backoff-after-welcome" => self.backoff_after_welcome().await,
             "client-15-retry-unavailable" => self.retry_unavailable().await,
+            "client-16-pending-in-limit-window" => self.pending_in_limit_window().await,
+            "client-17-merge-outside-view" => self.merge_outside_view().await,
             other => Err(format!("unknown check {other}")),
         }
     }
@@ -854,6 +858,171 @@ impl Check {
             .any(|d| d.get("pending") == Some(&json!(true)))
         {
             return Err("a confirmed document is still flagged pending".into());
+        }
+        Ok(())
+    }
+
+    /// Pending writes in a `limit` window: the local view is filtered,
+    /// ordered and cut to the limit again (PROTOCOL.md §13), so a pending
+    /// document entering the window pushes the last one out, and one
+    /// leaving it lets the next known document in; the view never holds
+    /// more than `limit` documents.
+    async fn pending_in_limit_window(&mut self) -> Result<(), String> {
+        let seeded: Vec<Json> = [("w1", 10), ("w2", 20), ("w3", 30), ("w4", 40)]
+            .iter()
+            .map(|(id, n)| json!({"op": "set", "path": self.doc(id), "data": {"n": n}}))
+            .collect();
+        self.rest.batch(Json::Array(seeded)).await?;
+        self.connect_admin().await?;
+        let mut query = self.ordered_query();
+        query["limit"] = json!(3);
+        self.subscribe("top", json!({ "query": query })).await?;
+        self.converge("top", &query, "the first three").await?;
+        self.proxy.hold(true);
+        let entering = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [{"op": "set", "path": self.doc("w0"), "data": {"n": 5}}]}),
+            )
+            .await?;
+        let (w0, w1, w2, w3) = (
+            self.doc("w0"),
+            self.doc("w1"),
+            self.doc("w2"),
+            self.doc("w3"),
+        );
+        let pushed = self
+            .driver
+            .wait_snapshot(
+                "top",
+                SHORT,
+                "a pending document entering the window and pushing the last one out",
+                |s| s.paths() == [w0.clone(), w1.clone(), w2.clone()],
+            )
+            .await;
+        let leaving = match pushed {
+            Ok(_) => {
+                self.driver
+                    .send(
+                        "write",
+                        json!({"writes": [{"op": "update", "path": w1, "fields": {"n": 50}}]}),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let moved = match &leaving {
+            Ok(_) => {
+                self.driver
+                    .wait_snapshot(
+                        "top",
+                        SHORT,
+                        "a pending update moving a document out of the window, the next known one entering",
+                        |s| s.paths() == [w0.clone(), w2.clone(), w3.clone()],
+                    )
+                    .await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        self.proxy.hold(false);
+        let moved = moved?;
+        if moved.doc(&w0).and_then(|d| d.get("pending")) != Some(&json!(true)) {
+            return Err(format!("{w0} is not flagged pending: {:?}", moved.docs));
+        }
+        if let Some(s) = self.driver.history("top").iter().find(|s| s.docs.len() > 3) {
+            return Err(format!(
+                "a snapshot of a query with limit 3 held {} documents: {:?}",
+                s.docs.len(),
+                s.paths()
+            ));
+        }
+        for id in [entering, leaving?] {
+            self.driver
+                .reply(id, SETTLE)
+                .await?
+                .map_err(|e| format!("the write failed: {e}"))?;
+        }
+        let done = self
+            .converge("top", &query, "the window once both writes are confirmed")
+            .await?;
+        if done.paths() != [self.doc("w0"), self.doc("w2"), self.doc("w3")] {
+            return Err(format!("final window {:?}", done.paths()));
+        }
+        Ok(())
+    }
+
+    /// A `merge` of a document a query's view does not hold: the client
+    /// cannot know the document's other fields, so it must not show the
+    /// merged fields alone as if they were the document (a state that never
+    /// exists); it leaves such a write to the server (PROTOCOL.md §13). A
+    /// `merge` of a document the view holds is shown at once, on top of the
+    /// fields the view knows.
+    async fn merge_outside_view(&mut self) -> Result<(), String> {
+        let (x, y) = (self.doc("x"), self.doc("y"));
+        self.rest
+            .batch(json!([
+                {"op": "set", "path": x, "data": {"n": 1, "name": "X"}},
+                {"op": "set", "path": y, "data": {"n": 2}},
+            ]))
+            .await?;
+        self.connect_admin().await?;
+        let mut query = self.ordered_query();
+        query["where"] = json!({"field": "n", "op": ">=", "value": 2});
+        self.subscribe("q", json!({ "query": query })).await?;
+        self.converge("q", &query, "the one document with n >= 2")
+            .await?;
+        self.proxy.hold(true);
+        let merges = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [
+                    {"op": "merge", "path": x, "fields": {"n": 3}},
+                    {"op": "merge", "path": y, "fields": {"name": "Y"}},
+                ]}),
+            )
+            .await?;
+        let y_full = json!({"n": 2, "name": "Y"});
+        let shown = self
+            .driver
+            .wait_snapshot(
+                "q",
+                SHORT,
+                "the merge of a document in the view, on top of its known fields",
+                |s| {
+                    s.doc(&y).is_some_and(|d| {
+                        d.get("fields") == Some(&y_full) && d.get("pending") == Some(&json!(true))
+                    })
+                },
+            )
+            .await;
+        // Give a client that would show the partial document time to do so.
+        self.driver.drain_for(Duration::from_millis(500)).await;
+        self.proxy.hold(false);
+        shown?;
+        let x_full = json!({"n": 3, "name": "X"});
+        for s in self.driver.history("q") {
+            if let Some(d) = s.doc(&x) {
+                if d.get("fields") != Some(&x_full) {
+                    return Err(format!(
+                        "the view showed {x} as {} before the server answered; the client does \
+                         not know the document's other fields, so a merge of a document outside \
+                         the view is left to the server",
+                        d.get("fields").unwrap_or(&Json::Null)
+                    ));
+                }
+            }
+        }
+        self.driver
+            .reply(merges, SETTLE)
+            .await?
+            .map_err(|e| format!("the write failed: {e}"))?;
+        let done = self
+            .converge("q", &query, "both merged documents from the server")
+            .await?;
+        if done.contents() != [(y.clone(), y_full), (x.clone(), x_full)] {
+            return Err(format!("final view {:?}", done.contents()));
         }
         Ok(())
     }
