@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
-use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage};
+use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage, TransactionRead};
 
 use crate::wire::{self, Encoding, Limits, Target};
 use crate::{ClientConfig, ClientError, ConnectionState};
@@ -46,6 +46,9 @@ pub(crate) enum Command {
         sub: String,
         target: Target,
         tx: SnapshotSender,
+        /// Snapshots show the server's state only, without pending writes
+        /// (a transaction's reads).
+        server_only: bool,
     },
     Unsubscribe {
         sub: String,
@@ -53,6 +56,8 @@ pub(crate) enum Command {
     Write {
         mutation_id: String,
         writes: Vec<Write>,
+        /// `Some` for a transaction: the versions its writes depend on.
+        reads: Option<Vec<TransactionRead>>,
         reply: WriteReply,
     },
     SetToken {
@@ -103,12 +108,17 @@ struct SubEntry {
     /// A `reset` snapshot arrived while the view was frozen; the first
     /// snapshot after it carries the flag.
     held_reset: bool,
+    /// No pending writes in its snapshots (see [`Command::Subscribe`]).
+    server_only: bool,
     tx: SnapshotSender,
 }
 
 struct PendingWrite {
     mutation_id: String,
     writes: Vec<Write>,
+    /// A transaction's reads (`None` for a plain write). A transaction may
+    /// abort, so it is never shown in local views.
+    reads: Option<Vec<TransactionRead>>,
     reply: Option<WriteReply>,
     /// The request id while it is in flight on the current connection.
     in_flight: Option<u64>,
@@ -464,10 +474,19 @@ impl Driver {
             let id = self.request(Request::Write(mutation_id.clone()));
             let w = &mut self.writes[i];
             w.in_flight = Some(id);
-            self.outbox.push(wire::encode(&ClientMessage::Write {
-                id,
-                mutation_id,
-                writes: w.writes.clone(),
+            let writes = w.writes.clone();
+            self.outbox.push(wire::encode(&match &w.reads {
+                None => ClientMessage::Write {
+                    id,
+                    mutation_id,
+                    writes,
+                },
+                Some(reads) => ClientMessage::Transaction {
+                    id,
+                    mutation_id,
+                    reads: reads.clone(),
+                    writes,
+                },
             }));
             in_flight += 1;
         }
@@ -475,7 +494,12 @@ impl Driver {
 
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Subscribe { sub, target, tx } => {
+            Command::Subscribe {
+                sub,
+                target,
+                tx,
+                server_only,
+            } => {
                 self.subs.insert(
                     sub.clone(),
                     SubEntry {
@@ -489,6 +513,7 @@ impl Driver {
                         emitted_once: false,
                         frozen: None,
                         held_reset: false,
+                        server_only,
                         tx,
                     },
                 );
@@ -504,11 +529,13 @@ impl Driver {
             Command::Write {
                 mutation_id,
                 writes,
+                reads,
                 reply,
             } => {
                 self.writes.push_back(PendingWrite {
                     mutation_id,
                     writes,
+                    reads,
                     reply: Some(reply),
                     in_flight: None,
                     acked: None,
@@ -757,9 +784,12 @@ impl Driver {
         let thawed = entry.frozen.is_some() && !held;
         let force = force || thawed;
         let reset_now = !held && (reset || entry.held_reset);
-        let overlay = self.writes.iter().filter(|w| match w.acked {
-            None => true,
-            Some((seq, _)) => position.is_some_and(|p| p < seq),
+        let overlay = self.writes.iter().filter(|w| {
+            entry.overlay_applies(w)
+                && match w.acked {
+                    None => true,
+                    Some((seq, _)) => position.is_some_and(|p| p < seq),
+                }
         });
         let local = local_view(
             &entry.target,
@@ -803,7 +833,13 @@ impl SubEntry {
         self.resume = Some(token);
     }
 
+    /// Whether `w` shows in this subscription's local view: a plain write
+    /// that touches its target (a transaction may abort, and a server-only
+    /// subscription shows no pending write).
     fn overlay_applies(&self, w: &PendingWrite) -> bool {
+        if self.server_only || w.reads.is_some() {
+            return false;
+        }
         w.writes.iter().any(|write| match &self.target {
             Target::Doc(p) => *p == write.path,
             Target::Query(q) => q.source.contains(&write.path),

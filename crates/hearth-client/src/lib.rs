@@ -32,7 +32,10 @@
 //!   once and answers a retry with the original result);
 //! - **latency compensation**: snapshots show the client's own unconfirmed
 //!   writes at once, applied with the same `apply_write` the server runs, and
-//!   flagged (`has_pending_writes`, per document `pending`).
+//!   flagged (`has_pending_writes`, per document `pending`);
+//! - one-shot reads ([`Client::get`]) and **transactions**
+//!   ([`Client::run_transaction`]): read, decide, write; retried from the
+//!   reads when another writer got there first.
 //!
 //! Invariant: this crate depends on `hearth-protocol` and generic async/network
 //! crates only, never on the server's crates.
@@ -42,6 +45,7 @@
 mod backoff;
 mod driver;
 mod error;
+mod transaction;
 mod view;
 mod wire;
 
@@ -54,11 +58,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use hearth_protocol::ws::TransactionRead;
 use hearth_protocol::{CollectionPath, CommitResult, DocPath, FieldPath, Map, Query, Value, Write};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backoff::Backoff;
 pub use error::ClientError;
+pub use transaction::{Transaction, MAX_TRANSACTION_ATTEMPTS};
 pub use view::{DocChange, DocChangeKind, QuerySnapshot, SnapshotDoc};
 pub use wire::{Encoding, Target};
 
@@ -303,6 +309,10 @@ impl Client {
     }
 
     pub fn subscribe(&self, target: Target) -> Subscription {
+        self.open_subscription(target, false)
+    }
+
+    fn open_subscription(&self, target: Target, server_only: bool) -> Subscription {
         let sub = format!("s{}", self.inner.next_sub.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();
         if let Target::Query(q) = &target {
@@ -315,6 +325,7 @@ impl Client {
             sub: sub.clone(),
             target,
             tx,
+            server_only,
         });
         Subscription {
             sub,
@@ -370,6 +381,11 @@ impl Client {
     /// shown in local snapshots until the server answers; the future resolves
     /// with the server's result once the commit is durable.
     pub fn batch(&self, writes: Vec<Write>) -> WriteFuture {
+        self.queue(writes, None)
+    }
+
+    /// Queues a write (`reads: None`) or a transaction's commit.
+    fn queue(&self, writes: Vec<Write>, reads: Option<Vec<TransactionRead>>) -> WriteFuture {
         if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
             let message = format!(
                 "a batch holds 1 to {MAX_BATCH_WRITES} writes, got {}",
@@ -389,6 +405,7 @@ impl Client {
         let sent = self.inner.commands.send(Command::Write {
             mutation_id,
             writes,
+            reads,
             reply,
         });
         Box::pin(async move {

@@ -80,6 +80,17 @@ class Driver:
             elif name == "write":
                 fut = self.client.write(cmd["writes"])      # queued and shown before we read on
                 self.spawn(cid, fut, lambda result: {"result": result})
+            elif name == "transaction_increment":
+                path, field = cmd["path"], cmd["field"]
+
+                async def increment(tx):
+                    doc = await tx.get(path)
+                    current = doc["fields"].get(field) if doc else None
+                    value = current + 1 if isinstance(current, int) and not isinstance(current, bool) else 1
+                    tx.write({"op": "merge", "path": path, "fields": {field: value}})
+                    return value
+
+                self.spawn(cid, self.client.run_transaction(increment), lambda v: {"value": v})
             elif name == "set_token":
                 self.spawn(cid, self.client.set_token(cmd["token"]), lambda r: {})
             elif name == "close":

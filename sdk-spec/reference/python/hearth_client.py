@@ -18,6 +18,10 @@ that survives network failures:
   ``heartbeat_ms``, gives up on a connection silent for ``idle_timeout_ms``.
 * **Token refresh** -- :meth:`HearthClient.set_token` sends ``auth`` on the
   live socket.
+* **Transactions** -- :meth:`HearthClient.run_transaction`: reads of the
+  server's documents, then one ``transaction`` frame carrying the versions
+  read (section 7); re-run on ``aborted``. Added after the clean-room
+  version, for the ``client-20-transaction`` check.
 
 Only JSON (``hearth.v1``) is implemented.  Values are kept in Hearth's JSON
 encoding as Python's ``json`` module decodes it (``42`` -> int, ``42.0`` ->
@@ -422,6 +426,7 @@ class _PendingWrite:
     in_doubt: bool = False                # was in flight on a connection that died unanswered
     unavailable: int = 0                  # consecutive `unavailable` answers (kept queued, retried)
     retry_at: float = 0.0                 # monotonic time before which it is not resent
+    reads: Optional[list[dict]] = None    # a transaction's reads; never shown locally (it may abort)
 
 
 class Subscription:
@@ -440,6 +445,7 @@ class Subscription:
         self.reset_pending = False              # a reset snapshot arrived and was not yet reported
         self.request_id: Optional[int] = None   # the subscribe request awaiting its first frame
         self.ended = False
+        self.server_only = False                # no pending writes in its views (a transaction's read)
 
     def covers(self, path: str) -> bool:
         """Could a write to ``path`` change this subscription's view?"""
@@ -451,7 +457,10 @@ class Subscription:
             e = {k: d[k] for k in ("path", "fields", "version", "create_time", "update_time") if k in d}
             e["pending"] = pending
             return e
-        overlay = [w for w in writes if w.seq is None or self.position is None or self.position < w.seq]
+        if self.server_only:
+            return [out(d) for d in self.server_view]
+        overlay = [w for w in writes if w.reads is None and
+                   (w.seq is None or self.position is None or self.position < w.seq)]
         local: dict[str, Optional[dict]] = {}
         pending: set[str] = set()
         base = {d["path"]: d["fields"] for d in self.server_view}
@@ -534,10 +543,12 @@ class HearthClient:
             raise
 
     def subscribe(self, target: dict, on_snapshot: Callable[[ViewSnapshot], None],
-                  on_error: Callable[[HearthError], None] = lambda e: None) -> Subscription:
+                  on_error: Callable[[HearthError], None] = lambda e: None,
+                  *, _server_only: bool = False) -> Subscription:
         """Subscribe to ``{"doc": path}`` or ``{"query": Query}``; works offline too (sent on connect)."""
         self._next_sub += 1
         sub = Subscription(self, f"s{self._next_sub}", target, on_snapshot, on_error)
+        sub.server_only = _server_only
         self._subs[sub.name] = sub
         if self._connected.is_set():
             self._send_subscribe(sub)
@@ -560,6 +571,49 @@ class HearthClient:
         self._refresh_all()
         self._pump_writes()
         return pw.future
+
+    async def run_transaction(self, fn: Callable[["Transaction"], Any], max_attempts: int = 5) -> Any:
+        """Run ``await fn(tx)`` as a transaction and return its value.
+
+        ``tx.get(path)`` reads the server's document (a dict with ``fields``
+        and ``version``, or None); ``tx.write(op)`` stages a protocol Write.
+        The writes commit in one ``transaction`` frame only if nothing read
+        changed meanwhile; on ``aborted`` ``fn`` runs again on fresh reads."""
+        for attempt in range(1, max_attempts + 1):
+            tx = Transaction(self)
+            value = await fn(tx)
+            if not tx.writes:
+                return value
+            reads = [{"path": p, "version": d["version"] if d else None} for p, d in tx.reads.items()]
+            pw = _PendingWrite(str(uuid.uuid4()), tx.writes, asyncio.get_running_loop().create_future(),
+                               reads=reads)
+            self._writes.append(pw)
+            self._pump_writes()
+            try:
+                await pw.future
+                return value
+            except HearthError as e:
+                if e.code != "aborted" or attempt == max_attempts:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01 * 2 ** attempt))
+
+    async def _read_server(self, path: str) -> Optional[dict]:
+        """The server's current document at ``path`` (None: absent), without pending writes."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def on_snapshot(s: ViewSnapshot) -> None:
+            if not fut.done() and not s.from_cache:
+                fut.set_result(s.docs[0] if s.docs else None)
+
+        def on_error(e: HearthError) -> None:
+            if not fut.done():
+                fut.set_exception(e)
+
+        sub = self.subscribe({"doc": path}, on_snapshot, on_error, _server_only=True)
+        try:
+            return await fut
+        finally:
+            await self.unsubscribe(sub)
 
     async def set_token(self, token: str) -> dict:
         """Give the client a fresh credential: ``auth`` on the live socket, else used by the next hello."""
@@ -766,8 +820,10 @@ class HearthClient:
             if inflight >= limit:
                 break
             if w.seq is None and w.request_id is None and w.retry_at <= time.monotonic():
-                w.request_id = self._request({"type": "write", "mutation_id": w.mutation_id,
-                                              "writes": w.writes}, "write", w)
+                frame = {"type": "write", "mutation_id": w.mutation_id, "writes": w.writes}
+                if w.reads is not None:
+                    frame.update(type="transaction", reads=w.reads)
+                w.request_id = self._request(frame, "write", w)
                 inflight += 1
 
     # ---- incoming frames ---------------------------------------------------
@@ -875,7 +931,8 @@ class HearthClient:
     def _prune_acknowledged(self) -> None:
         """Drop acknowledged writes that every subscription they touch has caught up with."""
         for w in [w for w in self._writes if w.seq is not None]:
-            touched = [s for s in self._subs.values() if any(s.covers(op["path"]) for op in w.writes)]
+            touched = [s for s in self._subs.values() if w.reads is None and not s.server_only
+                       and any(s.covers(op["path"]) for op in w.writes)]
             if all(s.position is not None and s.position >= w.seq for s in touched):
                 self._writes.remove(w)
 
@@ -887,7 +944,8 @@ class HearthClient:
         """Recompute the local view; call the listener if it changed (or on the first frame / a reset)."""
         if sub.ended:
             return
-        if any(w.in_doubt and any(sub.covers(op["path"]) for op in w.writes) for w in self._writes):
+        if not sub.server_only and any(w.in_doubt and w.reads is None and any(sub.covers(op["path"]) for op in w.writes)
+                                       for w in self._writes):
             # A write whose answer was lost may already be in the server view (a resumed frame can
             # carry its commit before the duplicate write_ok arrives): overlaying it again would
             # count it twice. Hold the view back until its answer tells us its seq.
@@ -902,6 +960,25 @@ class HearthClient:
         sub.emitted, reset, sub.reset_pending = docs, sub.reset_pending, False
         sub.on_snapshot(ViewSnapshot(docs, changes, any(d["pending"] for d in docs),
                                      from_cache=not sub.synced, reset=reset))
+
+
+class Transaction:
+    """One attempt of :meth:`HearthClient.run_transaction`: all reads, then writes."""
+
+    def __init__(self, client: HearthClient):
+        self.client = client
+        self.reads: dict[str, Optional[dict]] = {}
+        self.writes: list[dict] = []
+
+    async def get(self, path: str) -> Optional[dict]:
+        if path not in self.reads:
+            if self.writes:
+                raise HearthError("invalid-argument", "a transaction must do all its reads before its writes")
+            self.reads[path] = await self.client._read_server(path)
+        return self.reads[path]
+
+    def write(self, op: dict) -> None:
+        self.writes.append(op)
 
 
 def _position(token: str) -> Optional[int]:

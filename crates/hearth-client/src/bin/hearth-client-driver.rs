@@ -9,13 +9,13 @@
 //! in `sdk-spec/conformance/CLIENT.md`; an SDK in another language writes
 //! the same ~200 lines and runs the same checks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 use hearth_client::{
     Client, ClientConfig, ClientError, DocChangeKind, Encoding, QuerySnapshot, Target,
 };
-use hearth_protocol::Write;
+use hearth_protocol::{DocPath, FieldPath, Value, Write};
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -146,6 +146,37 @@ impl Driver {
                 tokio::spawn(async move {
                     let line = match pending.await {
                         Ok(result) => json!({"id": id, "ok": {"result": result}}),
+                        Err(e) => reply_error(id, &e),
+                    };
+                    let _ = out.send(line);
+                });
+            }
+            "transaction_increment" => {
+                let path = DocPath::parse(string_arg(command, "path")?)
+                    .map_err(|e| invalid(&e.to_string()))?;
+                let field = FieldPath::parse(string_arg(command, "field")?)
+                    .map_err(|e| invalid(&e.to_string()))?;
+                let client = self.client()?.clone();
+                let out = self.out.clone();
+                tokio::spawn(async move {
+                    let outcome = client
+                        .run_transaction(|tx| {
+                            let (path, field) = (path.clone(), field.clone());
+                            async move {
+                                let doc = tx.get(&path).await?;
+                                let next = match doc.as_ref().and_then(|d| d.get(&field)) {
+                                    Some(Value::Integer(n)) => n + 1,
+                                    _ => 1,
+                                };
+                                let mut fields = BTreeMap::new();
+                                fields.insert(field, Value::Integer(next));
+                                tx.write(Write::merge(path, fields));
+                                Ok(next)
+                            }
+                        })
+                        .await;
+                    let line = match outcome {
+                        Ok(value) => json!({"id": id, "ok": {"value": value}}),
                         Err(e) => reply_error(id, &e),
                     };
                     let _ = out.send(line);

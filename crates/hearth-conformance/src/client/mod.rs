@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(5);
 
 /// The client checks, in order: `(name, required server capability)`.
-pub const CLIENT_CHECKS: [(&str, Option<&str>); 17] = [
+pub const CLIENT_CHECKS: [(&str, Option<&str>); 20] = [
     ("client-01-handshake", None),
     ("client-02-live-query", None),
     ("client-03-document", None),
@@ -55,6 +55,9 @@ pub const CLIENT_CHECKS: [(&str, Option<&str>); 17] = [
     ("client-15-retry-unavailable", None),
     ("client-16-pending-in-limit-window", None),
     ("client-17-merge-outside-view", None),
+    ("client-18-dead-connection", None),
+    ("client-19-expired-token", None),
+    ("client-20-transaction", None),
 ];
 
 /// What to run the client checks with.
@@ -302,6 +305,9 @@ impl Check {
             "client-15-retry-unavailable" => self.retry_unavailable().await,
             "client-16-pending-in-limit-window" => self.pending_in_limit_window().await,
             "client-17-merge-outside-view" => self.merge_outside_view().await,
+            "client-18-dead-connection" => self.dead_connection().await,
+            "client-19-expired-token" => self.expired_token().await,
+            "client-20-transaction" => self.transaction().await,
             other => Err(format!("unknown check {other}")),
         }
     }
@@ -1023,6 +1029,325 @@ impl Check {
             .await?;
         if done.contents() != [(y.clone(), y_full), (x.clone(), x_full)] {
             return Err(format!("final view {:?}", done.contents()));
+        }
+        Ok(())
+    }
+
+    /// A connection that goes silent without an error (half-open TCP, as
+    /// after a phone changes networks) is given up after `idle_timeout_ms`
+    /// without a frame, not before, and the client reconnects and catches
+    /// up; an idle but healthy connection is kept alive by the client's
+    /// own pings (PROTOCOL.md §8). The proxy tells the client 500 ms / 2 s
+    /// timers so the check takes seconds.
+    async fn dead_connection(&mut self) -> Result<(), String> {
+        const HEARTBEAT_MS: u64 = 500;
+        const IDLE_MS: u64 = 2_000;
+        self.proxy.rewrite_welcome_timers(HEARTBEAT_MS, IDLE_MS);
+        let query = self.watch_empty_collection().await?;
+        // Three idle timeouts of quiet: only the client's pings and the
+        // server's pongs pass, and they must keep the connection.
+        self.driver
+            .drain_for(Duration::from_millis(3 * IDLE_MS))
+            .await;
+        if self.proxy.connections() != 1 {
+            return Err(format!(
+                "the client opened {} connections while the connection was idle but healthy; \
+                 with heartbeat_ms {HEARTBEAT_MS} and idle_timeout_ms {IDLE_MS} it must send its \
+                 own ping when it has sent nothing for heartbeat_ms (and the server answers)",
+                self.proxy.connections()
+            ));
+        }
+        let pings = self
+            .proxy
+            .client_frames()
+            .iter()
+            .filter(|f| kind(&f.frame) == "ping")
+            .count();
+        if pings < 2 {
+            return Err(format!(
+                "the client sent {pings} ping(s) in {} ms of silence with heartbeat_ms {HEARTBEAT_MS}",
+                3 * IDLE_MS
+            ));
+        }
+        let attempts = self.proxy.attempts().len();
+        let silent_at = Instant::now();
+        self.proxy.go_silent();
+        self.rest
+            .batch(json!([{"op": "set", "path": self.doc("late"), "data": {"n": 1}}]))
+            .await?;
+        let deadline = silent_at + Duration::from_millis(IDLE_MS + 5_000);
+        let reconnected_at = loop {
+            if let Some(at) = self.proxy.attempts().get(attempts) {
+                break *at;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no new connection {} ms after the connection went silent \
+                     (idle_timeout_ms {IDLE_MS}): a client must give up a connection on which \
+                     nothing arrived for idle_timeout_ms",
+                    IDLE_MS + 5_000
+                ));
+            }
+            self.driver.drain_for(Duration::from_millis(50)).await;
+        };
+        let after = reconnected_at.duration_since(silent_at);
+        // The last frame before the silence arrived at most one heartbeat
+        // earlier, so giving up sooner than this is not waiting idle_timeout_ms.
+        if after < Duration::from_millis(IDLE_MS - HEARTBEAT_MS - 300) {
+            return Err(format!(
+                "the client gave up the silent connection after {after:?}; it must allow \
+                 idle_timeout_ms ({IDLE_MS} ms) without a frame, not a multiple of heartbeat_ms"
+            ));
+        }
+        self.converge(
+            "q",
+            &query,
+            "the write made while the connection was silent",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Close 4001 (the access token expired): the client does not reconnect
+    /// with the credential it has; a new one given with `set_token` makes it
+    /// reconnect at once with that credential in `hello` and resume its
+    /// subscriptions (PROTOCOL.md §4, §10, §13).
+    async fn expired_token(&mut self) -> Result<(), String> {
+        let query = self.watch_empty_collection().await?;
+        let attempts = self.proxy.attempts().len();
+        self.proxy.close_all_with(4001, "token expired");
+        let deadline = Instant::now() + SHORT;
+        while self.proxy.ended(1).is_none() {
+            if Instant::now() > deadline {
+                return Err("the proxy could not close the connection".into());
+            }
+            self.driver.drain_for(Duration::from_millis(50)).await;
+        }
+        self.rest
+            .batch(json!([{"op": "set", "path": self.doc("meanwhile"), "data": {"n": 1}}]))
+            .await?;
+        self.driver.drain_for(Duration::from_secs(3)).await;
+        let again = self.proxy.attempts().len() - attempts;
+        if again > 0 {
+            return Err(format!(
+                "the client reconnected {again} time(s) after close 4001 (token expired) \
+                 without a new credential; it must wait for one"
+            ));
+        }
+        let asked = Instant::now();
+        let key = self.admin_key.clone();
+        let id = self
+            .driver
+            .send("set_token", json!({ "token": key }))
+            .await?;
+        self.converge(
+            "q",
+            &query,
+            "the view after reconnecting with the new credential",
+        )
+        .await?;
+        let hello = self
+            .proxy
+            .client_frames()
+            .into_iter()
+            .find(|f| f.conn > 1 && kind(&f.frame) == "hello")
+            .ok_or("no new connection after set_token")?;
+        if hello.frame.get("token").and_then(Json::as_str) != Some(key.as_str()) {
+            return Err("the new connection's hello does not carry the new credential".into());
+        }
+        if hello.at.duration_since(asked) > Duration::from_secs(2) {
+            return Err(format!(
+                "the client took {:?} to reconnect after set_token; a new credential should \
+                 end the wait at once",
+                hello.at.duration_since(asked)
+            ));
+        }
+        self.driver
+            .reply(id, SHORT)
+            .await?
+            .map_err(|e| format!("set_token failed: {e}"))?;
+        Ok(())
+    }
+
+    /// The document at `path` over REST: `(version, n)`.
+    async fn counter(&self, path: &str) -> Result<(u64, Json), String> {
+        let doc = self
+            .rest
+            .admin(reqwest::Method::GET, &format!("/v1/db/{path}"), None)
+            .await?;
+        let version = doc
+            .get("version")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| format!("no version in {doc}"))?;
+        Ok((version, doc["fields"]["n"].clone()))
+    }
+
+    /// A transaction (read, decide, write): the client sends one
+    /// `transaction` frame whose `reads` carry the version it read; when
+    /// another writer changed the document in between, the server answers
+    /// `aborted` and the client reads again and retries under a new
+    /// mutation id; a commit whose answer was lost is resent under the same
+    /// mutation id and applied once (PROTOCOL.md §7).
+    async fn transaction(&mut self) -> Result<(), String> {
+        let counter = self.doc("counter");
+        self.rest
+            .batch(json!([{"op": "set", "path": counter, "data": {"n": 0}}]))
+            .await?;
+        let (seeded, _) = self.counter(&counter).await?;
+        self.connect_admin().await?;
+        // A transaction reads the server's document, not the client's own
+        // pending write to it (kept queued while the proxy answers every
+        // `write` with `unavailable`).
+        let other = self.doc("other");
+        self.rest
+            .batch(json!([{"op": "set", "path": other, "data": {"n": 5}}]))
+            .await?;
+        self.proxy.refuse_writes(usize::MAX);
+        let pending = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [{"op": "set", "path": other, "data": {"n": 100}}]}),
+            )
+            .await?;
+        let over_pending = self
+            .driver
+            .send(
+                "transaction_increment",
+                json!({"path": other, "field": "n"}),
+            )
+            .await?;
+        let answered = self.driver.reply(over_pending, SETTLE).await;
+        self.proxy.refuse_writes(0);
+        let value = answered?.map_err(|e| format!("the transaction failed: {e}"))?;
+        if value.get("value") != Some(&json!(6)) {
+            return Err(format!(
+                "a transaction over a document with a pending write of n = 100 (server: n = 5) \
+                 answered {value}; its read must be the server's document (6 expected), not the \
+                 local view"
+            ));
+        }
+        self.driver
+            .reply(pending, SETTLE)
+            .await?
+            .map_err(|e| format!("the pending write failed: {e}"))?;
+        // A conflict: the answer to the client's read is held back while
+        // another writer changes the document.
+        let before = self.proxy.frames().len();
+        self.proxy.hold(true);
+        let first = self
+            .driver
+            .send(
+                "transaction_increment",
+                json!({"path": counter, "field": "n"}),
+            )
+            .await?;
+        let deadline = Instant::now() + SHORT;
+        let read_answered = loop {
+            let answered = self.proxy.frames()[before..].iter().any(|f| {
+                !f.from_client
+                    && kind(&f.frame) == "snapshot"
+                    && f.frame["docs"][0]["path"] == counter
+            });
+            if answered || Instant::now() > deadline {
+                break answered;
+            }
+            self.driver.drain_for(Duration::from_millis(20)).await;
+        };
+        let changed = self
+            .rest
+            .batch(json!([{"op": "update", "path": counter, "fields": {"n": 10}}]))
+            .await;
+        self.proxy.hold(false);
+        if !read_answered {
+            return Err(
+                "the client did not read the document (no snapshot for it within 5 s) \
+                 before committing the transaction"
+                    .into(),
+            );
+        }
+        changed?;
+        let value = self
+            .driver
+            .reply(first, SETTLE)
+            .await?
+            .map_err(|e| format!("the transaction failed: {e}"))?;
+        if value.get("value") != Some(&json!(11)) {
+            return Err(format!(
+                "the transaction should have read 10 on its retry and written 11; it answered {value}"
+            ));
+        }
+        let sent: Vec<Json> = self
+            .proxy
+            .client_frames()
+            .into_iter()
+            .filter(|f| kind(&f.frame) == "transaction" && f.frame["writes"][0]["path"] == counter)
+            .map(|f| f.frame)
+            .collect();
+        let first_reads = json!([{"path": counter, "version": seeded}]);
+        match sent.as_slice() {
+            [conflicted, retried, ..] => {
+                if conflicted.get("reads") != Some(&first_reads) {
+                    return Err(format!(
+                        "the first transaction frame must carry the version read, {first_reads}; \
+                         it was {conflicted}"
+                    ));
+                }
+                if conflicted.get("mutation_id") == retried.get("mutation_id") {
+                    return Err("a retry after `aborted` is a new mutation: it needs a new \
+                         mutation id (the same id with other writes is invalid-argument)"
+                        .into());
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "expected a `transaction` frame refused with `aborted` and a retry; the client \
+                     sent {} `transaction` frame(s)",
+                    sent.len()
+                ))
+            }
+        }
+        if self.counter(&counter).await?.1 != json!(11) {
+            return Err("the counter is not 11 after the transaction".into());
+        }
+        // A commit whose answer is lost with its connection.
+        let frames_before = sent.len();
+        self.proxy.lose_answers(true);
+        let second = self
+            .driver
+            .send(
+                "transaction_increment",
+                json!({"path": counter, "field": "n"}),
+            )
+            .await?;
+        let answered = self.driver.reply(second, SETTLE).await;
+        self.proxy.lose_answers(false);
+        let value = answered?.map_err(|e| format!("the transaction failed: {e}"))?;
+        let (_, n) = self.counter(&counter).await?;
+        if n != json!(12) || value.get("value") != Some(&json!(12)) {
+            return Err(format!(
+                "after a transaction whose answer was lost the counter is {n} and the client \
+                 answered {value}; expected 12 and 12 (applied exactly once)"
+            ));
+        }
+        let resent: Vec<Json> = self
+            .proxy
+            .client_frames()
+            .into_iter()
+            .filter(|f| kind(&f.frame) == "transaction" && f.frame["writes"][0]["path"] == counter)
+            .map(|f| f.frame)
+            .skip(frames_before)
+            .collect();
+        let same = |a: &Json, b: &Json| {
+            ["mutation_id", "reads", "writes"]
+                .iter()
+                .all(|k| a.get(k) == b.get(k))
+        };
+        if !(resent.len() >= 2 && same(&resent[0], &resent[1])) {
+            return Err(format!(
+                "the transaction whose answer was lost must be resent as the same frame (same \
+                 mutation id, reads and writes); the client sent {resent:?}"
+            ));
         }
         Ok(())
     }

@@ -16,7 +16,13 @@
 //! - loses the answer to a write: it forwards a `write`/`transaction`
 //!   with a mutation id it has not seen before, swallows the server's
 //!   answer to it and drops the connection, so the client must retry a
-//!   mutation the server has already applied.
+//!   mutation the server has already applied;
+//! - goes silent: it stops forwarding on the live connections in both
+//!   directions but keeps their sockets open (a half-open connection, as
+//!   after a phone changes networks: no error, just nothing);
+//! - closes the client's connections itself with a given close code;
+//! - rewrites `welcome`'s `heartbeat_ms` and `idle_timeout_ms`, so a
+//!   client's liveness timers can be checked in seconds, not minutes.
 //!
 //! WebSocket-level pings are answered by each side's own library and not
 //! forwarded.
@@ -34,6 +40,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::schema::SchemaSet;
@@ -84,6 +91,10 @@ struct State {
     pongs: Vec<(usize, u64, Instant)>,
     /// When each connection ended (dropped or closed).
     ended: Vec<(usize, Instant)>,
+    /// Connections that forward nothing any more (but stay open).
+    silenced: HashSet<usize>,
+    /// `(heartbeat_ms, idle_timeout_ms)` to put in every `welcome`.
+    welcome_timers: Option<(u64, u64)>,
 }
 
 struct Shared {
@@ -176,6 +187,31 @@ impl Proxy {
     /// While on, the answer to each new mutation is lost with its connection.
     pub fn lose_answers(&self, on: bool) {
         self.shared.state().lose_answers = on;
+    }
+
+    /// Stops forwarding anything on every live connection, both ways,
+    /// without closing it; new connections are not affected.
+    pub fn go_silent(&self) {
+        let mut state = self.shared.state();
+        let live: Vec<usize> = state.live.iter().map(|l| l.conn).collect();
+        state.silenced.extend(live);
+    }
+
+    /// Closes every live connection: a close frame with `code` and
+    /// `reason` to the client, a normal close to the server.
+    pub fn close_all_with(&self, code: u16, reason: &str) {
+        for live in self.shared.state().live.iter() {
+            let _ = live.inject.send(Message::Close(Some(CloseFrame {
+                code: code.into(),
+                reason: reason.to_string().into(),
+            })));
+        }
+    }
+
+    /// Every later `welcome` tells the client these timers instead of the
+    /// server's.
+    pub fn rewrite_welcome_timers(&self, heartbeat_ms: u64, idle_timeout_ms: u64) {
+        self.shared.state().welcome_timers = Some((heartbeat_ms, idle_timeout_ms));
     }
 
     /// Sends a `ping` of the proxy's own to the client on the newest live
@@ -376,6 +412,9 @@ async fn forward<C, S>(
         tokio::select! {
             message = from_client.next() => {
                 let Some(Ok(message)) = message else { break };
+                if is_silenced(&shared, conn) {
+                    continue;
+                }
                 if let Message::Close(_) = message {
                     let _ = to_server.send(message).await;
                     break;
@@ -400,12 +439,16 @@ async fn forward<C, S>(
             }
             message = from_server.next() => {
                 let Some(Ok(message)) = message else { break };
+                if is_silenced(&shared, conn) {
+                    continue;
+                }
                 if let Message::Close(_) = message {
                     let _ = to_client.send(message).await;
                     break;
                 }
                 let Some(decoded) = decode(&message) else { continue };
                 let frame = record(&shared, conn, false, decoded);
+                let (message, frame) = rewrite_welcome(&shared, message, frame);
                 let answers_lost_write = match (&frame, &lose_answer_to) {
                     (Some(frame), Some(id)) => {
                         matches!(frame.get("type").and_then(Json::as_str), Some("write_ok" | "error"))
@@ -417,9 +460,10 @@ async fn forward<C, S>(
                     break;
                 }
                 let is_welcome = frame.as_ref().is_some_and(|f| f.get("type").and_then(Json::as_str) == Some("welcome"));
-                if *held_rx.borrow() {
-                    held_back.push(message);
-                } else if to_client.send(message).await.is_err() {
+                // Frames held back go first: a frame can arrive before this
+                // loop has seen the hold lift, and must not overtake them.
+                held_back.push(message);
+                if !*held_rx.borrow() && !release(&mut to_client, &mut held_back).await {
                     break;
                 }
                 if is_welcome && shared.state().drop_after_welcome {
@@ -431,21 +475,61 @@ async fn forward<C, S>(
                     break;
                 }
                 let held = *held_rx.borrow_and_update();
-                if !held {
-                    for message in held_back.drain(..) {
-                        if to_client.send(message).await.is_err() {
-                            return;
-                        }
-                    }
+                if !held && !release(&mut to_client, &mut held_back).await {
+                    return;
                 }
             }
             Some(message) = inject.recv() => {
-                if to_client.send(message).await.is_err() {
+                let closing = matches!(message, Message::Close(_));
+                if to_client.send(message).await.is_err() || closing {
+                    if closing {
+                        let _ = to_server.send(Message::Close(None)).await;
+                    }
                     break;
                 }
             }
         }
     }
+}
+
+fn is_silenced(shared: &Shared, conn: usize) -> bool {
+    shared.state().silenced.contains(&conn)
+}
+
+/// Puts the timers set with [`Proxy::rewrite_welcome_timers`] into a
+/// `welcome` (re-encoded in the connection's encoding); anything else
+/// passes unchanged.
+fn rewrite_welcome(
+    shared: &Shared,
+    message: Message,
+    frame: Option<Json>,
+) -> (Message, Option<Json>) {
+    let timers = shared.state().welcome_timers;
+    let (Some(mut welcome), Some((heartbeat, idle))) = (frame.clone(), timers) else {
+        return (message, frame);
+    };
+    if welcome.get("type").and_then(Json::as_str) != Some("welcome") {
+        return (message, frame);
+    }
+    welcome["heartbeat_ms"] = json!(heartbeat);
+    welcome["idle_timeout_ms"] = json!(idle);
+    match encode(&welcome, matches!(message, Message::Binary(_))) {
+        Some(rewritten) => (rewritten, Some(welcome)),
+        None => (message, Some(welcome)),
+    }
+}
+
+/// Sends the frames held back, in order; false if the client is gone.
+async fn release<K>(to_client: &mut K, held_back: &mut Vec<Message>) -> bool
+where
+    K: futures::Sink<Message> + Unpin,
+{
+    for message in held_back.drain(..) {
+        if to_client.send(message).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Logs a decoded frame and checks it against the schemas; returns it.
