@@ -54,6 +54,11 @@ struct Cli {
     /// CPU the reader process is pinned to (with `taskset`).
     #[arg(long, default_value_t = 1)]
     reader_cpu: usize,
+    /// Keep the reader's runtime from parking (it polls its sockets
+    /// without sleeping), as a client on another machine would cost the
+    /// writer's core nothing to wake.
+    #[arg(long)]
+    reader_spin: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +70,8 @@ enum Mode {
         conns: usize,
         #[arg(long, default_value_t = 600)]
         max_secs: u64,
+        #[arg(long)]
+        spin: bool,
     },
 }
 
@@ -75,13 +82,14 @@ fn main() -> Result<(), String> {
             addr,
             conns,
             max_secs,
-        }) => read(addr, conns, max_secs),
+            spin,
+        }) => read(addr, conns, max_secs, spin),
         None => write(&cli),
     }
 }
 
 /// The reader: one Tokio task per connection, on a current-thread runtime.
-fn read(addr: SocketAddr, conns: usize, max_secs: u64) -> Result<(), String> {
+fn read(addr: SocketAddr, conns: usize, max_secs: u64, spin: bool) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,6 +110,13 @@ fn read(addr: SocketAddr, conns: usize, max_secs: u64) -> Result<(), String> {
                 }
             }));
         }
+        if spin {
+            tokio::spawn(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
         let all = futures_util::future::join_all(tasks);
         let _ = tokio::time::timeout(Duration::from_secs(max_secs), all).await;
         Ok(())
@@ -119,6 +134,7 @@ fn write(cli: &Cli) -> Result<(), String> {
         .arg("read")
         .arg(addr.to_string())
         .arg(cli.conns.to_string())
+        .args(cli.reader_spin.then_some("--spin"))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the reader with taskset: {e}"))?;
