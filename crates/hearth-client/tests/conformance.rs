@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hearth_conformance::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
@@ -21,25 +20,14 @@ async fn every_client_check_passes(msgpack: bool) {
         )
         .await
         .unwrap();
+        let driver = env!("CARGO_BIN_EXE_hearth-client-driver").to_string();
         let report = run_client_checks(
             &server.base_url(),
-            ClientRunOptions {
-                admin_key: server.admin_key().to_string(),
-                driver: env!("CARGO_BIN_EXE_hearth-client-driver").to_string(),
-                schema_dir: Some(
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/schema"),
-                ),
-                capabilities: vec!["tiny-retention".into()],
-                filter: None,
-                msgpack,
-            },
+            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, msgpack),
         )
         .await;
         print!("{}", report.render());
-        let failed = report.not_passed();
-        assert!(report.setup_error.is_none(), "{:?}", report.setup_error);
-        assert!(failed.is_empty(), "checks not passed: {failed:?}");
-        assert_eq!(report.passed(), CLIENT_CHECKS.len());
+        report.require_all_passed(CLIENT_CHECKS.len()).unwrap();
         assert!(
             report.frames_validated > 100,
             "frames must be schema-checked"

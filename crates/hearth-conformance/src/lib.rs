@@ -84,6 +84,21 @@ impl Report {
             .map(|r| r.name.as_str())
             .collect()
     }
+    /// `Ok` when the run got going and every one of `expected` checks or
+    /// scenarios passed (none failed, none skipped); otherwise what did not.
+    pub fn require_all_passed(&self, expected: usize) -> Result<(), String> {
+        if let Some(e) = &self.setup_error {
+            return Err(format!("the run could not start: {e}"));
+        }
+        let not_passed = self.not_passed();
+        if !not_passed.is_empty() {
+            return Err(format!("not passed: {not_passed:?}"));
+        }
+        if self.passed() != expected {
+            return Err(format!("{} passed of {expected}", self.passed()));
+        }
+        Ok(())
+    }
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.results.iter().filter(|r| f(&r.outcome)).count()
     }

@@ -43,23 +43,14 @@ async fn the_python_reference_client_passes_every_client_check() {
         )
         .await
         .unwrap();
+        let driver = format!("python3 {}", driver.display());
         let report = run_client_checks(
             &server.base_url(),
-            ClientRunOptions {
-                admin_key: server.admin_key().to_string(),
-                driver: format!("python3 {}", driver.display()),
-                schema_dir: Some(repo().join("sdk-spec/schema")),
-                capabilities: vec!["tiny-retention".into()],
-                filter: None,
-                msgpack: false,
-            },
+            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, false),
         )
         .await;
         print!("{}", report.render());
-        let failed = report.not_passed();
-        assert!(report.setup_error.is_none(), "{:?}", report.setup_error);
-        assert!(failed.is_empty(), "checks not passed: {failed:?}");
-        assert_eq!(report.passed(), CLIENT_CHECKS.len());
+        report.require_all_passed(CLIENT_CHECKS.len()).unwrap();
     })
     .await;
     assert!(result.is_ok(), "the client checks must finish within 400 s");

@@ -77,6 +77,24 @@ pub struct ClientRunOptions {
     pub msgpack: bool,
 }
 
+impl ClientRunOptions {
+    /// What an SDK's own test suite in this repository runs: every check,
+    /// with the schemas of `sdk-spec/schema` in this source tree, against a
+    /// server with tiny retention (`[store.retention] max_commits = 10`).
+    pub fn every_check_in_this_repo(admin_key: &str, driver: String, msgpack: bool) -> Self {
+        ClientRunOptions {
+            admin_key: admin_key.to_string(),
+            driver,
+            schema_dir: Some(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/schema"),
+            ),
+            capabilities: vec!["tiny-retention".into()],
+            filter: None,
+            msgpack,
+        }
+    }
+}
+
 /// Runs every client check against the server at `server_url`.
 pub async fn run_client_checks(server_url: &str, options: ClientRunOptions) -> Report {
     let mut report = Report {
