@@ -54,6 +54,10 @@ struct Cli {
     /// CPU the reader process is pinned to (with `taskset`).
     #[arg(long, default_value_t = 1)]
     reader_cpu: usize,
+    /// Copy the pieces into one buffer and write it with `send(2)` instead
+    /// of `writev(2)` (what `write` and `write_vectored` on a socket map to).
+    #[arg(long)]
+    copy_and_send: bool,
     /// Keep the reader's runtime from parking (it polls its sockets
     /// without sleeping), as a client on another machine would cost the
     /// writer's core nothing to wake.
@@ -155,7 +159,16 @@ fn write(cli: &Cli) -> Result<(), String> {
     for _ in 0..cli.sweeps {
         let start = Instant::now();
         for s in conns.iter_mut() {
-            match s.write_vectored(&slices) {
+            let written = if cli.copy_and_send {
+                let mut buffer = Vec::with_capacity(payload.len());
+                for slice in &slices {
+                    buffer.extend_from_slice(slice);
+                }
+                s.write(&buffer)
+            } else {
+                s.write_vectored(&slices)
+            };
+            match written {
                 Ok(n) if n == payload.len() => {}
                 _ => short += 1,
             }

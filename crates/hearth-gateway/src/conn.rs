@@ -40,7 +40,6 @@
 //! closed (see [`ConnShared::idle`]).
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -48,7 +47,6 @@ use hearth_protocol::ws::close_code;
 use hearth_protocol::Timestamp;
 use hearth_rules::Principal;
 use parking_lot::{Mutex, RwLock};
-use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::codec::Codec;
@@ -61,6 +59,15 @@ use crate::Counters;
 pub(crate) const MIN_WRITE_GAP_MS: u64 = 4;
 /// At most this many frames per direct write (the writer takes the rest).
 const DIRECT_MAX_FRAMES: usize = 64;
+/// At most this many bytes are copied for one direct write; a first frame
+/// larger than this is left to the writer task.
+const DIRECT_COPY_MAX_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer a direct write copies its frames into (one per thread:
+    /// the fan-out engine's, and each runtime worker's).
+    static DIRECT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -273,25 +280,38 @@ impl ConnShared {
         if now.saturating_sub(self.last_write_ms.load(Ordering::Relaxed)) < MIN_WRITE_GAP_MS {
             return false;
         }
-        let take = ob.frames.len().min(DIRECT_MAX_FRAMES);
-        // On the stack for the usual handful of frames.
-        let heads: SmallVec<[([u8; 10], usize); 4]> = ob
+        // The frames (headers and shared payloads) are copied into one
+        // buffer so the kernel gets one plain `send`, cheaper than a
+        // vectored write; a first frame too large for that is left to the
+        // writer task, which writes vectored.
+        let first_too_large = ob
             .frames
-            .iter()
-            .take(take)
-            .map(|f| frame_header(f.opcode, f.len()))
-            .collect();
-        let mut bufs: SmallVec<[IoSlice<'_>; 8]> = SmallVec::with_capacity(take * 2);
-        for (f, (h, n)) in ob.frames.iter().zip(&heads) {
-            bufs.push(IoSlice::new(&h[..*n]));
-            bufs.push(IoSlice::new(&f.payload));
+            .front()
+            .is_some_and(|f| f.len() > DIRECT_COPY_MAX_BYTES);
+        if first_too_large {
+            return false;
         }
-        let written = match sink.try_write(&bufs) {
+        let written = DIRECT_BUFFER.with_borrow_mut(|buffer| {
+            buffer.clear();
+            for f in ob.frames.iter().take(DIRECT_MAX_FRAMES) {
+                if !buffer.is_empty() && buffer.len() + f.len() > DIRECT_COPY_MAX_BYTES {
+                    break;
+                }
+                let (head, n) = frame_header(f.opcode, f.len());
+                buffer.extend_from_slice(&head[..n]);
+                buffer.extend_from_slice(&f.payload);
+            }
+            let result = sink.try_write(buffer);
+            if buffer.capacity() > 4 * DIRECT_COPY_MAX_BYTES {
+                *buffer = Vec::new();
+            }
+            result
+        });
+        let written = match written {
             // Would block, or a socket error: the writer deals with it.
             None | Some(Err(_)) | Some(Ok(0)) => return false,
             Some(Ok(n)) => n,
         };
-        drop(bufs);
         self.last_write_ms.store(now, Ordering::Relaxed);
         self.last_progress_ms.store(now, Ordering::Relaxed);
         let mut left = written;

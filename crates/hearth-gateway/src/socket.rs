@@ -188,12 +188,16 @@ impl SharedSink {
         SharedSink(parking_lot::Mutex::new(w))
     }
 
-    /// One vectored write that never waits: `None` if the socket cannot
-    /// take bytes now (or the writer holds it); else what the kernel took.
-    pub(crate) fn try_write(&self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+    /// One write of contiguous bytes that never waits: `None` if the socket
+    /// cannot take bytes now (or the writer holds it); else what the kernel
+    /// took. On Linux this is `send(2)`, which costs the kernel less than
+    /// the `writev(2)` of a vectored write (no iovec import, no file
+    /// position lock): about 5-20 % of the per-connection floor measured by
+    /// `write_floor --copy-and-send` (benches/RESULTS.md, Session 7).
+    pub(crate) fn try_write(&self, bytes: &[u8]) -> Option<io::Result<usize>> {
         let mut w = self.0.try_lock()?;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(&mut *w).poll_write_vectored(&mut cx, bufs) {
+        match Pin::new(&mut *w).poll_write(&mut cx, bytes) {
             Poll::Ready(r) => Some(r),
             // Our no-op waker is registered now; the writer task, which
             // takes over from here, polls again with its own.
