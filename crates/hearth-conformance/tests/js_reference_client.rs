@@ -1,0 +1,123 @@
+//! The JavaScript client (`sdk-spec/reference/js`), written from `sdk-spec/`
+//! alone like the Python one, passes every client check against a real
+//! `hearth serve`, in JSON and in MessagePack. It also runs its own unit
+//! tests (`node --test`).
+//!
+//! Needs Node.js 18 or later and the client's npm dependencies
+//! (`npm ci` in `sdk-spec/reference/js`; `.ci/run` does it). Outside CI the
+//! tests skip loudly when either is missing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use hearth_conformance::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
+use hearth_testkit::{TestServer, TestServerOptions};
+
+fn client_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/reference/js")
+}
+
+/// Node.js 18 or later, with the client's dependencies installed.
+fn node_ready() -> Result<(), String> {
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("node is not installed ({e})"))?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = text
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| format!("unreadable node version {text:?}"))?;
+    if major < 18 {
+        return Err(format!("node {} is older than 18", text.trim()));
+    }
+    for package in ["ws", "@msgpack/msgpack"] {
+        if !client_dir().join("node_modules").join(package).is_dir() {
+            return Err(format!(
+                "the npm package {package} is missing: run `npm ci` in sdk-spec/reference/js"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether to run; panics in CI when Node or the packages are missing.
+fn ready_or_skip() -> bool {
+    match node_ready() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must provide Node.js >= 18 and the JS client's packages (.ci/run installs them): {why}"
+            );
+            eprintln!("SKIPPED: {why}");
+            false
+        }
+    }
+}
+
+async fn every_client_check_passes(msgpack: bool) {
+    if !ready_or_skip() {
+        return;
+    }
+    hearth_testkit::hearth_binary().unwrap();
+    let driver = client_dir().join("driver.mjs");
+    let result = tokio::time::timeout(Duration::from_secs(400), async {
+        let server = TestServer::start(
+            TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),
+        )
+        .await
+        .unwrap();
+        let driver = format!("node {}", driver.display());
+        let report = run_client_checks(
+            &server.base_url(),
+            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, msgpack),
+        )
+        .await;
+        print!("{}", report.render());
+        report.require_all_passed(CLIENT_CHECKS.len()).unwrap();
+    })
+    .await;
+    assert!(result.is_ok(), "the client checks must finish within 400 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_client_passes_every_client_check() {
+    every_client_check_passes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_client_passes_every_client_check_over_msgpack() {
+    every_client_check_passes(true).await;
+}
+
+#[test]
+fn the_js_clients_unit_tests_pass() {
+    if !ready_or_skip() {
+        return;
+    }
+    let tests: Vec<PathBuf> = std::fs::read_dir(client_dir().join("test"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
+        .collect();
+    assert!(!tests.is_empty(), "the JS client has unit tests");
+    let output = Command::new("node")
+        .arg("--test")
+        .args(&tests)
+        .current_dir(client_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "node --test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
