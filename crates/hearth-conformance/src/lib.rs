@@ -361,11 +361,9 @@ fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// The `hearth conformance` command: runs the scenarios, prints the report,
-/// returns the process exit code (0 only if nothing failed). `scenarios`
-/// defaults to `sdk-spec/conformance/scenarios` under the current directory.
 /// The `hearth conformance` command: plays the scenarios, prints the report
-/// and returns the process exit code (0 when nothing failed).
+/// and returns the process exit code (0 only if nothing failed). `scenarios`
+/// defaults to `sdk-spec/conformance/scenarios` under the current directory.
 pub async fn cli(server: &str, scenarios: Option<&Path>, options: RunOptions) -> i32 {
     let default_dir = PathBuf::from("sdk-spec/conformance/scenarios");
     let dir = scenarios.unwrap_or(&default_dir);

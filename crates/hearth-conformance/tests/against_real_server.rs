@@ -159,6 +159,27 @@ async fn the_client_checks_fail_a_driver_that_does_not_do_the_work() {
                 other => panic!("{other:?}"),
             }
         }
+        // Schemas that cannot be found fail the run instead of silently
+        // validating nothing.
+        let report = hearth_conformance::run_client_checks(
+            &server.base_url(),
+            hearth_conformance::ClientRunOptions {
+                admin_key: server.admin_key().to_string(),
+                driver: "cat > /dev/null".into(),
+                schema_dir: Some(schema_dir().join("no-such-folder")),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            report
+                .setup_error
+                .as_deref()
+                .is_some_and(|e| e.contains("JSON Schemas are not at")),
+            "{:?}",
+            report.setup_error
+        );
+        assert!(!report.success());
     })
     .await;
     assert!(result.is_ok(), "must finish within 120 s");

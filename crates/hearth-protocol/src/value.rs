@@ -330,7 +330,7 @@ fn single(key: &str, value: serde_json::Value) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-fn nonfinite_name(d: f64) -> &'static str {
+pub(crate) fn nonfinite_name(d: f64) -> &'static str {
     if d.is_nan() {
         "NaN"
     } else if d > 0.0 {

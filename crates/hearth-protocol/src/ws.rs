@@ -46,8 +46,77 @@ pub fn to_msgpack(value: &serde_json::Value) -> Result<Vec<u8>, String> {
 }
 
 /// Reads a MessagePack frame into the JSON value of its message.
+///
+/// A float64 NaN or ±Infinity becomes the typed value JSON uses for it,
+/// `{"$double": "NaN" | "Infinity" | "-Infinity"}` (a `serde_json::Value`
+/// cannot hold one, and would silently turn it into `null`).
 pub fn from_msgpack(bytes: &[u8]) -> Result<serde_json::Value, String> {
-    rmp_serde::from_slice(bytes).map_err(|e| format!("not a MessagePack value: {e}"))
+    rmp_serde::from_slice::<WireValue>(bytes)
+        .map(|v| v.0)
+        .map_err(|e| format!("not a MessagePack value: {e}"))
+}
+
+/// A JSON value read from MessagePack (see [`from_msgpack`]).
+struct WireValue(serde_json::Value);
+
+impl<'de> Deserialize<'de> for WireValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(WireVisitor).map(WireValue)
+    }
+}
+
+struct WireVisitor;
+
+impl<'de> serde::de::Visitor<'de> for WireVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a MessagePack value without bin or extension types")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(match serde_json::Number::from_f64(v) {
+            Some(n) => serde_json::Value::Number(n),
+            None => serde_json::json!({ "$double": crate::value::nonfinite_name(v) }),
+        })
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(WireVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(WireValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, WireValue(value))) = map.next_entry::<String, WireValue>()? {
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
 }
 
 /// Close codes the server uses (RFC 6455 §7.4 plus the 4000-4999 private range).
@@ -328,6 +397,43 @@ mod tests {
     use crate::value::Value;
     use crate::write::WriteResult;
     use crate::CollectionPath;
+
+    #[test]
+    fn msgpack_non_finite_doubles_keep_their_value() {
+        // NaN and ±Infinity as MessagePack float64 (0xcb): before, they were
+        // read as `null` and the write silently stored null.
+        let mut bytes = vec![0x83];
+        for (key, value) in [
+            ("x", f64::NAN),
+            ("y", f64::INFINITY),
+            ("z", f64::NEG_INFINITY),
+        ] {
+            bytes.push(0xa1);
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.push(0xcb);
+            bytes.extend_from_slice(&value.to_be_bytes());
+        }
+        assert_eq!(
+            from_msgpack(&bytes).expect("decodes"),
+            serde_json::json!({
+                "x": {"$double": "NaN"}, "y": {"$double": "Infinity"}, "z": {"$double": "-Infinity"}
+            })
+        );
+        let value = Value::from_json(&from_msgpack(&bytes).expect("decodes")).expect("a value");
+        let json = value.to_json();
+        assert_eq!(
+            json["x"],
+            serde_json::json!({"$double": "NaN"}),
+            "NaN kept: {json}"
+        );
+        // Finite numbers, nesting and MessagePack's other types are unchanged.
+        let value =
+            serde_json::json!({"a": [1, -2, 2.5, u64::MAX, null, true, "s"], "b": {"c": {}}});
+        let bytes = to_msgpack(&value).expect("encodes");
+        assert_eq!(from_msgpack(&bytes).expect("decodes"), value);
+        // bin is not part of the protocol.
+        assert!(from_msgpack(&[0xc4, 0x01, 0x00]).is_err());
+    }
 
     fn round_trip_client(json: &str) -> ClientMessage {
         let msg: ClientMessage = serde_json::from_str(json).expect("parses");

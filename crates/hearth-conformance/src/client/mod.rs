@@ -106,10 +106,16 @@ pub async fn run_client_checks(server_url: &str, options: ClientRunOptions) -> R
         None => None,
         Some(dir) => match SchemaSet::load(dir) {
             Ok(Some(set)) => Some(Arc::new(set)),
+            // A run that silently validated nothing would pass a client
+            // that sends malformed frames.
             Ok(None) => {
-                report.schema_note =
-                    Some(format!("not validated ({} does not exist)", dir.display()));
-                None
+                report.setup_error = Some(format!(
+                    "the JSON Schemas are not at {}: run from the repository root, or pass \
+                     --scenarios <path to sdk-spec/conformance/scenarios> so that they are \
+                     found next to it",
+                    dir.display()
+                ));
+                return report;
             }
             Err(e) => {
                 report.setup_error = Some(format!("schemas: {e}"));
