@@ -46,6 +46,18 @@ async function until(cond, what, ms = 3000) {
     await tick();
   }
 }
+
+/** A client connected to the fake network: its first socket got `hello` and was welcomed. */
+async function connected(options = {}) {
+  const net = fakeNetwork();
+  const client = new HearthClient({ url: 'ws://test/v1/ws', WebSocket: net.FakeWebSocket, ...options });
+  const p = client.connect();
+  await until(() => net.sockets[0]?.sent.length, 'hello');
+  const s = net.sockets[0];
+  s.welcome();
+  await p;
+  return { net, client, s };
+}
 const doc = (path, fields, version) => ({ path, fields, create_time: '2026-01-01T00:00:00.000000000Z', update_time: '2026-01-01T00:00:00.000000000Z', version });
 
 test('handshake, resume after a drop, and a write in doubt counted once', async () => {
@@ -128,13 +140,7 @@ test('declares a silent server dead after idle_timeout_ms and reconnects', async
 });
 
 test('unavailable answers keep the write queued and resend it unchanged', async () => {
-  const net = fakeNetwork();
-  const client = new HearthClient({ url: 'ws://test/v1/ws', WebSocket: net.FakeWebSocket });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  const s = net.sockets[0];
-  s.welcome();
-  await p;
+  const { net, client, s } = await connected();
   let result = null;
   let failure = null;
   client.doc('c/y').set({ a: 1 }).then((r) => { result = r; }, (e) => { failure = e; });
@@ -162,12 +168,7 @@ test('unavailable answers keep the write queued and resend it unchanged', async 
 });
 
 test('close 4003 (revoked): no reconnect until a new token is given', async () => {
-  const net = fakeNetwork();
-  const client = new HearthClient({ url: 'ws://test/v1/ws', token: 'a', WebSocket: net.FakeWebSocket });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  net.sockets[0].welcome();
-  await p;
+  const { net, client, s } = await connected({ token: 'a' });
   net.sockets[0].drop(4003, 'session revoked');
   await tick(600);
   assert.equal(net.sockets.length, 1, 'no reconnect attempt');
@@ -181,13 +182,7 @@ test('close 4003 (revoked): no reconnect until a new token is given', async () =
 });
 
 test('setToken on a live session sends auth on the same socket', async () => {
-  const net = fakeNetwork();
-  const client = new HearthClient({ url: 'ws://test/v1/ws', token: 'a', WebSocket: net.FakeWebSocket });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  const s = net.sockets[0];
-  s.welcome();
-  await p;
+  const { net, client, s } = await connected({ token: 'a' });
   const done = client.setToken('b');
   const auth = s.sentOf('auth')[0];
   assert.equal(auth.token, 'b');
@@ -217,13 +212,8 @@ test('a session dropped right after welcome counts as a failed attempt (backoff 
 });
 
 test('with getToken, a 4001 on a live session fetches a fresh token and reconnects with it', async () => {
-  const net = fakeNetwork();
   let calls = 0;
-  const client = new HearthClient({ url: 'ws://test/v1/ws', token: 'old', WebSocket: net.FakeWebSocket, getToken: async () => `fresh${++calls}` });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  net.sockets[0].welcome();
-  await p;
+  const { net, client, s } = await connected({ token: 'old', getToken: async () => `fresh${++calls}` });
   net.sockets[0].frame({ type: 'error', code: 'unauthenticated', message: 'the access token expired; send auth with a fresh token before expires_at' });
   net.sockets[0].drop(4001, 'token expired');
   await until(() => net.sockets.length === 2 && net.sockets[1].sent.length, 'a reconnect');
@@ -240,13 +230,7 @@ test('with getToken, a 4001 on a live session fetches a fresh token and reconnec
 });
 
 test('a changes frame delivered before the snapshot of a fresh subscription is applied after it', async () => {
-  const net = fakeNetwork();
-  const client = new HearthClient({ url: 'ws://test/v1/ws', WebSocket: net.FakeWebSocket });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  const s = net.sockets[0];
-  s.welcome();
-  await p;
+  const { net, client, s } = await connected();
   const seen = [];
   client.doc('c/counter').onSnapshot((snap) => seen.push(snap.doc && snap.doc.fields.n));
   const got = client.doc('c/counter').get();
@@ -263,13 +247,7 @@ test('a changes frame delivered before the snapshot of a fresh subscription is a
 });
 
 test('transactions: reads before writes, not shown until committed, new mutation id after aborted', async () => {
-  const net = fakeNetwork();
-  const client = new HearthClient({ url: 'ws://test/v1/ws', WebSocket: net.FakeWebSocket });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  const s = net.sockets[0];
-  s.welcome();
-  await p;
+  const { net, client, s } = await connected();
   const seen = [];
   client.doc('c/t').onSnapshot((snap) => seen.push(snap.doc && [snap.doc.fields.n, snap.doc.pending]));
   const view = s.sentOf('subscribe')[0];
@@ -307,13 +285,7 @@ test('transactions: reads before writes, not shown until committed, new mutation
 });
 
 test('an internal error is reported with retry(), which resends the same frame under the same mutation id', async () => {
-  const net = fakeNetwork();
-  const client = new HearthClient({ url: 'ws://test/v1/ws', WebSocket: net.FakeWebSocket });
-  const p = client.connect();
-  await until(() => net.sockets[0]?.sent.length, 'hello');
-  const s = net.sockets[0];
-  s.welcome();
-  await p;
+  const { net, client, s } = await connected();
   const first = client.doc('c/i').set({ a: 1 });
   const w1 = s.sentOf('write')[0];
   s.frame({ type: 'error', id: w1.id, code: 'internal', message: 'store failure' });
