@@ -741,7 +741,7 @@ function forEachFieldFilter(filter, visit) {
 
 /**
  * The query's normalized order: `order_by`, then every inequality field not yet
- * ordered on (ascending, by path), then `__name__` in the last explicit direction.
+ * ordered on (ascending, by path), then `__name__` in the direction of the entry before it.
  * @param {any} query
  * @returns {{field: string, segs: string[], desc: boolean}[]}
  */
@@ -773,9 +773,9 @@ export function normalizedOrder(query) {
   });
   for (const segs of ineq) order.push({ field: formatFieldPath(segs), segs, desc: false });
   if (!seen.has('__name__')) {
-    // "in the direction of the last explicit order" (PROTOCOL.md §2)
-    const explicit = query.order_by || [];
-    const last = explicit.length ? explicit[explicit.length - 1].direction === 'desc' : false;
+    // In the direction of the entry before it, implicit inequality fields
+    // included (PROTOCOL.md §2, corrected in session 7).
+    const last = order.length ? order[order.length - 1].desc : false;
     order.push({ field: '__name__', segs: ['__name__'], desc: last });
   }
   return order;

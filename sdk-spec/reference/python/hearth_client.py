@@ -274,9 +274,9 @@ class LocalQuery:
         explicit = [(o["field"], o.get("direction", "asc")) for o in q.get("order_by", [])]
         ordered = {f for f, _ in explicit}
         ineq = sorted({f["field"] for f in self._filters(q.get("where")) if f["op"] in _INEQUALITY} - ordered)
-        last_dir = explicit[-1][1] if explicit else "asc"
         self.order = explicit + [(f, "asc") for f in ineq if f != "__name__"]
-        self.order.append(("__name__", last_dir))
+        if "__name__" not in ordered:   # in the direction of the entry before it (PROTOCOL.md §2)
+            self.order.append(("__name__", self.order[-1][1] if self.order else "asc"))
 
     @staticmethod
     def _filters(flt: Optional[dict]):

@@ -97,7 +97,10 @@ test('parseFieldPath: backtick-quoted segments with escapes', () => {
 
 test('normalizedOrder and runQuery: inequality fields, __name__, limits, cursors', () => {
   const q = { collection: 'c', where: { and: [{ field: 'n', op: '>', value: 0 }, { field: 'a', op: '!=', value: 'x' }] }, order_by: [{ field: 'm', direction: 'desc' }] };
-  assert.deepEqual(normalizedOrder(q).map((o) => [o.field, o.desc]), [['m', true], ['a', false], ['n', false], ['__name__', true]]);
+  // `__name__` takes the direction of the entry before it, here the implicit (ascending) `n`, as the server does.
+  assert.deepEqual(normalizedOrder(q).map((o) => [o.field, o.desc]), [['m', true], ['a', false], ['n', false], ['__name__', false]]);
+  assert.deepEqual(normalizedOrder({ collection: 'c', order_by: [{ field: 'm', direction: 'desc' }] }).map((o) => [o.field, o.desc]), [['m', true], ['__name__', true]]);
+  assert.deepEqual(normalizedOrder({ collection: 'c' }).map((o) => [o.field, o.desc]), [['__name__', false]]);
   const docs = [
     doc('c/1', { n: 1, a: 'y', m: 1 }),
     doc('c/2', { n: 2, a: 'y', m: 2 }),
