@@ -17,22 +17,32 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `python3` with the `websockets` package (`.ci/run` installs it).
+/// `python3` with the `websockets` and `msgpack` packages (`.ci/run`
+/// installs them).
 fn python_with_websockets() -> bool {
     Command::new("python3")
-        .args(["-c", "import websockets"])
+        .args(["-c", "import websockets, msgpack"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_reference_client_passes_every_client_check() {
+    every_client_check_passes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_reference_client_passes_every_client_check_over_msgpack() {
+    every_client_check_passes(true).await;
+}
+
+async fn every_client_check_passes(msgpack: bool) {
     if !python_with_websockets() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must provide python3 with websockets (.ci/run installs it)"
+            "CI must provide python3 with websockets and msgpack (.ci/run installs them)"
         );
-        eprintln!("SKIPPED: python3 with the websockets package is not installed");
+        eprintln!("SKIPPED: python3 with the websockets and msgpack packages is not installed");
         return;
     }
     hearth_testkit::hearth_binary().unwrap();
@@ -46,7 +56,7 @@ async fn the_python_reference_client_passes_every_client_check() {
         let driver = format!("python3 {}", driver.display());
         let report = run_client_checks(
             &server.base_url(),
-            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, false),
+            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, msgpack),
         )
         .await;
         print!("{}", report.render());

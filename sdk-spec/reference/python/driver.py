@@ -53,9 +53,8 @@ class Driver:
         cid, name = cmd.get("id"), cmd.get("cmd")
         try:
             if name == "connect":
-                if cmd.get("encoding") == "msgpack":
-                    raise HearthError("unimplemented", "this client speaks JSON only")
-                self.client = HearthClient(cmd["url"], cmd.get("token"))
+                self.client = HearthClient(cmd["url"], cmd.get("token"),
+                                           encoding="msgpack" if cmd.get("encoding") == "msgpack" else "json")
                 await self.client.connect()
                 emit({"id": cid, "ok": {}})
             elif name == "subscribe":

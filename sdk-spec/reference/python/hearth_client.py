@@ -23,9 +23,11 @@ that survives network failures:
   read (section 7); re-run on ``aborted``. Added after the clean-room
   version, for the ``client-20-transaction`` check.
 
-Only JSON (``hearth.v1``) is implemented.  Values are kept in Hearth's JSON
-encoding as Python's ``json`` module decodes it (``42`` -> int, ``42.0`` ->
-float, so integers and doubles stay distinct).
+JSON (``hearth.v1``) and, since session 7, MessagePack
+(``hearth.v1.msgpack``, ``encoding="msgpack"``; the ``msgpack`` package).
+Values are kept in Hearth's JSON encoding as Python's ``json`` module
+decodes it (``42`` -> int, ``42.0`` -> float, so integers and doubles stay
+distinct); MessagePack decodes to exactly the same values.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
+import msgpack
 import websockets
 
 log = logging.getLogger("hearth")
@@ -509,9 +512,11 @@ class HearthClient:
         result = await client.write([{"op": "set", "path": "rooms/r1", "data": {"n": 1}}])
     """
 
-    def __init__(self, url: str, token: Optional[str] = None, *,
+    def __init__(self, url: str, token: Optional[str] = None, *, encoding: str = "json",
                  backoff_base: float = 0.25, backoff_cap: float = 30.0, attempt_timeout: float = 10.0):
-        self.url, self.token = url, token
+        if encoding not in ("json", "msgpack"):
+            raise ValueError(f"unknown encoding {encoding!r}: 'json' or 'msgpack'")
+        self.url, self.token, self.encoding = url, token, encoding
         self.backoff_base, self.backoff_cap, self.attempt_timeout = backoff_base, backoff_cap, attempt_timeout
         self.welcome: Optional[dict] = None
         self._subs: dict[str, Subscription] = {}
@@ -692,17 +697,18 @@ class HearthClient:
 
     async def _open(self):
         """Connect, send hello, wait for welcome."""
-        ws = await websockets.connect(self.url, subprotocols=["hearth.v1"], ping_interval=None,
+        subprotocol = "hearth.v1.msgpack" if self.encoding == "msgpack" else "hearth.v1"
+        ws = await websockets.connect(self.url, subprotocols=[subprotocol], ping_interval=None,
                                       max_size=None, close_timeout=1, open_timeout=None)
         try:
             hello = {"type": "hello", "protocol": 1, "client": CLIENT_INFO}
             if self.token:
                 hello["token"] = self.token
-            await ws.send(json.dumps(hello))
+            await ws.send(self._encode(hello))
             error = None
             while True:
                 try:
-                    msg = json.loads(await ws.recv())
+                    msg = self._decode(await ws.recv())
                 except websockets.ConnectionClosed as e:
                     code = _close_code(e)
                     if error is not None and code in (4000, 4001, 4003):
@@ -742,7 +748,7 @@ class HearthClient:
                 self._last_recv = time.monotonic()
                 self._frames_in_session += 1
                 try:
-                    msg = json.loads(raw)
+                    msg = self._decode(raw)
                 except (TypeError, ValueError):
                     log.warning("undecodable frame ignored")
                     continue
@@ -768,11 +774,31 @@ class HearthClient:
                 pass
         return code
 
+    def _encode(self, frame: dict) -> str | bytes:
+        """A frame for the wire: JSON text, or a MessagePack map in a binary frame (section 1).
+
+        Values are the same in both (typed values are the same one-key maps);
+        a Python float is a float 64, an int a MessagePack integer."""
+        if self.encoding == "msgpack":
+            return msgpack.packb(frame, use_bin_type=True)
+        return json.dumps(frame)
+
+    def _decode(self, raw: str | bytes) -> dict:
+        if self.encoding == "msgpack":
+            if not isinstance(raw, (bytes, bytearray)):
+                raise ValueError("a text frame on a MessagePack connection")
+            msg = msgpack.unpackb(raw, raw=False)
+        else:
+            msg = json.loads(raw)
+        if not isinstance(msg, dict):
+            raise ValueError("a frame that is not an object")
+        return msg
+
     async def _writer(self, ws, outbox: asyncio.Queue) -> None:
         try:
             while True:
                 frame = await outbox.get()
-                await ws.send(json.dumps(frame))
+                await ws.send(self._encode(frame))
                 self._last_sent = time.monotonic()
         except websockets.ConnectionClosed:
             pass

@@ -379,6 +379,22 @@ impl Check {
         if let Some(v) = self.driver.violations.first() {
             return Err(format!("driver: {v}"));
         }
+        let wanted = if self.msgpack {
+            "hearth.v1.msgpack"
+        } else {
+            "hearth.v1"
+        };
+        if let Some((conn, got)) = self
+            .proxy
+            .subprotocols()
+            .into_iter()
+            .find(|(_, got)| got.as_deref() != Some(wanted))
+        {
+            return Err(format!(
+                "connection {conn} was opened with subprotocol {got:?}; this run asked the driver \
+                 for {wanted:?}"
+            ));
+        }
         let frames = self.proxy.client_frames();
         for conn in 1..=self.proxy.connections() {
             if let Some(first) = frames.iter().find(|f| f.conn == conn) {

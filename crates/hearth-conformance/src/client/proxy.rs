@@ -95,6 +95,8 @@ struct State {
     silenced: HashSet<usize>,
     /// `(heartbeat_ms, idle_timeout_ms)` to put in every `welcome`.
     welcome_timers: Option<(u64, u64)>,
+    /// The subprotocol each proxied connection selected.
+    subprotocols: Vec<(usize, Option<String>)>,
 }
 
 struct Shared {
@@ -241,6 +243,11 @@ impl Proxy {
             .map(|(_, at)| *at)
     }
 
+    /// The subprotocol each proxied connection selected: `(connection, name)`.
+    pub fn subprotocols(&self) -> Vec<(usize, Option<String>)> {
+        self.shared.state().subprotocols.clone()
+    }
+
     pub fn attempts(&self) -> Vec<Instant> {
         self.shared.state().attempts.clone()
     }
@@ -358,6 +365,10 @@ async fn proxy_connection(stream: TcpStream, shared: Arc<Shared>) -> Result<(), 
         state.connections
     };
     let msgpack = subprotocol.as_deref() == Some("hearth.v1.msgpack");
+    shared
+        .state()
+        .subprotocols
+        .push((conn, subprotocol.clone()));
     let task = tokio::spawn(forward(
         conn,
         client,
