@@ -995,7 +995,100 @@ impl Check {
         if done.paths() != [self.doc("w0"), self.doc("w2"), self.doc("w3")] {
             return Err(format!("final window {:?}", done.paths()));
         }
+        self.pending_in_last_window().await
+    }
+
+    /// The same for `limit_to_last`: the window is the last 3 (`w3` 30, `w4`
+    /// 40, `w1` 50 after the writes above); a pending document at the end
+    /// pushes the first one out, and one moved to the front leaves the
+    /// window, letting the next known one back in.
+    async fn pending_in_last_window(&mut self) -> Result<(), String> {
+        let mut query = self.ordered_query();
+        query["limit"] = json!(3);
+        query["limit_to_last"] = json!(true);
+        self.subscribe("last", json!({ "query": query })).await?;
+        self.converge("last", &query, "the last three").await?;
+        let (w1, w3, w4, w5) = (
+            self.doc("w1"),
+            self.doc("w3"),
+            self.doc("w4"),
+            self.doc("w5"),
+        );
+        self.proxy.hold(true);
+        let shown = self.pending_last_window_steps(&w1, &w3, &w4, &w5).await;
+        self.proxy.hold(false);
+        let ids = shown?;
+        if let Some(s) = self
+            .driver
+            .history("last")
+            .iter()
+            .find(|s| s.docs.len() > 3)
+        {
+            return Err(format!(
+                "a snapshot of a query with limit_to_last 3 held {} documents: {:?}",
+                s.docs.len(),
+                s.paths()
+            ));
+        }
+        for id in ids {
+            self.driver
+                .reply(id, SETTLE)
+                .await?
+                .map_err(|e| format!("the write failed: {e}"))?;
+        }
+        let done = self
+            .converge(
+                "last",
+                &query,
+                "the limit_to_last window once both writes are confirmed",
+            )
+            .await?;
+        if done.paths() != [w3, w1, w5] {
+            return Err(format!("final limit_to_last window {:?}", done.paths()));
+        }
         Ok(())
+    }
+
+    /// The two pending writes of [`Self::pending_in_last_window`], while the
+    /// server's frames are held back; returns their command ids.
+    async fn pending_last_window_steps(
+        &mut self,
+        w1: &str,
+        w3: &str,
+        w4: &str,
+        w5: &str,
+    ) -> Result<[u64; 2], String> {
+        let added = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [{"op": "set", "path": w5, "data": {"n": 60}}]}),
+            )
+            .await?;
+        self.driver
+            .wait_snapshot(
+                "last",
+                SHORT,
+                "a pending document at the end of a limit_to_last window pushing the first out",
+                |s| s.paths() == [w4, w1, w5],
+            )
+            .await?;
+        let moved = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [{"op": "update", "path": w4, "fields": {"n": 1}}]}),
+            )
+            .await?;
+        self.driver
+            .wait_snapshot(
+                "last",
+                SHORT,
+                "a pending update moving a document out of a limit_to_last window",
+                |s| s.paths() == [w3, w1, w5],
+            )
+            .await?;
+        Ok([added, moved])
     }
 
     /// A `merge` of a document a query's view does not hold: the client
