@@ -54,12 +54,15 @@ async function handle(cmd) {
     switch (cmd.cmd) {
       case 'connect': {
         if (client) client.close();
+        client = null;
         client = new HearthClient({
           url: cmd.url,
           token: cmd.token ?? null,
           encoding: cmd.encoding === 'msgpack' ? 'msgpack' : 'json',
           clientInfo: { name: 'hearth-js-conformance-driver', version: '0.1.0' },
-          logger: debug ? (...a) => log(...a) : undefined,
+          logger: debug ? (...a) => log(...a) : (msg) => { if (String(msg).startsWith('warning:')) log(msg); },
+          // persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13)
+          persistence: cmd.persist_dir ? { dir: cmd.persist_dir } : null,
         });
         client.on('state', (s) => log('state', s));
         client.on('closed', (c) => log('socket closed', c.code, c.reason));

@@ -1312,6 +1312,10 @@ class Subscription {
     const shown = c._writes.filter((pw) => pw.kind !== 'transaction' || pw.state === 'acked');
     const inDoubt = shown.some((pw) => pw.inDoubt && pw.ops.some((w) => targetTouches(this.target, w.path)));
     if (!inDoubt) this.frozen = null;
+    // A subscription made after the break (or after a restart) never saw the
+    // server view without the write in doubt: its base is empty until the
+    // retry is answered (PROTOCOL.md §13).
+    else if (!this.frozen) this.frozen = { docs: [], position: null };
     const base = inDoubt && this.frozen ? this.frozen : { docs: this.serverDocs, position: this.position };
     let docs;
     if (this.raw) docs = base.docs.map((d) => ({ ...d, pending: false }));
@@ -1574,6 +1578,309 @@ export const and = (...filters) => ({ and: filters });
 export const or = (...filters) => ({ or: filters });
 
 // ---------------------------------------------------------------------------
+// Persistence of the pending-write queue (PROTOCOL.md §13 "Surviving a restart")
+// ---------------------------------------------------------------------------
+
+/**
+ * A stored plain write (transactions are never stored).
+ * @typedef {object} StoredWrite
+ * @property {string} mutation_id
+ * @property {string} writes the frame's `writes`, as Hearth JSON text (exact integers and doubles)
+ * @property {number} created_at when the application made the write (ms since the epoch)
+ * @property {number|null} sent_at when the write first went on the wire (ms), null if never
+ */
+
+/**
+ * The storage interface of the pending-write queue. Every method may return
+ * its result directly (a synchronous store: the change is durable when it
+ * returns) or a Promise (durable when it resolves). Errors are thrown or
+ * rejected; a lock held by another instance is a {@link HearthError} with code
+ * `failed-precondition`.
+ *
+ * @typedef {object} WriteStore
+ * @property {() => StoredWrite[] | Promise<StoredWrite[]>} open takes the store's lock and loads the
+ *   stored writes in the order they were made
+ * @property {(w: StoredWrite) => void | Promise<void>} add stores a new write (after every earlier one)
+ * @property {(mutationId: string, sentAt: number) => void | Promise<void>} markSent records that the
+ *   write went (or is about to go) on the wire, and when
+ * @property {(mutationId: string) => void | Promise<void>} remove drops a write's record (it was answered)
+ * @property {() => void | Promise<void>} close releases the lock
+ */
+
+const JOURNAL_FILE = 'writes.jsonl';
+const LOCK_FILE = 'lock';
+const JOURNAL_HEADER = { format: 'hearth-pending-writes', version: 1 };
+
+/**
+ * Replays journal text into the live records, in order. A line that is not
+ * JSON (the torn last line of an append cut short by a crash) is skipped;
+ * `torn` counts such lines.
+ * @param {string} text
+ * @returns {{writes: StoredWrite[], torn: number}}
+ */
+export function replayJournal(text) {
+  /** @type {Map<string, StoredWrite>} */
+  const live = new Map();
+  let torn = 0;
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    let r;
+    try { r = JSON.parse(line); } catch { torn++; continue; }
+    if (!r || typeof r !== 'object') { torn++; continue; }
+    if (r.op === 'add' && typeof r.id === 'string' && typeof r.writes === 'string') {
+      live.delete(r.id);
+      live.set(r.id, { mutation_id: r.id, writes: r.writes, created_at: Number(r.created_at) || 0, sent_at: typeof r.sent_at === 'number' ? r.sent_at : null });
+    } else if (r.op === 'sent' && typeof r.id === 'string') {
+      const w = live.get(r.id);
+      if (w && w.sent_at === null) w.sent_at = Number(r.at);
+    } else if (r.op === 'done' && typeof r.id === 'string') {
+      live.delete(r.id);
+    }
+  }
+  return { writes: [...live.values()], torn };
+}
+
+/** @param {StoredWrite} w */
+function journalAdd(w) {
+  return JSON.stringify({ op: 'add', id: w.mutation_id, created_at: w.created_at, sent_at: w.sent_at, writes: w.writes }) + '\n';
+}
+
+/** @param {number} pid */
+function pidAlive(pid) {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try { process.kill(pid, 0); return true; } catch (e) { return /** @type {any} */ (e).code === 'EPERM'; }
+}
+
+/**
+ * The Node store: a directory holding `writes.jsonl`, an append-only journal
+ * of JSON lines (`add`, `sent`, `done` records; each `add` and `sent` is
+ * followed by an fsync), rewritten with only the live writes when opened
+ * (to a temporary file, fsynced, renamed over the journal, directory fsynced),
+ * and `lock`, created exclusively (`wx`) with this process's pid. A lock whose
+ * pid is not a running process is stale (its owner crashed) and is taken
+ * over. Synchronous: a write is on disk when `commit()` returns its promise.
+ *
+ * `fs` defaults to Node's (`process.getBuiltinModule`, Node 20.16+); on older
+ * Node pass `import * as fs from 'node:fs'`.
+ * @implements {WriteStore}
+ */
+export class FileWriteStore {
+  /** @param {string} dir @param {{fs?: any, log?: (msg: string) => void}} [opts] */
+  constructor(dir, opts = {}) {
+    const fs = opts.fs || (typeof process !== 'undefined' && /** @type {any} */ (process).getBuiltinModule?.('node:fs'));
+    if (!fs) throw new HearthError('unimplemented', 'FileWriteStore needs Node 20.16+ or an `fs` option (import * as fs from "node:fs")');
+    this.fs = fs;
+    this.dir = dir.replace(/\/+$/, '') || '/';
+    this.journalPath = `${this.dir}/${JOURNAL_FILE}`;
+    this.lockPath = `${this.dir}/${LOCK_FILE}`;
+    this.log = opts.log || (() => {});
+    /** @type {number|null} */
+    this.fd = null;
+    this.locked = false;
+  }
+
+  _lock() {
+    const fs = this.fs;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = fs.openSync(this.lockPath, 'wx');
+        fs.writeSync(fd, String(process.pid));
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+        this.locked = true;
+        return;
+      } catch (e) {
+        if (/** @type {any} */ (e).code !== 'EEXIST') throw e;
+      }
+      let text = '';
+      let age = Infinity;
+      try { text = fs.readFileSync(this.lockPath, 'utf8'); age = Date.now() - fs.statSync(this.lockPath).mtimeMs; } catch { /* gone meanwhile */ }
+      const pid = Number.parseInt(text, 10);
+      // an empty lock file that is a few seconds old: its creator died before writing its pid
+      const live = text.trim() ? pidAlive(pid) : age < 5000;
+      if (live) throw new HearthError('failed-precondition', `the persistence directory ${this.dir} is in use by another client (pid ${text.trim() || '?'})`);
+      this.log(`taking over the stale lock of pid ${text.trim() || '?'} in ${this.dir}`);
+      try { fs.unlinkSync(this.lockPath); } catch { /* someone else took it over */ }
+    }
+    throw new HearthError('failed-precondition', `could not lock the persistence directory ${this.dir}`);
+  }
+
+  /** @returns {StoredWrite[]} */
+  open() {
+    const fs = this.fs;
+    fs.mkdirSync(this.dir, { recursive: true });
+    this._lock();
+    try {
+      let text = '';
+      try { text = fs.readFileSync(this.journalPath, 'utf8'); } catch (e) { if (/** @type {any} */ (e).code !== 'ENOENT') throw e; }
+      const { writes, torn } = replayJournal(text);
+      if (torn) this.log(`skipped ${torn} unreadable journal line(s) (a torn append)`);
+      // compaction: the live writes alone, written aside and renamed over the journal
+      const tmp = `${this.journalPath}.tmp`;
+      const fd = fs.openSync(tmp, 'w');
+      fs.writeSync(fd, JSON.stringify(JOURNAL_HEADER) + '\n' + writes.map(journalAdd).join(''));
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+      fs.renameSync(tmp, this.journalPath);
+      this._syncDir();
+      this.fd = fs.openSync(this.journalPath, 'a');
+      return writes;
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  _syncDir() {
+    try { const d = this.fs.openSync(this.dir, 'r'); try { this.fs.fsyncSync(d); } finally { this.fs.closeSync(d); } } catch { /* not supported everywhere */ }
+  }
+
+  /** @param {string} line @param {boolean} sync */
+  _append(line, sync) {
+    if (this.fd === null) throw new HearthError('failed-precondition', 'the write store is closed');
+    this.fs.writeSync(this.fd, line);
+    if (sync) this.fs.fsyncSync(this.fd);
+  }
+
+  /** @param {StoredWrite} w */
+  add(w) { this._append(journalAdd(w), true); }
+  /** @param {string} id @param {number} at */
+  markSent(id, at) { this._append(JSON.stringify({ op: 'sent', id, at }) + '\n', true); }
+  /** Not synced: a `done` lost in a crash only makes the next start resend an answered write (answered `duplicate`). @param {string} id */
+  remove(id) { this._append(JSON.stringify({ op: 'done', id }) + '\n', false); }
+
+  close() {
+    const fs = this.fs;
+    if (this.fd !== null) { try { fs.closeSync(this.fd); } catch { /* ignore */ } this.fd = null; }
+    if (this.locked) {
+      this.locked = false;
+      try { if (fs.readFileSync(this.lockPath, 'utf8').trim() === String(process.pid)) fs.unlinkSync(this.lockPath); } catch { /* ignore */ }
+    }
+  }
+}
+
+/**
+ * The browser store: an IndexedDB database (object store `writes`, keyed by
+ * an increasing `order`), each change in its own `readwrite` transaction with
+ * `durability: 'strict'`, durable when the transaction completes. The lock is
+ * a Web Lock (`navigator.locks`) named after the database, held until
+ * `close()`; without the Web Locks API there is no lock. Asynchronous: the
+ * client shows and sends a write once it is stored.
+ *
+ * NOT TESTED in a real browser (written against the IndexedDB and Web Locks
+ * specifications; the repository's CI has no browser).
+ * @implements {WriteStore}
+ */
+export class IndexedDbWriteStore {
+  /** @param {string} name database name @param {{indexedDB?: any, locks?: any}} [opts] */
+  constructor(name, opts = {}) {
+    this.name = name;
+    this.idb = opts.indexedDB || globalThis.indexedDB;
+    this.locks = opts.locks !== undefined ? opts.locks : globalThis.navigator?.locks;
+    if (!this.idb) throw new HearthError('unimplemented', 'IndexedDB is not available here');
+    /** @type {any} */
+    this.db = null;
+    /** @type {Map<string, number>} mutation id → key */
+    this.keys = new Map();
+    this.next = 1;
+    /** @type {(() => void)|null} */
+    this.releaseLock = null;
+  }
+
+  async _lock() {
+    if (!this.locks) return;
+    /** @type {(v: boolean) => void} */
+    let acquired = () => {};
+    const got = new Promise((r) => { acquired = r; });
+    this.locks.request(`hearth-pending-writes:${this.name}`, { ifAvailable: true }, (/** @type {any} */ lock) => {
+      if (!lock) { acquired(false); return undefined; }
+      acquired(true);
+      return new Promise((release) => { this.releaseLock = () => release(undefined); });
+    }).catch(() => acquired(false));
+    if (!(await got)) throw new HearthError('failed-precondition', `the IndexedDB store ${this.name} is in use by another client (tab)`);
+  }
+
+  async open() {
+    await this._lock();
+    try {
+      this.db = await new Promise((resolve, reject) => {
+        const req = this.idb.open(this.name, 1);
+        req.onupgradeneeded = () => { req.result.createObjectStore('writes', { keyPath: 'order' }); };
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error);
+        req.onblocked = () => reject(new HearthError('failed-precondition', `the IndexedDB database ${this.name} is blocked by another connection`));
+      });
+      /** @type {any[]} */
+      const rows = await new Promise((resolve, reject) => {
+        const tx = this.db.transaction('writes', 'readonly');
+        const req = tx.objectStore('writes').getAll(); // in key order
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error);
+      });
+      for (const r of rows) { this.keys.set(r.mutation_id, r.order); this.next = Math.max(this.next, r.order + 1); }
+      return rows.map((r) => ({ mutation_id: r.mutation_id, writes: r.writes, created_at: r.created_at, sent_at: r.sent_at ?? null }));
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  /** @param {(store: any) => void} fn */
+  _tx(fn) {
+    return new Promise((resolve, reject) => {
+      if (!this.db) { reject(new HearthError('failed-precondition', 'the write store is closed')); return; }
+      const tx = this.db.transaction('writes', 'readwrite', { durability: 'strict' });
+      tx.oncomplete = () => resolve(undefined);
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error || new HearthError('aborted', 'IndexedDB transaction aborted'));
+      fn(tx.objectStore('writes'));
+    });
+  }
+
+  /** @param {StoredWrite} w */
+  add(w) {
+    const order = this.next++;
+    this.keys.set(w.mutation_id, order);
+    return this._tx((s) => s.put({ order, ...w }));
+  }
+
+  /** @param {string} id @param {number} at */
+  markSent(id, at) {
+    const order = this.keys.get(id);
+    if (order === undefined) return Promise.resolve();
+    return this._tx((s) => {
+      const req = s.get(order);
+      req.onsuccess = () => { if (req.result) s.put({ ...req.result, sent_at: at }); };
+    });
+  }
+
+  /** @param {string} id */
+  remove(id) {
+    const order = this.keys.get(id);
+    this.keys.delete(id);
+    if (order === undefined) return Promise.resolve();
+    return this._tx((s) => s.delete(order));
+  }
+
+  close() {
+    if (this.db) { try { this.db.close(); } catch { /* ignore */ } this.db = null; }
+    if (this.releaseLock) { this.releaseLock(); this.releaseLock = null; }
+  }
+}
+
+/** @param {any} v @returns {v is Promise<any>} */
+function isPromise(v) { return !!v && typeof v.then === 'function'; }
+
+/** @param {any} p @returns {WriteStore|null} */
+function storeFromOption(p, /** @type {(msg: string) => void} */ log) {
+  if (!p) return null;
+  if (typeof p.open === 'function' && typeof p.add === 'function') return p;
+  if (typeof p.dir === 'string') return new FileWriteStore(p.dir, { fs: p.fs, log });
+  if (typeof p.indexedDb === 'string') return new IndexedDbWriteStore(p.indexedDb);
+  throw new HearthError('invalid-argument', 'persistence: give {dir} (Node), {indexedDb: name} (browser) or a WriteStore');
+}
+
+// ---------------------------------------------------------------------------
 // The client
 // ---------------------------------------------------------------------------
 
@@ -1589,8 +1896,13 @@ export const or = (...filters) => ({ or: filters });
  * @property {() => Promise<string|null>} [getToken] called for a fresh access token about a minute before
  *   `expires_at` (sent on the live socket as `auth`) and after a close 4001 (then the client reconnects
  *   with it). Without it, the application calls {@link HearthClient#setToken} itself.
- * @property {number} [maxQueuedWriteAgeMs] queued writes older than this are dropped (rejected with
- *   `deadline-exceeded`) instead of being sent: the server forgets mutation ids after 24 h (default 23 h)
+ * @property {number} [maxQueuedWriteAgeMs] a write first sent longer ago than this and still unanswered
+ *   is dropped (rejected with `deadline-exceeded`) instead of being sent again: the server forgets
+ *   mutation ids after 24 h (default 23 h). A write never sent is sent however old it is.
+ * @property {WriteStore|{dir: string, fs?: any}|{indexedDb: string}|null} [persistence] keep the queue of
+ *   pending plain writes across restarts (PROTOCOL.md §13): `{dir}` (Node: a directory), `{indexedDb: name}`
+ *   (browser) or any {@link WriteStore}. Default: none (in memory).
+ * @property {() => number} [clock] wall clock in ms for the write-age rule (default `Date.now`; for tests)
  * @property {any} [WebSocket] a WebSocket constructor (default: global, else the `ws` package)
  * @property {(msg: string, ...args: any[]) => void} [logger] debug logger (default: none)
  */
@@ -1608,6 +1920,10 @@ export const or = (...filters) => ({ or: filters });
  * @property {any} retryTimer
  * @property {number} ackedAt
  * @property {number} createdAt
+ * @property {number|null} sentAt when it first went on the wire (wall clock, ms), null if never
+ * @property {boolean} stored it has a record in the write store
+ * @property {boolean} sentMarked the store durably knows it was sent
+ * @property {boolean} marking a `markSent` is in progress (asynchronous store)
  * @property {(v: any) => void} resolve
  * @property {(e: any) => void} reject
  */
@@ -1643,6 +1959,7 @@ export class HearthClient {
     this._WebSocket = options.WebSocket || null;
     this._getToken = options.getToken || null;
     this.maxQueuedWriteAgeMs = options.maxQueuedWriteAgeMs ?? 23 * 3600 * 1000;
+    this._clock = options.clock || Date.now;
     /** @type {any} */
     this._refreshTimer = null;
     this._logger = options.logger || null;
@@ -1683,6 +2000,95 @@ export class HearthClient {
     this._freshTokenRefused = false;
     /** @type {HearthError|null} */
     this._handshakeError = null;
+    /** @type {{mutationId: string, writes: any[], result: Promise<any>}[]} */
+    this.restoredWrites = [];
+    /** @type {Promise<any>|null} the tail of the asynchronous store's operations (null: none pending) */
+    this._storeTail = null;
+    /** @type {HearthError|null} the asynchronous store could not be opened */
+    this._storeError = null;
+    /** @type {Promise<void>|null} an asynchronous store being opened */
+    this._storeOpening = null;
+    /** @type {WriteStore|null} */
+    this._store = storeFromOption(options.persistence, (m) => this._warn(m));
+    if (this._store) {
+      const loaded = this._store.open(); // a synchronous store throws here (e.g. failed-precondition: locked)
+      if (isPromise(loaded)) {
+        this._storeTail = this._storeOpening = loaded.then((ws) => { this._storeOpening = null; this._restore(ws); }, (e) => {
+          this._store = null;
+          this._storeError = e instanceof HearthError ? e : new HearthError('internal', `could not open the write store: ${e}`);
+          throw this._storeError;
+        });
+        this._storeTail.catch(() => {});
+      } else {
+        this._restore(loaded);
+      }
+    }
+  }
+
+  /** @param {string} msg */
+  _warn(msg) { if (this._logger) this._logger(`warning: ${msg}`); else console.warn(`[hearth] ${msg}`); }
+
+  /**
+   * Puts the stored writes back in the queue, in order, before any new one
+   * (PROTOCOL.md §13). One that had been sent is in doubt: the server may have
+   * applied it. Their outcomes are in {@link HearthClient#restoredWrites}.
+   * @param {StoredWrite[]} stored
+   */
+  _restore(stored) {
+    const restored = [];
+    for (const r of stored) {
+      let wire;
+      try { wire = parseJSON(r.writes); } catch (e) { this._warn(`dropping unreadable stored write ${r.mutation_id}: ${e}`); continue; }
+      /** @type {any} */
+      let pw = null;
+      const result = new Promise((resolve, reject) => {
+        pw = {
+          mutationId: r.mutation_id, kind: 'write', ops: wire.map(writeFromJSON), frame: { type: 'write', mutation_id: r.mutation_id, writes: wire },
+          state: 'queued', inDoubt: r.sent_at !== null, seq: null, attempts: 0, retryTimer: null, ackedAt: 0,
+          createdAt: r.created_at, sentAt: r.sent_at, stored: true, sentMarked: r.sent_at !== null, marking: false, resolve, reject,
+        };
+      });
+      result.catch(() => {}); // the application may not look at it
+      restored.push(pw);
+      this.restoredWrites.push({ mutationId: r.mutation_id, writes: pw.ops, result });
+    }
+    this._writes = [...restored, ...this._writes];
+    if (restored.length) this._log(`restored ${restored.length} stored write(s), ${restored.filter((w) => w.inDoubt).length} in doubt`);
+    this._refreshAll();
+    this._pumpWrites();
+  }
+
+  /**
+   * Runs a store operation; `then` runs once it is durable (at once for a
+   * synchronous store), `fail` if it failed. Operations of an asynchronous
+   * store are chained, so they complete (and `then` runs) in call order.
+   * @param {(s: WriteStore) => any} op @param {() => void} then @param {(e: any) => void} fail
+   */
+  _storeDo(op, then, fail) {
+    const store = /** @type {WriteStore} */ (this._store);
+    if (this._storeTail === null) {
+      let r;
+      try { r = op(store); } catch (e) { fail(e); return; }
+      if (!isPromise(r)) { then(); return; }
+      this._storeTail = r;
+    } else {
+      this._storeTail = this._storeTail.catch(() => {}).then(() => (this._store ? op(this._store) : Promise.reject(this._storeError)));
+    }
+    const tail = this._storeTail;
+    tail.then(() => {
+      if (this._storeTail === tail) this._storeTail = null;
+      then();
+    }, (e) => {
+      if (this._storeTail === tail) this._storeTail = null;
+      fail(e);
+    });
+  }
+
+  /** Drops a write's record once it is answered. @param {PendingWrite} pw */
+  _unstore(pw) {
+    if (!pw.stored || !this._store) return;
+    pw.stored = false;
+    this._storeDo((s) => s.remove(pw.mutationId), () => {}, (e) => this._warn(`could not drop the stored write ${pw.mutationId}: ${e}`));
   }
 
   // -- events ---------------------------------------------------------------
@@ -1722,6 +2128,7 @@ export class HearthClient {
    * @returns {Promise<any>} the welcome frame
    */
   connect(opts = {}) {
+    if (this._storeError) return Promise.reject(this._storeError);
     if (this.state === 'closed') return Promise.reject(new HearthError('failed-precondition', 'the client is closed'));
     if (this.state === 'auth-required') return Promise.reject(new HearthError('unauthenticated', 'the server refused the credential; give a new one with setToken()'));
     this._start();
@@ -1746,6 +2153,15 @@ export class HearthClient {
   _start() {
     if (this._started || this.state === 'closed') return;
     this._started = true;
+    if (this._storeOpening) {
+      // an asynchronous store is opening: its writes go first
+      this._storeOpening.then(() => this._openSocket(), (e) => {
+        this._failConnectWaiters(e);
+        this._emit('error', e);
+        this.close();
+      });
+      return;
+    }
     this._openSocket();
   }
 
@@ -2190,32 +2606,81 @@ export class HearthClient {
       /** @type {PendingWrite} */
       const pw = {
         mutationId, kind, ops: ops.map((w) => ({ ...w })), frame, state: 'queued', inDoubt: false,
-        seq: null, attempts: 0, retryTimer: null, ackedAt: 0, createdAt: Date.now(), resolve, reject,
+        seq: null, attempts: 0, retryTimer: null, ackedAt: 0, createdAt: this._clock(), sentAt: null,
+        stored: false, sentMarked: false, marking: false, resolve, reject,
       };
+      this._queueWrite(pw);
+    });
+  }
+
+  /**
+   * Queues a write: a plain write is stored first when persistence is on
+   * (PROTOCOL.md §13: before it is shown or sent; transactions are not stored).
+   * @param {PendingWrite} pw
+   */
+  _queueWrite(pw) {
+    const show = () => {
+      if (this.state === 'closed') { pw.reject(new HearthError('unavailable', 'the client was closed')); return; }
       this._writes.push(pw);
       this._start();
       this._refreshAll();
       this._pumpWrites();
-    });
+    };
+    if (!this._store || pw.kind !== 'write') { show(); return; }
+    /** @type {StoredWrite} */
+    const rec = { mutation_id: pw.mutationId, writes: stringifyJSON(pw.frame.writes), created_at: pw.createdAt, sent_at: pw.sentAt };
+    this._storeDo((s) => s.add(rec), () => {
+      pw.stored = true;
+      pw.sentMarked = pw.sentAt !== null;
+      show();
+    }, (e) => pw.reject(e instanceof HearthError ? e : new HearthError('internal', `could not store the write: ${e && e.message || e}`)));
   }
 
   _pumpWrites() {
     if (!this._welcomed) return;
     const max = Number(this.session?.limits?.max_inflight_writes) || 32;
-    const now = Date.now();
-    const stale = this._writes.filter((w) => w.state === 'queued' && now - w.createdAt > this.maxQueuedWriteAgeMs);
+    const now = this._clock();
+    // A write first sent more than maxQueuedWriteAgeMs ago may have been applied
+    // and its mutation record may be gone by now (24 h, PROTOCOL.md §7): a resend
+    // could apply it twice. One never sent is safe to send however old it is.
+    const stale = this._writes.filter((w) => w.state === 'queued' && w.sentAt !== null && now - w.sentAt > this.maxQueuedWriteAgeMs);
     if (stale.length) {
       this._writes = this._writes.filter((w) => !stale.includes(w));
       for (const w of stale) {
         if (w.retryTimer) clearTimeout(w.retryTimer);
-        w.reject(new HearthError('deadline-exceeded', 'the write stayed queued longer than maxQueuedWriteAgeMs; the server would no longer recognise its mutation id, so it was not sent'));
+        this._warn(`dropping write ${w.mutationId}: first sent ${Math.round((now - /** @type {number} */ (w.sentAt)) / 60000)} min ago and never answered; the server may have forgotten its mutation id, so a resend could apply it twice`);
+        this._unstore(w);
+        w.reject(new HearthError('deadline-exceeded', 'the write was first sent longer ago than maxQueuedWriteAgeMs and never answered; the server would no longer recognise its mutation id, so it was not sent again'));
       }
       this._refreshAll();
     }
-    let inflight = this._writes.filter((w) => w.state === 'inflight').length;
+    let inflight = this._writes.filter((w) => w.state === 'inflight' || w.marking).length;
     for (const pw of this._writes) {
       if (inflight >= max) break;
-      if (pw.state !== 'queued' || pw.retryTimer) continue;
+      if (pw.state !== 'queued' || pw.retryTimer || pw.marking) continue;
+      if (pw.sentAt === null) pw.sentAt = now;
+      if (pw.stored && !pw.sentMarked) {
+        // record durably that it is sent (and when) before it goes on the wire
+        pw.marking = true;
+        inflight++;
+        let sync = true;
+        let done = false;
+        this._storeDo((s) => s.markSent(pw.mutationId, /** @type {number} */ (pw.sentAt)), () => {
+          pw.marking = false;
+          pw.sentMarked = true;
+          done = true;
+          if (!sync) this._pumpWrites();
+        }, (e) => {
+          pw.marking = false;
+          done = true;
+          this._warn(`could not record that write ${pw.mutationId} is sent: ${e}; retrying`);
+          pw.retryTimer = setTimeout(() => { pw.retryTimer = null; this._pumpWrites(); }, backoffDelay(pw.attempts++, this.backoff));
+        });
+        sync = false;
+        if (!done) continue; // an asynchronous store: sent once it is recorded
+        inflight--;
+        if (!pw.sentMarked) continue;
+      }
       const id = this._nextId++;
       this._requests.set(id, { kind: 'write', pw });
       pw.state = 'inflight';
@@ -2235,6 +2700,7 @@ export class HearthClient {
     pw.attempts = 0;
     pw.seq = Number(frame.result?.seq);
     pw.ackedAt = Date.now();
+    this._unstore(pw);
     pw.resolve({ result: frame.result, duplicate: !!frame.duplicate, mutationId: pw.mutationId });
     this._pruneAcked();
     this._refreshAll();
@@ -2256,6 +2722,7 @@ export class HearthClient {
       return;
     }
     this._writes = this._writes.filter((w) => w !== pw);
+    this._unstore(pw);
     if (err.code === 'internal') {
       // The commit may have been applied without being durable (PROTOCOL.md §7,
       // §13): the only safe retry is the same frame under the same mutation id.
@@ -2264,12 +2731,10 @@ export class HearthClient {
       /** @type {any} */ (err).retry = () => {
         if (this.state === 'closed') return Promise.reject(new HearthError('failed-precondition', 'the client is closed'));
         return new Promise((resolve, reject) => {
-          this._writes.push({
+          this._queueWrite({
             ...pw, state: 'queued', inDoubt: false, seq: null, attempts: 0, retryTimer: null, ackedAt: 0,
-            createdAt: Date.now(), resolve, reject,
+            stored: false, sentMarked: false, marking: false, resolve, reject,
           });
-          this._refreshAll();
-          this._pumpWrites();
         });
       };
     }
@@ -2424,6 +2889,13 @@ export class HearthClient {
       try { ws.close(1000, 'client closed'); } catch { /* ignore */ }
     }
     const err = new HearthError('unavailable', 'the client was closed');
+    // stored writes stay stored: the next client on this store sends them
+    const store = this._store;
+    this._store = null;
+    if (store) {
+      const release = () => { try { const r = store.close(); if (isPromise(r)) r.catch(() => {}); } catch (e) { this._log('closing the write store failed', e); } };
+      if (this._storeTail) this._storeTail.then(release, release); else release();
+    }
     for (const pw of this._writes) {
       if (pw.retryTimer) clearTimeout(pw.retryTimer);
       if (pw.state !== 'acked') pw.reject(err);
