@@ -53,8 +53,10 @@ class Driver:
         cid, name = cmd.get("id"), cmd.get("cmd")
         try:
             if name == "connect":
+                # persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13)
                 self.client = HearthClient(cmd["url"], cmd.get("token"),
-                                           encoding="msgpack" if cmd.get("encoding") == "msgpack" else "json")
+                                           encoding="msgpack" if cmd.get("encoding") == "msgpack" else "json",
+                                           persist_dir=cmd.get("persist_dir"))
                 await self.client.connect()
                 emit({"id": cid, "ok": {}})
             elif name == "subscribe":

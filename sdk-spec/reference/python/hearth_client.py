@@ -22,6 +22,9 @@ that survives network failures:
   server's documents, then one ``transaction`` frame carrying the versions
   read (section 7); re-run on ``aborted``. Added after the clean-room
   version, for the ``client-20-transaction`` check.
+* **Persistence** -- ``HearthClient(..., persist_dir=path)`` keeps the queue
+  of pending plain writes in a directory (:class:`FileWriteStore`), so that
+  it survives a restart (section 13, "Surviving a restart").
 
 JSON (``hearth.v1``) and, since session 7, MessagePack
 (``hearth.v1.msgpack``, ``encoding="msgpack"``; the ``msgpack`` package).
@@ -35,8 +38,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -52,6 +58,7 @@ CLIENT_INFO = {"name": "hearth-python-reference", "version": "0.1.0"}
 _NO_RECONNECT = (4001, 4003)      # need a new credential first (section 10)
 ACK_GRACE_S = 5.0                 # an acknowledged write leaves the queue at the latest then
 STABLE_SESSION = 5.0              # a session this long (or with any frame after welcome) resets the backoff
+MAX_SENT_AGE_S = 23 * 3600        # a write first sent longer ago is dropped, not resent (section 7: 24 h records)
 
 
 class HearthError(Exception):
@@ -430,6 +437,151 @@ class _PendingWrite:
     unavailable: int = 0                  # consecutive `unavailable` answers (kept queued, retried)
     retry_at: float = 0.0                 # monotonic time before which it is not resent
     reads: Optional[list[dict]] = None    # a transaction's reads; never shown locally (it may abort)
+    sent_at: Optional[float] = None       # wall-clock time it first went on the wire (None: never)
+    stored: bool = False                  # it has a record in the write store
+
+
+# --------------------------------------------------------------------------
+# Persistence of the pending-write queue (PROTOCOL.md §13 "Surviving a restart")
+# --------------------------------------------------------------------------
+
+JOURNAL_FILE = "writes.jsonl"
+LOCK_FILE = "lock"
+JOURNAL_HEADER = {"format": "hearth-pending-writes", "version": 1}
+
+
+@dataclasses.dataclass
+class StoredWrite:
+    mutation_id: str
+    writes: list[dict]                    # the frame's writes (Hearth JSON values)
+    created_at: float                     # wall clock, seconds
+    sent_at: Optional[float] = None       # wall clock, seconds; None if never sent
+
+
+def replay_journal(text: str) -> tuple[list[StoredWrite], int]:
+    """The live writes of a journal, in order, and the number of unreadable lines skipped.
+
+    A line that is not JSON is the torn end of an append cut short by a crash.
+    Times in the journal are milliseconds (the JavaScript client's format)."""
+    live: dict[str, StoredWrite] = {}
+    torn = 0
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict):
+                raise ValueError("not an object")
+            op, mid = r.get("op"), r.get("id")
+            if op == "add" and isinstance(mid, str) and isinstance(r.get("writes"), str):
+                live.pop(mid, None)
+                sent = r.get("sent_at")
+                live[mid] = StoredWrite(mid, json.loads(r["writes"]), float(r.get("created_at") or 0) / 1000,
+                                        float(sent) / 1000 if isinstance(sent, (int, float)) else None)
+            elif op == "sent" and mid in live:
+                if live[mid].sent_at is None:
+                    live[mid].sent_at = float(r["at"]) / 1000
+            elif op == "done" and isinstance(mid, str):
+                live.pop(mid, None)
+        except (ValueError, TypeError, KeyError):
+            torn += 1
+    return list(live.values()), torn
+
+
+def _ms(t: Optional[float]) -> Optional[int]:
+    return None if t is None else int(round(t * 1000))
+
+
+def _journal_add(w: StoredWrite) -> str:
+    return json.dumps({"op": "add", "id": w.mutation_id, "created_at": _ms(w.created_at),
+                       "sent_at": _ms(w.sent_at), "writes": json.dumps(w.writes)}) + "\n"
+
+
+class FileWriteStore:
+    """The pending-write queue in a directory.
+
+    ``writes.jsonl`` is an append-only journal of JSON lines -- ``add``,
+    ``sent`` and ``done`` records, the same format as the JavaScript
+    reference client's -- each ``add`` and ``sent`` followed by ``os.fsync``.
+    On open it is compacted: the live writes are written to a temporary
+    file, fsynced and renamed over it; a line torn by a crash is skipped.
+    ``lock`` is held with ``fcntl.flock`` (exclusive, non-blocking) while the
+    store is open; the kernel releases it when the process dies, so a lock is
+    never stale. A second instance gets :class:`HearthError`
+    ``failed-precondition``."""
+
+    def __init__(self, directory: str):
+        self.dir = directory
+        self.journal_path = os.path.join(directory, JOURNAL_FILE)
+        self.lock_path = os.path.join(directory, LOCK_FILE)
+        self._lock_fd: Optional[int] = None
+        self._fd: Optional[int] = None
+
+    def open(self) -> list[StoredWrite]:
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise HearthError("failed-precondition",
+                                  f"the persistence directory {self.dir} is in use by another client") from None
+            raise
+        self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())     # informative only
+        try:
+            try:
+                with open(self.journal_path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            writes, torn = replay_journal(text)
+            if torn:
+                log.warning("skipped %d unreadable journal line(s) in %s (a torn append)", torn, self.journal_path)
+            tmp = self.journal_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(JOURNAL_HEADER) + "\n" + "".join(_journal_add(w) for w in writes))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.journal_path)
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+            return writes
+        except BaseException:
+            self.close()
+            raise
+
+    def _append(self, line: str, sync: bool) -> None:
+        if self._fd is None:
+            raise HearthError("failed-precondition", "the write store is closed")
+        os.write(self._fd, line.encode())
+        if sync:
+            os.fsync(self._fd)
+
+    def add(self, w: StoredWrite) -> None:
+        self._append(_journal_add(w), True)
+
+    def mark_sent(self, mutation_id: str, sent_at: float) -> None:
+        self._append(json.dumps({"op": "sent", "id": mutation_id, "at": _ms(sent_at)}) + "\n", True)
+
+    def remove(self, mutation_id: str) -> None:
+        # Not synced: a `done` lost in a crash only makes the next start resend
+        # an answered write, which the server answers `duplicate`.
+        self._append(json.dumps({"op": "done", "id": mutation_id}) + "\n", False)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)          # releases the flock
+            self._lock_fd = None
 
 
 class Subscription:
@@ -449,24 +601,32 @@ class Subscription:
         self.request_id: Optional[int] = None   # the subscribe request awaiting its first frame
         self.ended = False
         self.server_only = False                # no pending writes in its views (a transaction's read)
+        # (server view, position) at the first break while a write touching it is in doubt: the base
+        # of its local view until that write is answered (section 13); ([], None) if it did not exist then
+        self.frozen: Optional[tuple[list[dict], Optional[int]]] = None
 
     def covers(self, path: str) -> bool:
         """Could a write to ``path`` change this subscription's view?"""
         return self.query.in_scope(path) if self.query else path == self.target["doc"]
 
-    def local_view(self, writes: list[_PendingWrite]) -> list[dict]:
-        """Server view + the pending writes this subscription's position has not seen yet."""
+    def local_view(self, writes: list[_PendingWrite], server_view: Optional[list[dict]] = None,
+                   position: Optional[int] = -1) -> list[dict]:
+        """Server view + the pending writes this subscription's position has not seen yet.
+
+        ``server_view``/``position`` default to the live ones (a frozen base is given while in doubt)."""
+        if server_view is None:
+            server_view, position = self.server_view, self.position
         def out(d: dict, pending: bool = False) -> dict:
             e = {k: d[k] for k in ("path", "fields", "version", "create_time", "update_time") if k in d}
             e["pending"] = pending
             return e
         if self.server_only:
-            return [out(d) for d in self.server_view]
+            return [out(d) for d in server_view]
         overlay = [w for w in writes if w.reads is None and
-                   (w.seq is None or self.position is None or self.position < w.seq)]
+                   (w.seq is None or position is None or position < w.seq)]
         local: dict[str, Optional[dict]] = {}
         pending: set[str] = set()
-        base = {d["path"]: d["fields"] for d in self.server_view}
+        base = {d["path"]: d["fields"] for d in server_view}
         for w in overlay:
             for op in w.writes:
                 p = op["path"]
@@ -478,7 +638,7 @@ class Subscription:
                     local[p] = apply_write(local[p] if p in local else base.get(p), op)
                     if w.seq is None:
                         pending.add(p)
-        docs = [out(d) for d in self.server_view if d["path"] not in local]
+        docs = [out(d) for d in server_view if d["path"] not in local]
         for p, fields in local.items():
             if fields is None or (self.query and not self.query.matches(p, fields)):
                 continue
@@ -513,7 +673,14 @@ class HearthClient:
     """
 
     def __init__(self, url: str, token: Optional[str] = None, *, encoding: str = "json",
-                 backoff_base: float = 0.25, backoff_cap: float = 30.0, attempt_timeout: float = 10.0):
+                 backoff_base: float = 0.25, backoff_cap: float = 30.0, attempt_timeout: float = 10.0,
+                 persist_dir: Optional[str] = None, max_sent_age: float = MAX_SENT_AGE_S,
+                 clock: Callable[[], float] = time.time):
+        """``persist_dir``: keep the queue of pending writes there across restarts
+        (raises :class:`HearthError` ``failed-precondition`` if another client
+        uses it). ``max_sent_age``: a write first sent longer ago (seconds) is
+        failed with ``deadline-exceeded`` instead of being sent again.
+        ``clock``: the wall clock for that rule (for tests)."""
         if encoding not in ("json", "msgpack"):
             raise ValueError(f"unknown encoding {encoding!r}: 'json' or 'msgpack'")
         self.url, self.token, self.encoding = url, token, encoding
@@ -534,12 +701,56 @@ class HearthClient:
         self._closed = False
         self._last_sent = self._last_recv = 0.0
         self._frames_in_session = 0
+        self.max_sent_age, self._clock = max_sent_age, clock
+        self.restored_writes: list[tuple[str, asyncio.Future]] = []   # (mutation id, future) per restored write
+        self._store: Optional[FileWriteStore] = None
+        self._to_restore: Optional[list[StoredWrite]] = None
+        if persist_dir is not None:
+            self._store = FileWriteStore(persist_dir)
+            self._to_restore = self._store.open()
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass                        # restored in connect(): futures need the event loop
+            else:
+                self._restore()
+
+    def _restore(self) -> None:
+        """Put the stored writes back in the queue, in order, before any new one
+        (section 13). One that had been sent is in doubt: the server may have applied it."""
+        if not self._to_restore:
+            self._to_restore = None
+            return
+        loop = asyncio.get_running_loop()
+        restored = []
+        for r in self._to_restore:
+            fut = loop.create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())   # nobody may await it
+            restored.append(_PendingWrite(r.mutation_id, r.writes, fut, in_doubt=r.sent_at is not None,
+                                          sent_at=r.sent_at, stored=True))
+            self.restored_writes.append((r.mutation_id, fut))
+        self._to_restore = None
+        self._writes[:0] = restored
+        log.info("restored %d stored write(s), %d in doubt", len(restored), sum(w.in_doubt for w in restored))
+        self._refresh_all()
+        self._pump_writes()
+
+    def _unstore(self, w: _PendingWrite) -> None:
+        """Drop the record of an answered write."""
+        if w.stored and self._store is not None:
+            w.stored = False
+            try:
+                self._store.remove(w.mutation_id)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not drop the stored write %s: %r", w.mutation_id, e)
 
     # ---- public API --------------------------------------------------------
 
     async def connect(self, timeout: float = 20.0) -> dict:
         """Start the session loop; return the first ``welcome`` (raise if the server refuses us)."""
         self._first = asyncio.get_running_loop().create_future()
+        if self._to_restore is not None:
+            self._restore()
         self._runner = asyncio.create_task(self._run())
         try:
             return await asyncio.wait_for(asyncio.shield(self._first), timeout)
@@ -572,6 +783,17 @@ class HearthClient:
         Returns a future resolved with the ``CommitResult`` once the server
         acknowledged it (or failed with :class:`HearthError` if it refused)."""
         pw = _PendingWrite(str(uuid.uuid4()), writes, asyncio.get_running_loop().create_future())
+        if self._to_restore is not None:
+            self._restore()
+        if self._store is not None:
+            # durable before it is shown or sent (section 13); raises if the disk refuses
+            try:
+                self._store.add(StoredWrite(pw.mutation_id, writes, self._clock()))
+            except HearthError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise HearthError("internal", f"could not store the write: {e!r}") from e
+            pw.stored = True
         self._writes.append(pw)
         self._refresh_all()
         self._pump_writes()
@@ -644,6 +866,9 @@ class HearthClient:
             except BaseException:
                 pass
         err = HearthError("unavailable", "client closed")
+        if self._store is not None:          # stored writes stay stored: the next client sends them
+            self._store.close()
+            self._store = None
         for f in [w.future for w in self._writes] + self._auth_waiters + [self._first]:
             if f is not None and not f.done():
                 f.set_exception(err)
@@ -768,6 +993,10 @@ class HearthClient:
                 if w.request_id is not None and w.seq is None:
                     w.in_doubt = True        # the server may or may not have applied it
                 w.request_id = None
+            for sub in self._subs.values():  # the server view at the (first) break: the base while in doubt
+                if sub.frozen is None:
+                    sub.frozen = (list(sub.server_view), sub.position)
+            self._refresh_all()              # (drops the frozen base of subscriptions no write in doubt touches)
             try:
                 await ws.close()
             except Exception:
@@ -841,11 +1070,40 @@ class HearthClient:
         if not self._connected.is_set():
             return
         limit = self.welcome.get("limits", {}).get("max_inflight_writes", 32)
+        now = self._clock()
+        # A write first sent more than max_sent_age ago may have been applied and its
+        # mutation record may be gone (24 h, section 7): a resend could apply it twice.
+        # One never sent is safe to send however old it is.
+        stale = [w for w in self._writes if w.seq is None and w.request_id is None
+                 and w.sent_at is not None and now - w.sent_at > self.max_sent_age]
+        for w in stale:
+            log.warning("dropping write %s: first sent %.1f h ago and never answered; the server may have "
+                        "forgotten its mutation id, so a resend could apply it twice",
+                        w.mutation_id, (now - w.sent_at) / 3600)
+            self._writes.remove(w)
+            self._unstore(w)
+            if not w.future.done():
+                w.future.set_exception(HearthError(
+                    "deadline-exceeded", "the write was first sent longer ago than max_sent_age and never "
+                    "answered; the server would no longer recognise its mutation id, so it was not sent again"))
+        if stale:
+            self._refresh_all()
         inflight = sum(1 for w in self._writes if w.request_id is not None and w.seq is None)
         for w in self._writes:
             if inflight >= limit:
                 break
             if w.seq is None and w.request_id is None and w.retry_at <= time.monotonic():
+                if w.sent_at is None:
+                    w.sent_at = now
+                    if w.stored and self._store is not None:
+                        try:     # durably recorded as sent (and when) before it goes on the wire
+                            self._store.mark_sent(w.mutation_id, now)
+                        except Exception as e:  # noqa: BLE001
+                            log.warning("could not record that write %s is sent: %r; retrying", w.mutation_id, e)
+                            w.sent_at = None
+                            w.retry_at = time.monotonic() + 1.0
+                            asyncio.get_running_loop().call_later(1.0, self._pump_writes)
+                            continue
                 frame = {"type": "write", "mutation_id": w.mutation_id, "writes": w.writes}
                 if w.reads is not None:
                     frame.update(type="transaction", reads=w.reads)
@@ -899,6 +1157,7 @@ class HearthClient:
     def _on_write_ok(self, w: _PendingWrite, msg: dict) -> None:
         w.seq = msg["result"]["seq"]
         w.request_id, w.in_doubt = None, False
+        self._unstore(w)
         if not w.future.done():
             w.future.set_result(msg["result"])
         asyncio.get_running_loop().call_later(ACK_GRACE_S, self._drop_write, w)
@@ -923,6 +1182,7 @@ class HearthClient:
                 obj.retry_at = time.monotonic() + delay
                 asyncio.get_running_loop().call_later(delay, self._pump_writes)
             elif kind == "write":      # refused: leaves the queue, the view falls back
+                self._unstore(obj)
                 self._drop_write(obj)
                 if not obj.future.done():
                     obj.future.set_exception(err)
@@ -959,7 +1219,8 @@ class HearthClient:
         for w in [w for w in self._writes if w.seq is not None]:
             touched = [s for s in self._subs.values() if w.reads is None and not s.server_only
                        and any(s.covers(op["path"]) for op in w.writes)]
-            if all(s.position is not None and s.position >= w.seq for s in touched):
+            if all(s.position is not None and s.position >= w.seq
+                   and (s.frozen is None or (s.frozen[1] is not None and s.frozen[1] >= w.seq)) for s in touched):
                 self._writes.remove(w)
 
     def _refresh_all(self) -> None:
@@ -974,9 +1235,15 @@ class HearthClient:
                                        for w in self._writes):
             # A write whose answer was lost may already be in the server view (a resumed frame can
             # carry its commit before the duplicate write_ok arrives): overlaying it again would
-            # count it twice. Hold the view back until its answer tells us its seq.
-            return
-        docs = sub.local_view(self._writes)
+            # count it twice. Until its answer tells us its seq, build the view on the server view
+            # as it was at the break (which cannot contain it), with every pending write on top;
+            # a subscription that did not exist then (or after a restart) starts from nothing.
+            if sub.frozen is None:
+                sub.frozen = ([], None)
+            docs = sub.local_view(self._writes, *sub.frozen)
+        else:
+            sub.frozen = None
+            docs = sub.local_view(self._writes)
         if sub.emitted is None:
             if sub.resume is None and not docs:
                 return                              # nothing to show before the first frame
