@@ -46,6 +46,26 @@ function docOut(d) {
   return o;
 }
 
+/**
+ * Creates the client. With persistence, a store still locked by a live process
+ * is retried for up to 5 s: the harness kills the previous driver with SIGKILL
+ * and starts this one at once, and when `sh -c` does not exec the driver, the
+ * killed pid is the shell's and the old driver exits only when its stdin closes.
+ * @param {any} options
+ */
+async function newClient(options) {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      return new HearthClient(options);
+    } catch (e) {
+      if (!(e instanceof HearthError) || e.code !== 'failed-precondition' || !options.persistence || Date.now() - t0 > 5000) throw e;
+      log('store locked, retrying:', e.message);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 async function handle(cmd) {
   const { id } = cmd;
   const reply = (ok) => out({ id, ok: ok ?? {} });
@@ -55,7 +75,7 @@ async function handle(cmd) {
       case 'connect': {
         if (client) client.close();
         client = null;
-        client = new HearthClient({
+        client = await newClient({
           url: cmd.url,
           token: cmd.token ?? null,
           encoding: cmd.encoding === 'msgpack' ? 'msgpack' : 'json',
@@ -65,6 +85,7 @@ async function handle(cmd) {
           persistence: cmd.persist_dir ? { dir: cmd.persist_dir } : null,
         });
         client.on('state', (s) => log('state', s));
+        if (client.restoredWrites.length) log(`restored ${client.restoredWrites.length} stored write(s) from ${cmd.persist_dir}`);
         client.on('closed', (c) => log('socket closed', c.code, c.reason));
         client.on('error', (e) => log('client error', e.code, e.message));
         await client.connect({ timeoutMs: 18000 });

@@ -53,10 +53,22 @@ class Driver:
         cid, name = cmd.get("id"), cmd.get("cmd")
         try:
             if name == "connect":
-                # persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13)
-                self.client = HearthClient(cmd["url"], cmd.get("token"),
-                                           encoding="msgpack" if cmd.get("encoding") == "msgpack" else "json",
-                                           persist_dir=cmd.get("persist_dir"))
+                # persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13).
+                # A store still locked is retried for up to 5 s: the harness kills the previous driver
+                # (SIGKILL) and starts this one at once; if `sh -c` did not exec the driver, the old
+                # one exits (and its lock goes) only when its stdin closes.
+                deadline = asyncio.get_running_loop().time() + 5
+                while True:
+                    try:
+                        self.client = HearthClient(cmd["url"], cmd.get("token"),
+                                                   encoding="msgpack" if cmd.get("encoding") == "msgpack" else "json",
+                                                   persist_dir=cmd.get("persist_dir"))
+                        break
+                    except HearthError as e:
+                        if e.code != "failed-precondition" or asyncio.get_running_loop().time() > deadline:
+                            raise
+                        log.warning("store locked, retrying: %s", e.message)
+                        await asyncio.sleep(0.1)
                 await self.client.connect()
                 emit({"id": cid, "ok": {}})
             elif name == "subscribe":
