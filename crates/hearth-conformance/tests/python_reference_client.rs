@@ -65,3 +65,28 @@ async fn every_client_check_passes(msgpack: bool) {
     .await;
     assert!(result.is_ok(), "the client checks must finish within 400 s");
 }
+
+/// The client's unit tests (`test_persistence.py`: the persistent write
+/// queue's journal, lock, restore, sent marker and 23-hour rule).
+#[test]
+fn the_python_clients_unit_tests_pass() {
+    if !python_with_websockets() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide python3 with websockets and msgpack (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: python3 with the websockets and msgpack packages is not installed");
+        return;
+    }
+    let output = Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_persistence"])
+        .current_dir(repo().join("sdk-spec/reference/python"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python3 -m unittest failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
