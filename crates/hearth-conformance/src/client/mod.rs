@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 const SHORT: Duration = Duration::from_secs(5);
 
 /// The client checks, in order: `(name, required server capability)`.
-pub const CLIENT_CHECKS: [(&str, Option<&str>); 20] = [
+pub const CLIENT_CHECKS: &[(&str, Option<&str>)] = &[
     ("client-01-handshake", None),
     ("client-02-live-query", None),
     ("client-03-document", None),
@@ -58,6 +58,8 @@ pub const CLIENT_CHECKS: [(&str, Option<&str>); 20] = [
     ("client-18-dead-connection", None),
     ("client-19-expired-token", None),
     ("client-20-transaction", None),
+    ("client-22-pending-in-group-query", None),
+    ("client-23-inflight-limit", None),
 ];
 
 /// What to run the client checks with.
@@ -332,6 +334,8 @@ impl Check {
             "client-18-dead-connection" => self.dead_connection().await,
             "client-19-expired-token" => self.expired_token().await,
             "client-20-transaction" => self.transaction().await,
+            "client-22-pending-in-group-query" => self.pending_in_group_query().await,
+            "client-23-inflight-limit" => self.inflight_limit().await,
             other => Err(format!("unknown check {other}")),
         }
     }
@@ -983,12 +987,7 @@ impl Check {
                 s.paths()
             ));
         }
-        for id in [entering, leaving?] {
-            self.driver
-                .reply(id, SETTLE)
-                .await?
-                .map_err(|e| format!("the write failed: {e}"))?;
-        }
+        self.writes_confirmed(&[entering, leaving?]).await?;
         let done = self
             .converge("top", &query, "the window once both writes are confirmed")
             .await?;
@@ -1030,12 +1029,7 @@ impl Check {
                 s.paths()
             ));
         }
-        for id in ids {
-            self.driver
-                .reply(id, SETTLE)
-                .await?
-                .map_err(|e| format!("the write failed: {e}"))?;
-        }
+        self.writes_confirmed(&ids).await?;
         let done = self
             .converge(
                 "last",
@@ -1485,6 +1479,274 @@ impl Check {
         Ok(())
     }
 
+    /// Pending writes in a collection-group query: a write to a document in
+    /// *any* collection with the group's id (here under a parent the view
+    /// has never shown) is shown at once, filtered, ordered and cut to the
+    /// limit with the server's documents; a write to a collection with
+    /// another id (one whose id starts with the group's, or a subcollection
+    /// of a document in the group) is not (PROTOCOL.md §2, §5, §13).
+    ///
+    /// A collection-group query with a field filter or order needs an index
+    /// declared in the server's config, so this one filters and orders by
+    /// `__name__`: full paths, segment by segment (`p1/…` before `p1-x/…`
+    /// before `p2/…`, which a plain string comparison gets wrong).
+    async fn pending_in_group_query(&mut self) -> Result<(), String> {
+        // A collection id no other check or run uses, in collections under
+        // documents of this check's collection.
+        let group = format!("{}_items", self.collection);
+        let member = |parent: &str, id: &str| format!("{}/{parent}/{group}/{id}", self.collection);
+        let docs = GroupDocs {
+            filtered: member("p0", "y"),
+            z: member("p1", "z"),
+            a: member("p2", "a"),
+            m: member("p2", "m"),
+            new: member("p1-x", "b"),
+            new_filtered: member("p0", "c"),
+            decoys: [
+                format!("{}/p1/{group}_x/d", self.collection),
+                format!("{}/sub/e", member("p1", "z")),
+            ],
+        };
+        self.rest
+            .batch(json!([
+                {"op": "set", "path": docs.filtered, "data": {"n": 0}},
+                {"op": "set", "path": docs.z, "data": {"n": 1}},
+                {"op": "set", "path": docs.a, "data": {"n": 2}},
+                {"op": "set", "path": docs.m, "data": {"n": 3}},
+            ]))
+            .await?;
+        self.connect_admin().await?;
+        let query = json!({"collection_group": group,
+            "where": {"field": "__name__", "op": ">", "value": format!("{}/p1", self.collection)},
+            "limit": 3});
+        self.subscribe("g", json!({ "query": query })).await?;
+        let first = self
+            .converge(
+                "g",
+                &query,
+                "the first three documents of the collection group",
+            )
+            .await?;
+        if first.paths() != [docs.z.clone(), docs.a.clone(), docs.m.clone()] {
+            return Err(format!(
+                "wrong initial view of collection group {group}: {:?}",
+                first.paths()
+            ));
+        }
+        self.proxy.hold(true);
+        let steps = self.pending_group_steps(&docs).await;
+        self.proxy.hold(false);
+        for s in self.driver.history("g") {
+            if let Some(decoy) = docs.decoys.iter().find(|d| s.doc(d).is_some()) {
+                return Err(format!(
+                    "the view of collection group {group} showed {decoy}, whose collection id is \
+                     not {group}: a collection group holds the documents whose parent \
+                     collection's id (its last segment) is the group's"
+                ));
+            }
+            if s.doc(&docs.new_filtered).is_some() {
+                return Err(format!(
+                    "the view showed {}, which the query's filter on __name__ excludes",
+                    docs.new_filtered
+                ));
+            }
+        }
+        let (ids, shown) = steps?;
+        let expected = [
+            (docs.new.clone(), json!({"n": 10})),
+            (docs.a.clone(), json!({"n": 20})),
+            (docs.m.clone(), json!({"n": 3})),
+        ];
+        if shown.contents() != expected {
+            return Err(format!(
+                "the local view with both writes pending is {:?}, expected {expected:?}",
+                shown.contents()
+            ));
+        }
+        for path in [&docs.new, &docs.a] {
+            if shown.doc(path).and_then(|d| d.get("pending")) != Some(&json!(true)) {
+                return Err(format!("{path} is not flagged pending: {:?}", shown.docs));
+            }
+        }
+        if !shown.has_pending_writes {
+            return Err("a view with pending documents must have has_pending_writes".into());
+        }
+        self.writes_confirmed(&ids).await?;
+        let done = self
+            .converge(
+                "g",
+                &query,
+                "the collection group once both writes are confirmed",
+            )
+            .await?;
+        if done.paths() != [docs.new, docs.a, docs.m] {
+            return Err(format!(
+                "final view of collection group {group}: {:?}",
+                done.paths()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The two pending writes of [`Self::pending_in_group_query`], while the
+    /// server's frames are held back: one frame creating a document in a
+    /// third parent's collection of the group (it enters the window at
+    /// position 1 and pushes `m` out), one the filter excludes and the two
+    /// decoys outside the group; then one frame updating `a` and deleting
+    /// `z` (`m` comes back). Returns their command ids and the view showing
+    /// both.
+    async fn pending_group_steps(
+        &mut self,
+        docs: &GroupDocs,
+    ) -> Result<([u64; 2], Snapshot), String> {
+        let created = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [
+                    {"op": "set", "path": docs.new, "data": {"n": 10}},
+                    {"op": "set", "path": docs.new_filtered, "data": {"n": 11}},
+                    {"op": "set", "path": docs.decoys[0], "data": {"n": 12}},
+                    {"op": "set", "path": docs.decoys[1], "data": {"n": 13}},
+                ]}),
+            )
+            .await?;
+        let (z, new, a, m) = (
+            docs.z.as_str(),
+            docs.new.as_str(),
+            docs.a.as_str(),
+            docs.m.as_str(),
+        );
+        self.driver
+            .wait_snapshot(
+                "g",
+                SHORT,
+                &format!(
+                    "a pending document in a collection of the group under a parent the view \
+                     had not shown, in __name__ order (paths compared segment by segment): \
+                     {z}, {new}, {a}"
+                ),
+                |s| s.paths() == [z, new, a],
+            )
+            .await?;
+        let changed = self
+            .driver
+            .send(
+                "write",
+                json!({"writes": [
+                    {"op": "update", "path": a, "fields": {"n": 20}},
+                    {"op": "delete", "path": z},
+                ]}),
+            )
+            .await?;
+        let shown = self
+            .driver
+            .wait_snapshot(
+                "g",
+                SHORT,
+                &format!(
+                    "a pending update of {a} and a pending delete of {z}, letting {m} back \
+                     into the window: {new}, {a}, {m}"
+                ),
+                |s| s.paths() == [new, a, m],
+            )
+            .await?;
+        Ok(([created, changed], shown))
+    }
+
+    /// A client keeps its unanswered writes under the `welcome`'s
+    /// `limits.max_inflight_writes` on each connection and sends the rest as
+    /// answers come in (PROTOCOL.md §7, §13). The proxy tells the client a
+    /// limit of 2 (the server's own is far higher, so it would take them
+    /// all) and holds the server's answers back while 6 writes are made.
+    async fn inflight_limit(&mut self) -> Result<(), String> {
+        const LIMIT: u64 = 2;
+        const WRITES: usize = 6;
+        self.proxy.rewrite_welcome_max_inflight(LIMIT);
+        let query = self.watch_empty_collection().await?;
+        let paths: Vec<String> = (0..WRITES).map(|i| self.doc(&format!("f{i}"))).collect();
+        self.proxy.hold(true);
+        let queued = self.queue_writes_held(&paths).await;
+        self.proxy.hold(false);
+        let ids = queued?;
+        self.writes_confirmed(&ids).await?;
+        if let Some((conn, peak)) = self
+            .proxy
+            .unanswered_peaks()
+            .into_iter()
+            .find(|(_, peak)| *peak as u64 > LIMIT)
+        {
+            return Err(format!(
+                "the client had {peak} write/transaction frames unanswered at once on connection \
+                 {conn}, while `welcome` said limits.max_inflight_writes {LIMIT}: it must keep \
+                 its writes under the limit and send the rest as answers come in"
+            ));
+        }
+        let sent = self.mutations_sent();
+        if sent.len() != WRITES || sent.values().any(|copies| copies.len() != 1) {
+            return Err(format!(
+                "expected {WRITES} mutations, each sent once on a connection that never broke; \
+                 the client sent {:?}",
+                sent.iter().map(|(id, c)| (id, c.len())).collect::<Vec<_>>()
+            ));
+        }
+        let done = self
+            .converge("q", &query, "the paced writes confirmed")
+            .await?;
+        if done.paths() != paths {
+            return Err(format!("the server holds {:?}", done.paths()));
+        }
+        Ok(())
+    }
+
+    /// The writes of [`Self::inflight_limit`], while the server's frames are
+    /// held back: one `write` command creating each of `paths` (`n` = its
+    /// index); all must be shown as pending (queued, whether sent or not),
+    /// none answered. Returns their command ids.
+    async fn queue_writes_held(&mut self, paths: &[String]) -> Result<Vec<u64>, String> {
+        let mut ids = Vec::new();
+        for (n, path) in paths.iter().enumerate() {
+            let write = json!([{"op": "create", "path": path, "data": {"n": n}}]);
+            ids.push(
+                self.driver
+                    .send("write", json!({ "writes": write }))
+                    .await?,
+            );
+        }
+        self.driver
+            .wait_snapshot(
+                "q",
+                SHORT,
+                "every write shown as pending, those beyond the in-flight limit included",
+                |s| {
+                    s.paths() == paths
+                        && s.docs
+                            .iter()
+                            .all(|d| d.get("pending") == Some(&json!(true)))
+                },
+            )
+            .await?;
+        // Time for a client that ignores the limit to send everything.
+        self.driver.drain_for(Duration::from_millis(800)).await;
+        if let Some(id) = ids.iter().find(|id| self.driver.has_reply(**id)) {
+            return Err(format!(
+                "command {id} was answered while the server's answers were held back"
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Waits for each of the `write` commands `ids` to be answered `ok`.
+    async fn writes_confirmed(&mut self, ids: &[u64]) -> Result<(), String> {
+        for id in ids {
+            self.driver
+                .reply(*id, SETTLE)
+                .await?
+                .map_err(|e| format!("write command {id} failed: {e}"))?;
+        }
+        Ok(())
+    }
+
     async fn offline_queue(&mut self) -> Result<(), String> {
         let query = self.watch_empty_collection().await?;
         self.proxy.refuse(true);
@@ -1816,6 +2078,23 @@ impl Check {
         }
         Ok(())
     }
+}
+
+/// The documents of `client-22-pending-in-group-query` (full paths).
+struct GroupDocs {
+    /// In the group, excluded by the query's `__name__` filter.
+    filtered: String,
+    /// The window at first: `z`, `a`, `m` (under parents `p1`, `p2`, `p2`).
+    z: String,
+    a: String,
+    m: String,
+    /// Created by a pending write, under a third parent, `p1-x`.
+    new: String,
+    /// Created by a pending write, in the group, excluded by the filter.
+    new_filtered: String,
+    /// Written with `new`, outside the group: a collection whose id starts
+    /// with the group's, and a subcollection of `z`.
+    decoys: [String; 2],
 }
 
 fn kind(frame: &Json) -> &str {

@@ -22,12 +22,17 @@
 //!   after a phone changes networks: no error, just nothing);
 //! - closes the client's connections itself with a given close code;
 //! - rewrites `welcome`'s `heartbeat_ms` and `idle_timeout_ms`, so a
-//!   client's liveness timers can be checked in seconds, not minutes.
+//!   client's liveness timers can be checked in seconds, not minutes, and
+//!   its `limits.max_inflight_writes`, so a client's pacing of its writes
+//!   can be checked with a handful of them;
+//! - counts, per connection, the `write`/`transaction` frames the client
+//!   sent whose answer it has not been forwarded yet, and records the most
+//!   there ever were at once.
 //!
 //! WebSocket-level pings are answered by each side's own library and not
 //! forwarded.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -95,6 +100,11 @@ struct State {
     silenced: HashSet<usize>,
     /// `(heartbeat_ms, idle_timeout_ms)` to put in every `welcome`.
     welcome_timers: Option<(u64, u64)>,
+    /// `limits.max_inflight_writes` to put in every `welcome`.
+    welcome_max_inflight: Option<u64>,
+    /// The most `write`/`transaction` frames each connection had
+    /// unanswered at once: connection → count.
+    unanswered_peaks: BTreeMap<usize, usize>,
     /// The subprotocol each proxied connection selected.
     subprotocols: Vec<(usize, Option<String>)>,
 }
@@ -214,6 +224,24 @@ impl Proxy {
     /// server's.
     pub fn rewrite_welcome_timers(&self, heartbeat_ms: u64, idle_timeout_ms: u64) {
         self.shared.state().welcome_timers = Some((heartbeat_ms, idle_timeout_ms));
+    }
+
+    /// Every later `welcome` tells the client this `limits.max_inflight_writes`
+    /// instead of the server's (which still enforces its own).
+    pub fn rewrite_welcome_max_inflight(&self, max_inflight_writes: u64) {
+        self.shared.state().welcome_max_inflight = Some(max_inflight_writes);
+    }
+
+    /// The most `write`/`transaction` frames the client had unanswered at
+    /// once on each connection (sent through the proxy, their answer not
+    /// yet forwarded to the client): `(connection, count)`.
+    pub fn unanswered_peaks(&self) -> Vec<(usize, usize)> {
+        self.shared
+            .state()
+            .unanswered_peaks
+            .iter()
+            .map(|(conn, peak)| (*conn, *peak))
+            .collect()
     }
 
     /// Sends a `ping` of the proxy's own to the client on the newest live
@@ -416,7 +444,12 @@ async fn forward<C, S>(
     let (mut to_client, mut from_client) = client.split();
     let (mut to_server, mut from_server) = server.split();
     let mut held_rx = shared.held.subscribe();
-    let mut held_back: Vec<Message> = Vec::new();
+    // Each with the request id it answers, if it is a `write_ok` or `error`.
+    let mut held_back: Vec<(Message, Option<String>)> = Vec::new();
+    let mut unanswered = Unanswered {
+        conn,
+        ids: HashSet::new(),
+    };
     // The request id whose answer is to be lost, once such a write passed.
     let mut lose_answer_to: Option<Json> = None;
     loop {
@@ -443,6 +476,7 @@ async fn forward<C, S>(
                     if lose_answer_to.is_none() {
                         lose_answer_to = answer_to_lose(&shared, frame);
                     }
+                    unanswered.sent(&shared, frame);
                 }
                 if to_server.send(message).await.is_err() {
                     break;
@@ -473,8 +507,8 @@ async fn forward<C, S>(
                 let is_welcome = frame.as_ref().is_some_and(|f| f.get("type").and_then(Json::as_str) == Some("welcome"));
                 // Frames held back go first: a frame can arrive before this
                 // loop has seen the hold lift, and must not overtake them.
-                held_back.push(message);
-                if !*held_rx.borrow() && !release(&mut to_client, &mut held_back).await {
+                held_back.push((message, answered_request(frame.as_ref())));
+                if !*held_rx.borrow() && !release(&mut to_client, &mut held_back, &mut unanswered).await {
                     break;
                 }
                 if is_welcome && shared.state().drop_after_welcome {
@@ -486,7 +520,7 @@ async fn forward<C, S>(
                     break;
                 }
                 let held = *held_rx.borrow_and_update();
-                if !held && !release(&mut to_client, &mut held_back).await {
+                if !held && !release(&mut to_client, &mut held_back, &mut unanswered).await {
                     return;
                 }
             }
@@ -507,23 +541,34 @@ fn is_silenced(shared: &Shared, conn: usize) -> bool {
     shared.state().silenced.contains(&conn)
 }
 
-/// Puts the timers set with [`Proxy::rewrite_welcome_timers`] into a
-/// `welcome` (re-encoded in the connection's encoding); anything else
-/// passes unchanged.
+/// Puts the timers set with [`Proxy::rewrite_welcome_timers`] and the
+/// limit set with [`Proxy::rewrite_welcome_max_inflight`] into a `welcome`
+/// (re-encoded in the connection's encoding); anything else passes
+/// unchanged.
 fn rewrite_welcome(
     shared: &Shared,
     message: Message,
     frame: Option<Json>,
 ) -> (Message, Option<Json>) {
-    let timers = shared.state().welcome_timers;
-    let (Some(mut welcome), Some((heartbeat, idle))) = (frame.clone(), timers) else {
+    let (timers, max_inflight) = {
+        let state = shared.state();
+        (state.welcome_timers, state.welcome_max_inflight)
+    };
+    let Some(mut welcome) = frame.clone() else {
         return (message, frame);
     };
-    if welcome.get("type").and_then(Json::as_str) != Some("welcome") {
+    if welcome.get("type").and_then(Json::as_str) != Some("welcome")
+        || (timers.is_none() && max_inflight.is_none())
+    {
         return (message, frame);
     }
-    welcome["heartbeat_ms"] = json!(heartbeat);
-    welcome["idle_timeout_ms"] = json!(idle);
+    if let Some((heartbeat, idle)) = timers {
+        welcome["heartbeat_ms"] = json!(heartbeat);
+        welcome["idle_timeout_ms"] = json!(idle);
+    }
+    if let (Some(max), Some(limits)) = (max_inflight, welcome.get_mut("limits")) {
+        limits["max_inflight_writes"] = json!(max);
+    }
     match encode(&welcome, matches!(message, Message::Binary(_))) {
         Some(rewritten) => (rewritten, Some(welcome)),
         None => (message, Some(welcome)),
@@ -531,16 +576,60 @@ fn rewrite_welcome(
 }
 
 /// Sends the frames held back, in order; false if the client is gone.
-async fn release<K>(to_client: &mut K, held_back: &mut Vec<Message>) -> bool
+async fn release<K>(
+    to_client: &mut K,
+    held_back: &mut Vec<(Message, Option<String>)>,
+    unanswered: &mut Unanswered,
+) -> bool
 where
     K: futures::Sink<Message> + Unpin,
 {
-    for message in held_back.drain(..) {
+    for (message, answers) in held_back.drain(..) {
+        // Counted as answered before the client can see it, so the client's
+        // next frame (read after this send) never finds it still counted.
+        if let Some(id) = answers {
+            unanswered.ids.remove(&id);
+        }
         if to_client.send(message).await.is_err() {
             return false;
         }
     }
     true
+}
+
+/// The `write`/`transaction` frames the client sent on one connection whose
+/// answer the proxy has not forwarded to it yet (request ids, as JSON text).
+struct Unanswered {
+    conn: usize,
+    ids: HashSet<String>,
+}
+
+impl Unanswered {
+    /// Counts a frame from the client that goes on to the server, and
+    /// records a new peak.
+    fn sent(&mut self, shared: &Shared, frame: &Json) {
+        if !matches!(
+            frame.get("type").and_then(Json::as_str),
+            Some("write" | "transaction")
+        ) {
+            return;
+        }
+        let Some(id) = frame.get("id") else { return };
+        self.ids.insert(id.to_string());
+        let mut state = shared.state();
+        let peak = state.unanswered_peaks.entry(self.conn).or_default();
+        *peak = (*peak).max(self.ids.len());
+    }
+}
+
+/// The request id a server frame answers, when it is a `write_ok` or an
+/// `error` (the answers to `write` and `transaction`).
+fn answered_request(frame: Option<&Json>) -> Option<String> {
+    let frame = frame?;
+    match frame.get("type").and_then(Json::as_str) {
+        Some("write_ok" | "error") => frame.get("id").map(Json::to_string),
+        _ => None,
+    }
 }
 
 /// Logs a decoded frame and checks it against the schemas; returns it.
