@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::persist::{self, Journal, Restored, StoredWrite, RESEND_HORIZON};
 use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
 use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage, TransactionRead};
 
@@ -73,6 +74,7 @@ pub(crate) enum Command {
 pub(crate) struct Stats {
     pub sessions: AtomicU64,
     pub pending_writes: AtomicU64,
+    pub expired_writes: AtomicU64,
 }
 
 /// How long an acknowledged write may stay in the overlay waiting for its
@@ -136,6 +138,32 @@ struct PendingWrite {
     unavailable: u32,
     /// Not sent again before this.
     retry_at: Option<Instant>,
+    /// When it first went on the wire (ms since the epoch): one first sent
+    /// longer than [`RESEND_HORIZON`] ago is not sent again.
+    first_sent_ms: Option<u64>,
+}
+
+impl PendingWrite {
+    fn new(mutation_id: String, writes: Vec<Write>, reads: Option<Vec<TransactionRead>>) -> Self {
+        PendingWrite {
+            mutation_id,
+            writes,
+            reads,
+            reply: None,
+            in_flight: None,
+            acked: None,
+            in_doubt: false,
+            unavailable: 0,
+            retry_at: None,
+            first_sent_ms: None,
+        }
+    }
+
+    /// Kept in the journal: a plain write (transactions are not persisted)
+    /// not yet answered.
+    fn is_stored(&self) -> bool {
+        self.reads.is_none() && self.acked.is_none()
+    }
 }
 
 enum Request {
@@ -169,6 +197,8 @@ pub(crate) struct Driver {
     /// Frames received in the current session after `welcome`.
     frames_in_session: u64,
     rng: rand::rngs::StdRng,
+    /// The on-disk queue ([`crate::ClientConfig::persistence`]).
+    journal: Option<Journal>,
 }
 
 impl Driver {
@@ -177,7 +207,31 @@ impl Driver {
         cmd_rx: mpsc::UnboundedReceiver<Command>,
         state_tx: watch::Sender<ConnectionState>,
         stats: Arc<Stats>,
+        journal: Option<(Journal, Restored)>,
     ) -> Driver {
+        let (journal, restored) = match journal {
+            Some((journal, restored)) => {
+                stats
+                    .expired_writes
+                    .fetch_add(restored.expired.len() as u64, Ordering::Relaxed);
+                (Some(journal), restored.writes)
+            }
+            None => (None, Vec::new()),
+        };
+        // Restored writes are resent as they were; one that was sent before
+        // the restart may have been applied, so it is in doubt.
+        let writes = restored
+            .into_iter()
+            .map(|stored| {
+                let mut w = PendingWrite::new(stored.mutation_id, stored.writes, None);
+                w.in_doubt = stored.first_sent_ms.is_some();
+                w.first_sent_ms = stored.first_sent_ms;
+                w
+            })
+            .collect::<VecDeque<_>>();
+        stats
+            .pending_writes
+            .store(writes.len() as u64, Ordering::Relaxed);
         Driver {
             token: config.token.clone(),
             config,
@@ -185,7 +239,7 @@ impl Driver {
             state_tx,
             stats,
             subs: BTreeMap::new(),
-            writes: VecDeque::new(),
+            writes,
             requests: HashMap::new(),
             token_waiters: Vec::new(),
             next_id: 1,
@@ -194,6 +248,7 @@ impl Driver {
             outbox: Vec::new(),
             frames_in_session: 0,
             rng: rand::rngs::StdRng::from_entropy(),
+            journal,
         }
     }
 
@@ -413,7 +468,7 @@ impl Driver {
                 .writes
                 .iter()
                 .any(|w| w.in_doubt && w.acked.is_none() && entry.overlay_applies(w));
-            if touched && entry.frozen.is_none() {
+            if touched && entry.frozen.is_none() && entry.has_server_data {
                 entry.frozen = Some((entry.server.docs.clone(), entry.position));
             }
         }
@@ -450,45 +505,102 @@ impl Driver {
         if !self.connected {
             return;
         }
+        self.drop_expired_writes();
         let limit = self
             .limits
             .map(|l| l.max_inflight_writes.max(1) as usize)
             .unwrap_or(DEFAULT_MAX_INFLIGHT);
-        let mut in_flight = self
+        let in_flight = self
             .writes
             .iter()
             .filter(|w| w.in_flight.is_some() && w.acked.is_none())
             .count();
-        for i in 0..self.writes.len() {
-            if in_flight >= limit {
-                break;
+        let now = Instant::now();
+        let to_send: Vec<usize> = (0..self.writes.len())
+            .filter(|&i| {
+                let w = &self.writes[i];
+                w.in_flight.is_none() && w.acked.is_none() && w.retry_at.is_none_or(|at| at <= now)
+            })
+            .take(limit.saturating_sub(in_flight))
+            .collect();
+        if to_send.is_empty() {
+            return;
+        }
+        // A write's first trip on the wire is recorded before it happens:
+        // from then on the server may have applied it.
+        let now_ms = persist::now_ms();
+        let first_trips: Vec<String> = to_send
+            .iter()
+            .map(|&i| &self.writes[i])
+            .filter(|w| w.first_sent_ms.is_none() && w.is_stored())
+            .map(|w| w.mutation_id.clone())
+            .collect();
+        if let Some(journal) = self.journal.as_mut() {
+            if let Err(e) = journal.sent(&first_trips, now_ms) {
+                tracing::error!(error = %e, "cannot record writes as sent; holding them back");
+                let retry_at = now + self.config.backoff.initial.max(Duration::from_millis(100));
+                for &i in &to_send {
+                    self.writes[i].retry_at = Some(retry_at);
+                }
+                return;
             }
-            let w = &self.writes[i];
-            if w.in_flight.is_some() || w.acked.is_some() {
-                continue;
-            }
-            if w.retry_at.is_some_and(|at| at > Instant::now()) {
-                continue;
-            }
-            let mutation_id = w.mutation_id.clone();
-            let id = self.request(Request::Write(mutation_id.clone()));
+        }
+        for i in to_send {
+            let id = self.next_id;
+            self.next_id += 1;
             let w = &mut self.writes[i];
+            w.first_sent_ms.get_or_insert(now_ms);
             w.in_flight = Some(id);
+            let mutation_id = w.mutation_id.clone();
             let writes = w.writes.clone();
-            self.outbox.push(wire::encode(&match &w.reads {
+            let frame = wire::encode(&match &w.reads {
                 None => ClientMessage::Write {
                     id,
-                    mutation_id,
+                    mutation_id: mutation_id.clone(),
                     writes,
                 },
                 Some(reads) => ClientMessage::Transaction {
                     id,
-                    mutation_id,
+                    mutation_id: mutation_id.clone(),
                     reads: reads.clone(),
                     writes,
                 },
-            }));
-            in_flight += 1;
+            });
+            self.requests.insert(id, Request::Write(mutation_id));
+            self.outbox.push(frame);
+        }
+    }
+
+    /// Fails every unanswered write first sent longer than
+    /// [`RESEND_HORIZON`] ago instead of sending it again: the server keeps
+    /// a mutation id for 24 hours, so a resend could apply it twice.
+    fn drop_expired_writes(&mut self) {
+        let now_ms = persist::now_ms();
+        let horizon = RESEND_HORIZON.as_millis() as u64;
+        let expired: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|w| {
+                w.acked.is_none()
+                    && w.in_flight.is_none()
+                    && w.first_sent_ms
+                        .is_some_and(|at| now_ms.saturating_sub(at) > horizon)
+            })
+            .map(|w| w.mutation_id.clone())
+            .collect();
+        for mutation_id in expired {
+            self.stats.expired_writes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                mutation_id,
+                "dropping a write first sent more than 23 hours ago and never answered"
+            );
+            self.remove_write(
+                &mutation_id,
+                Err(ClientError::WriteExpired(format!(
+                    "write {mutation_id} was first sent more than 23 hours ago; the server may \
+                     have forgotten it, so it was not sent again"
+                ))),
+            );
         }
     }
 
@@ -532,17 +644,16 @@ impl Driver {
                 reads,
                 reply,
             } => {
-                self.writes.push_back(PendingWrite {
-                    mutation_id,
-                    writes,
-                    reads,
-                    reply: Some(reply),
-                    in_flight: None,
-                    acked: None,
-                    in_doubt: false,
-                    unavailable: 0,
-                    retry_at: None,
-                });
+                // Stored before it shows anywhere or goes out.
+                if let (Some(journal), None) = (self.journal.as_mut(), &reads) {
+                    if let Err(e) = journal.queued(&mutation_id, &writes) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+                let mut w = PendingWrite::new(mutation_id, writes, reads);
+                w.reply = Some(reply);
+                self.writes.push_back(w);
                 self.update_pending_count();
                 self.send_writes();
                 self.emit_all();
@@ -626,9 +737,13 @@ impl Driver {
                     .iter_mut()
                     .find(|w| w.mutation_id == mutation_id && w.acked.is_none())
                 {
+                    let stored = w.is_stored();
                     w.acked = Some((result.seq, Instant::now()));
                     if let Some(reply) = w.reply.take() {
                         let _ = reply.send(Ok(result));
+                    }
+                    if stored {
+                        self.forget_stored(&mutation_id);
                     }
                 }
                 self.prune_acked();
@@ -649,7 +764,15 @@ impl Driver {
                     _ => None,
                 });
                 match (request, sub) {
-                    (Some(Request::Write(mutation_id)), _) if code == ErrorCode::Unavailable => {
+                    // Nothing was applied: `unavailable` (the server cannot
+                    // take writes now) or `resource-exhausted` (more writes in
+                    // flight than `max_inflight_writes`, PROTOCOL.md §7).
+                    (Some(Request::Write(mutation_id)), _)
+                        if matches!(
+                            code,
+                            ErrorCode::Unavailable | ErrorCode::ResourceExhausted
+                        ) =>
+                    {
                         self.retry_later(&mutation_id, message)
                     }
                     (Some(Request::Write(mutation_id)), _) => {
@@ -713,20 +836,51 @@ impl Driver {
     }
 
     fn fail_write(&mut self, mutation_id: &str, code: ErrorCode, message: String) {
+        self.remove_write(mutation_id, Err(ClientError::server(code, message)));
+    }
+
+    /// Takes an unanswered write out of the queue (and the journal) and
+    /// answers its caller with `outcome`.
+    fn remove_write(&mut self, mutation_id: &str, outcome: Result<CommitResult, ClientError>) {
         if let Some(i) = self
             .writes
             .iter()
-            .position(|w| w.mutation_id == mutation_id)
+            .position(|w| w.mutation_id == mutation_id && w.acked.is_none())
         {
             if let Some(w) = self.writes.remove(i) {
+                if w.is_stored() {
+                    self.forget_stored(mutation_id);
+                }
                 if let Some(reply) = w.reply {
-                    let _ = reply.send(Err(ClientError::server(code, message)));
+                    let _ = reply.send(outcome);
                 }
             }
         }
         self.update_pending_count();
         self.send_writes();
         self.emit_all();
+    }
+
+    /// Records in the journal that a stored write was answered.
+    fn forget_stored(&mut self, mutation_id: &str) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let writes = &self.writes;
+        let queue = || {
+            writes
+                .iter()
+                .filter(|w| w.is_stored())
+                .map(|w| StoredWrite {
+                    mutation_id: w.mutation_id.clone(),
+                    writes: w.writes.clone(),
+                    first_sent_ms: w.first_sent_ms,
+                })
+                .collect()
+        };
+        if let Err(e) = journal.done(mutation_id, queue) {
+            tracing::warn!(error = %e, mutation_id, "cannot record an answered write in the journal");
+        }
     }
 
     /// Drops acknowledged writes every subscription has caught up with (or
@@ -775,6 +929,13 @@ impl Driver {
             .any(|w| w.in_doubt && w.acked.is_none() && entry.overlay_applies(w));
         if held && reset {
             entry.held_reset = true;
+        }
+        if held && entry.frozen.is_none() {
+            // A write in doubt touches this view and there is no state from
+            // before it was sent (a subscription made after the break, or
+            // after a restart): the server's view may already contain the
+            // write, so nothing is shown until the retry is answered.
+            return;
         }
         let entry = &*entry;
         let (base, position) = match (&entry.frozen, held) {

@@ -29,6 +29,18 @@ pub enum ClientError {
     /// The client was shut down (or dropped) before the call completed.
     #[error("the client is closed")]
     Closed,
+    /// The persistence directory could not be read or written
+    /// ([`crate::ClientConfig::persistence`]).
+    #[error("local storage failed: {0}")]
+    Storage(String),
+    /// Another client instance holds the persistence directory.
+    #[error("failed precondition: {0}")]
+    StoreLocked(String),
+    /// A queued write was first sent more than 23 hours ago and not
+    /// answered: the server may have forgotten its mutation id, so it is
+    /// dropped instead of being sent again (PROTOCOL.md §13).
+    #[error("deadline exceeded: {0}")]
+    WriteExpired(String),
 }
 
 impl ClientError {
@@ -41,6 +53,9 @@ impl ClientError {
             ClientError::Timeout(_) => ErrorCode::DeadlineExceeded,
             ClientError::Protocol(_) => ErrorCode::Internal,
             ClientError::Closed => ErrorCode::Unavailable,
+            ClientError::Storage(_) => ErrorCode::Internal,
+            ClientError::StoreLocked(_) => ErrorCode::FailedPrecondition,
+            ClientError::WriteExpired(_) => ErrorCode::DeadlineExceeded,
         }
     }
 

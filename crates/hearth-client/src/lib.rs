@@ -33,6 +33,9 @@
 //! - **latency compensation**: snapshots show the client's own unconfirmed
 //!   writes at once, applied with the same `apply_write` the server runs, and
 //!   flagged (`has_pending_writes`, per document `pending`);
+//! - optionally **persists** that queue in a directory
+//!   ([`ClientConfig::persistence`]), so writes made offline survive the
+//!   application being killed and are resent, applied once, on the next start;
 //! - one-shot reads ([`Client::get`]) and **transactions**
 //!   ([`Client::run_transaction`]): read, decide, write; retried from the
 //!   reads when another writer got there first.
@@ -45,12 +48,14 @@
 mod backoff;
 mod driver;
 mod error;
+mod persist;
 mod transaction;
 mod view;
 mod wire;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,6 +93,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// JSON text frames (default) or MessagePack binary frames.
     pub encoding: Encoding,
+    /// A directory where the queue of pending writes is kept across
+    /// restarts (`None`: in memory only).
+    pub persistence: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -100,6 +108,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             encoding: Encoding::Json,
+            persistence: None,
         }
     }
 
@@ -126,6 +135,20 @@ impl ClientConfig {
     /// Speaks `hearth.v1.msgpack` (MessagePack binary frames) instead of JSON.
     pub fn encoding(mut self, encoding: Encoding) -> ClientConfig {
         self.encoding = encoding;
+        self
+    }
+
+    /// Keeps the queue of pending writes in `dir` (created if missing), so
+    /// that a write made offline survives the application being killed:
+    /// each write is synced to disk before it shows in a snapshot or goes
+    /// out, and the next client started on `dir` resends every write not yet
+    /// answered with its original mutation id, so the server applies it once
+    /// (PROTOCOL.md §13, "Surviving a restart"). Transactions are not kept.
+    /// One client at a time may use a directory; [`Client::start`] fails with
+    /// [`ClientError::StoreLocked`] while another holds it. Writes cost one
+    /// `fdatasync` each, done on the client's task.
+    pub fn persistence(mut self, dir: impl Into<PathBuf>) -> ClientConfig {
+        self.persistence = Some(dir.into());
         self
     }
 }
@@ -181,6 +204,9 @@ pub struct ClientStats {
     pub sessions: u64,
     /// Writes not yet acknowledged by the server.
     pub pending_writes: u64,
+    /// Writes dropped unanswered because they were first sent more than 23
+    /// hours ago (a resend could be applied twice; PROTOCOL.md §13).
+    pub expired_writes: u64,
 }
 
 struct Inner {
@@ -240,7 +266,11 @@ impl Client {
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let stats = Arc::new(Stats::default());
-        let driver = Driver::new(config, cmd_rx, state_tx, stats.clone());
+        let journal = match &config.persistence {
+            Some(dir) => Some(persist::Journal::open(dir, persist::now_ms())?),
+            None => None,
+        };
+        let driver = Driver::new(config, cmd_rx, state_tx, stats.clone(), journal);
         tokio::spawn(driver.run());
         let mutation_prefix = format!("{:016x}", rand::random::<u64>());
         Ok(Client {
@@ -295,6 +325,7 @@ impl Client {
         ClientStats {
             sessions: self.inner.stats.sessions.load(Ordering::Relaxed),
             pending_writes: self.inner.stats.pending_writes.load(Ordering::Relaxed),
+            expired_writes: self.inner.stats.expired_writes.load(Ordering::Relaxed),
         }
     }
 

@@ -96,6 +96,9 @@ impl Driver {
                 if command.get("encoding").and_then(Json::as_str) == Some("msgpack") {
                     config = config.encoding(Encoding::MsgPack);
                 }
+                if let Some(dir) = command.get("persist_dir").and_then(Json::as_str) {
+                    config = config.persistence(dir);
+                }
                 self.client = Some(Client::connect(config).await?);
                 self.reply_ok(id, json!({}));
             }

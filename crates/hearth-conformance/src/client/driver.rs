@@ -91,6 +91,9 @@ impl Driver {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so that `kill_hard` reaches the
+            // driver itself and not only the shell that started it.
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("could not start the driver `{command}`: {e}"))?;
         let stdin = child.stdin.take().ok_or("driver has no stdin")?;
@@ -318,6 +321,25 @@ impl Driver {
             Some("log") | Some("driver_error") => {}
             _ => self.violations.push(format!("unknown driver line: {line}")),
         }
+    }
+
+    /// Kills the driver's whole process group with `SIGKILL` (the SDK gets
+    /// no chance to save anything: an application killed by the OS) and
+    /// waits for it to be gone.
+    pub async fn kill_hard(&mut self) -> Result<(), String> {
+        let pid = self.child.id().ok_or("the driver has already exited")?;
+        let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| format!("cannot kill the driver's process group {pid}: {e}"))?;
+        tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .map_err(|_| "the killed driver did not exit within 5 s".to_string())?
+            .map_err(|e| format!("waiting for the killed driver: {e}"))?;
+        self.exited = true;
+        Ok(())
     }
 
     /// Asks the driver to close and waits (briefly) for it to exit.

@@ -19,6 +19,7 @@
 
 mod driver;
 mod proxy;
+mod restart;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ pub const CLIENT_CHECKS: &[(&str, Option<&str>)] = &[
     ("client-18-dead-connection", None),
     ("client-19-expired-token", None),
     ("client-20-transaction", None),
+    ("client-21-restart-with-pending-writes", None),
     ("client-22-pending-in-group-query", None),
     ("client-23-inflight-limit", None),
 ];
@@ -172,9 +174,10 @@ pub async fn run_client_checks(server_url: &str, options: ClientRunOptions) -> R
                     report.frames_validated += check.proxy.frames_validated();
                     let transcript = check.transcript();
                     check.driver.close().await;
-                    match result {
-                        Ok(()) => Outcome::Passed,
-                        Err(reason) => Outcome::Failed { reason, transcript },
+                    match (result, check.skipped.take()) {
+                        (Ok(()), Some(why)) => Outcome::Skipped(why),
+                        (Ok(()), None) => Outcome::Passed,
+                        (Err(reason), _) => Outcome::Failed { reason, transcript },
                     }
                 }
             };
@@ -289,6 +292,10 @@ struct Check {
     msgpack: bool,
     /// A collection no other check or run touches.
     collection: String,
+    /// How to start another driver process (a check that restarts it).
+    driver_command: String,
+    /// Set by a check that found the driver lacks an optional capability.
+    skipped: Option<String>,
 }
 
 impl Check {
@@ -309,6 +316,8 @@ impl Check {
             admin_key: options.admin_key.clone(),
             msgpack: options.msgpack,
             collection: format!("conformance_client_{nonce}_{index:02}"),
+            driver_command: options.driver.clone(),
+            skipped: None,
         })
     }
 
@@ -334,6 +343,7 @@ impl Check {
             "client-18-dead-connection" => self.dead_connection().await,
             "client-19-expired-token" => self.expired_token().await,
             "client-20-transaction" => self.transaction().await,
+            "client-21-restart-with-pending-writes" => self.restart_with_pending_writes().await,
             "client-22-pending-in-group-query" => self.pending_in_group_query().await,
             "client-23-inflight-limit" => self.inflight_limit().await,
             other => Err(format!("unknown check {other}")),
@@ -413,7 +423,8 @@ impl Check {
         Ok(())
     }
 
-    async fn connect(&mut self, token: Option<&str>) -> Result<(), String> {
+    /// The `connect` command's arguments for this run.
+    fn connect_args(&self, token: Option<&str>) -> Json {
         let mut args = json!({"url": self.proxy.ws_url()});
         if let Some(token) = token {
             args["token"] = json!(token);
@@ -421,6 +432,11 @@ impl Check {
         if self.msgpack {
             args["encoding"] = json!("msgpack");
         }
+        args
+    }
+
+    async fn connect(&mut self, token: Option<&str>) -> Result<(), String> {
+        let args = self.connect_args(token);
         self.driver
             .request("connect", args, Duration::from_secs(20))
             .await

@@ -113,7 +113,17 @@ struct Shared {
     upstream: String,
     schemas: Option<Arc<SchemaSet>>,
     state: Mutex<State>,
-    held: watch::Sender<bool>,
+    held: watch::Sender<Hold>,
+}
+
+/// Which of the server's frames the proxy keeps back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Nothing,
+    Everything,
+    /// Only `write_ok` frames: the answers to writes come late, everything
+    /// else passes (and overtakes them).
+    WriteAnswers,
 }
 
 impl Shared {
@@ -145,7 +155,7 @@ impl Proxy {
             .await
             .map_err(|e| format!("proxy: bind: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (held, _) = watch::channel(false);
+        let (held, _) = watch::channel(Hold::Nothing);
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
             schemas,
@@ -180,7 +190,19 @@ impl Proxy {
     /// While on, the server's frames are kept back; turning it off sends
     /// them on, in order.
     pub fn hold(&self, on: bool) {
-        self.shared.held.send_replace(on);
+        self.shared
+            .held
+            .send_replace(if on { Hold::Everything } else { Hold::Nothing });
+    }
+
+    /// While on, the server's `write_ok` frames are kept back and every
+    /// other frame passes, overtaking them; turning it off sends them on.
+    pub fn hold_write_answers(&self, on: bool) {
+        self.shared.held.send_replace(if on {
+            Hold::WriteAnswers
+        } else {
+            Hold::Nothing
+        });
     }
 
     /// While on, every connection is dropped right after its `welcome`
@@ -446,6 +468,8 @@ async fn forward<C, S>(
     let mut held_rx = shared.held.subscribe();
     // Each with the request id it answers, if it is a `write_ok` or `error`.
     let mut held_back: Vec<(Message, Option<String>)> = Vec::new();
+    // `write_ok` frames kept back by `Hold::WriteAnswers`.
+    let mut held_answers: Vec<(Message, Option<String>)> = Vec::new();
     let mut unanswered = Unanswered {
         conn,
         ids: HashSet::new(),
@@ -507,8 +531,14 @@ async fn forward<C, S>(
                 let is_welcome = frame.as_ref().is_some_and(|f| f.get("type").and_then(Json::as_str) == Some("welcome"));
                 // Frames held back go first: a frame can arrive before this
                 // loop has seen the hold lift, and must not overtake them.
-                held_back.push((message, answered_request(frame.as_ref())));
-                if !*held_rx.borrow() && !release(&mut to_client, &mut held_back, &mut unanswered).await {
+                let hold = *held_rx.borrow();
+                let is_write_ok = frame.as_ref().is_some_and(|f| f.get("type").and_then(Json::as_str) == Some("write_ok"));
+                if hold == Hold::WriteAnswers && is_write_ok {
+                    held_answers.push((message, answered_request(frame.as_ref())));
+                } else {
+                    held_back.push((message, answered_request(frame.as_ref())));
+                }
+                if hold != Hold::Everything && !release(&mut to_client, &mut held_back, &mut unanswered).await {
                     break;
                 }
                 if is_welcome && shared.state().drop_after_welcome {
@@ -519,8 +549,11 @@ async fn forward<C, S>(
                 if changed.is_err() {
                     break;
                 }
-                let held = *held_rx.borrow_and_update();
-                if !held && !release(&mut to_client, &mut held_back, &mut unanswered).await {
+                let hold = *held_rx.borrow_and_update();
+                if hold != Hold::Everything && !release(&mut to_client, &mut held_back, &mut unanswered).await {
+                    return;
+                }
+                if hold == Hold::Nothing && !release(&mut to_client, &mut held_answers, &mut unanswered).await {
                     return;
                 }
             }
