@@ -6,7 +6,7 @@
 // Logs go to stderr.
 
 import { createInterface } from 'node:readline';
-import { appendFileSync } from 'node:fs';
+import * as fs from 'node:fs';
 import {
   HearthClient, HearthError, parseJSON, stringifyJSON, toHearthJSON, writeFromJSON, queryFromJSON, fieldPath,
 } from './hearth-client.mjs';
@@ -18,7 +18,7 @@ const logFile = process.env.HEARTH_DRIVER_LOGFILE;
 const log = (...args) => {
   const line = `[driver ${new Date().toISOString()}] ${args.map((a) => (typeof a === 'string' ? a : (a && a.stack) || String(a))).join(' ')}\n`;
   process.stderr.write(line);
-  if (logFile) { try { appendFileSync(logFile, line); } catch { /* ignore */ } }
+  if (logFile) { try { fs.appendFileSync(logFile, line); } catch { /* ignore */ } }
 };
 
 /** Writes one JSON line (values already in wire form; bigints and doubles kept exact). */
@@ -82,7 +82,8 @@ async function handle(cmd) {
           clientInfo: { name: 'hearth-js-conformance-driver', version: '0.1.0' },
           logger: debug ? (...a) => log(...a) : (msg) => { if (String(msg).startsWith('warning:')) log(msg); },
           // persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13)
-          persistence: cmd.persist_dir ? { dir: cmd.persist_dir } : null,
+          // `fs` given explicitly so that the driver runs on Node 18 too.
+          persistence: cmd.persist_dir ? { dir: cmd.persist_dir, fs } : null,
         });
         client.on('state', (s) => log('state', s));
         if (client.restoredWrites.length) log(`restored ${client.restoredWrites.length} stored write(s) from ${cmd.persist_dir}`);
