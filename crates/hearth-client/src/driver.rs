@@ -1139,3 +1139,64 @@ async fn handshake(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::{DocPath, Map};
+
+    fn driver() -> Driver {
+        let (_commands, cmd_rx) = mpsc::unbounded_channel();
+        let (state_tx, _state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
+        let mut driver = Driver::new(
+            ClientConfig::new("ws://127.0.0.1:1/v1/ws"),
+            cmd_rx,
+            state_tx,
+            Arc::new(Stats::default()),
+            None,
+        );
+        driver.connected = true;
+        driver
+    }
+
+    fn queued(driver: &mut Driver, id: &str, first_sent_ms: Option<u64>) -> WriteReplyRx {
+        let (reply, rx) = oneshot::channel();
+        let path = DocPath::parse("c/a").unwrap();
+        let mut w = PendingWrite::new(id.into(), vec![Write::set(path, Map::new())], None);
+        w.reply = Some(reply);
+        w.first_sent_ms = first_sent_ms;
+        driver.writes.push_back(w);
+        rx
+    }
+
+    type WriteReplyRx = oneshot::Receiver<Result<CommitResult, ClientError>>;
+
+    #[test]
+    fn a_write_first_sent_beyond_the_horizon_is_failed_instead_of_resent() {
+        let mut driver = driver();
+        let day_ago = persist::now_ms() - 24 * 3600 * 1000;
+        let hour_ago = persist::now_ms() - 3600 * 1000;
+        let mut stale = queued(&mut driver, "stale", Some(day_ago));
+        let _recent = queued(&mut driver, "recent", Some(hour_ago));
+        let _never_sent = queued(&mut driver, "new", None);
+        driver.send_writes();
+        match stale.try_recv() {
+            Ok(Err(e @ ClientError::WriteExpired(_))) => {
+                assert_eq!(e.code(), ErrorCode::DeadlineExceeded)
+            }
+            other => panic!("expected WriteExpired, got {other:?}"),
+        }
+        assert_eq!(driver.stats.expired_writes.load(Ordering::Relaxed), 1);
+        let sent: Vec<&str> = driver
+            .writes
+            .iter()
+            .filter(|w| w.in_flight.is_some())
+            .map(|w| w.mutation_id.as_str())
+            .collect();
+        assert_eq!(sent, ["recent", "new"]);
+        assert!(driver.outbox.iter().all(|f| !f.contains("\"stale\"")));
+        // The first trip on the wire is stamped; an earlier one is kept.
+        assert_eq!(driver.writes[0].first_sent_ms, Some(hour_ago));
+        assert!(driver.writes[1].first_sent_ms.is_some());
+    }
+}
