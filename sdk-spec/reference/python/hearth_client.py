@@ -325,7 +325,11 @@ class LocalQuery:
         if op in ("<", "<=", ">", ">="):
             if _typed(v)[0] != _typed(want)[0]:
                 return False                        # comparisons stay within one type
-            c = compare_values(v, want)
+            if flt["field"] == "__name__":          # paths: segment by segment (PROTOCOL.md §2)
+                pa, pb = _path_key(v), _path_key(want)
+                c = (pa > pb) - (pa < pb)
+            else:
+                c = compare_values(v, want)
             return {"<": c < 0, "<=": c <= 0, ">": c > 0, ">=": c >= 0}[op]
         if op == "in":
             return any(eq(v, x) for x in want)
