@@ -1504,36 +1504,37 @@ impl Check {
     ///
     /// A collection-group query with a field filter or order needs an index
     /// declared in the server's config, so this one filters and orders by
-    /// `__name__`: full paths, segment by segment (`p1/…` before `p1-x/…`
-    /// before `p2/…`, which a plain string comparison gets wrong).
+    /// `__name__`: full paths compared segment by segment (`p1/…` before
+    /// `p1-`, `p2/…` before `p2-x/…`), which a plain string comparison gets
+    /// wrong (`-` sorts before `/`).
     async fn pending_in_group_query(&mut self) -> Result<(), String> {
         // A collection id no other check or run uses, in collections under
         // documents of this check's collection.
         let group = format!("{}_items", self.collection);
         let member = |parent: &str, id: &str| format!("{}/{parent}/{group}/{id}", self.collection);
         let docs = GroupDocs {
-            filtered: member("p0", "y"),
-            z: member("p1", "z"),
+            filtered: member("p1", "z"),
             a: member("p2", "a"),
             m: member("p2", "m"),
-            new: member("p1-x", "b"),
-            new_filtered: member("p0", "c"),
+            k: member("p3", "k"),
+            new: member("p2-x", "b"),
+            new_filtered: member("p1", "c"),
             decoys: [
-                format!("{}/p1/{group}_x/d", self.collection),
-                format!("{}/sub/e", member("p1", "z")),
+                format!("{}/p2/{group}_x/d", self.collection),
+                format!("{}/sub/e", member("p2", "a")),
             ],
         };
         self.rest
             .batch(json!([
-                {"op": "set", "path": docs.filtered, "data": {"n": 0}},
-                {"op": "set", "path": docs.z, "data": {"n": 1}},
+                {"op": "set", "path": docs.filtered, "data": {"n": 1}},
                 {"op": "set", "path": docs.a, "data": {"n": 2}},
                 {"op": "set", "path": docs.m, "data": {"n": 3}},
+                {"op": "set", "path": docs.k, "data": {"n": 4}},
             ]))
             .await?;
         self.connect_admin().await?;
         let query = json!({"collection_group": group,
-            "where": {"field": "__name__", "op": ">", "value": format!("{}/p1", self.collection)},
+            "where": {"field": "__name__", "op": ">", "value": format!("{}/p1-", self.collection)},
             "limit": 3});
         self.subscribe("g", json!({ "query": query })).await?;
         let first = self
@@ -1543,7 +1544,7 @@ impl Check {
                 "the first three documents of the collection group",
             )
             .await?;
-        if first.paths() != [docs.z.clone(), docs.a.clone(), docs.m.clone()] {
+        if first.paths() != [docs.a.clone(), docs.m.clone(), docs.k.clone()] {
             return Err(format!(
                 "wrong initial view of collection group {group}: {:?}",
                 first.paths()
@@ -1562,16 +1563,17 @@ impl Check {
             }
             if s.doc(&docs.new_filtered).is_some() {
                 return Err(format!(
-                    "the view showed {}, which the query's filter on __name__ excludes",
-                    docs.new_filtered
+                    "the view showed {}, which the query's filter __name__ > {}/p1- excludes \
+                     (document paths compare segment by segment: p1 < p1-)",
+                    docs.new_filtered, self.collection
                 ));
             }
         }
         let (ids, shown) = steps?;
         let expected = [
+            (docs.m.clone(), json!({"n": 20})),
             (docs.new.clone(), json!({"n": 10})),
-            (docs.a.clone(), json!({"n": 20})),
-            (docs.m.clone(), json!({"n": 3})),
+            (docs.k.clone(), json!({"n": 4})),
         ];
         if shown.contents() != expected {
             return Err(format!(
@@ -1579,7 +1581,7 @@ impl Check {
                 shown.contents()
             ));
         }
-        for path in [&docs.new, &docs.a] {
+        for path in [&docs.m, &docs.new] {
             if shown.doc(path).and_then(|d| d.get("pending")) != Some(&json!(true)) {
                 return Err(format!("{path} is not flagged pending: {:?}", shown.docs));
             }
@@ -1595,7 +1597,7 @@ impl Check {
                 "the collection group once both writes are confirmed",
             )
             .await?;
-        if done.paths() != [docs.new, docs.a, docs.m] {
+        if done.paths() != [docs.m, docs.new, docs.k] {
             return Err(format!(
                 "final view of collection group {group}: {:?}",
                 done.paths()
@@ -1606,11 +1608,10 @@ impl Check {
 
     /// The two pending writes of [`Self::pending_in_group_query`], while the
     /// server's frames are held back: one frame creating a document in a
-    /// third parent's collection of the group (it enters the window at
-    /// position 1 and pushes `m` out), one the filter excludes and the two
-    /// decoys outside the group; then one frame updating `a` and deleting
-    /// `z` (`m` comes back). Returns their command ids and the view showing
-    /// both.
+    /// third parent's collection of the group (it enters the window last,
+    /// pushing `k` out), one the filter excludes and the two decoys outside
+    /// the group; then one frame updating `m` and deleting `a` (`k` comes
+    /// back). Returns their command ids and the view showing both.
     async fn pending_group_steps(
         &mut self,
         docs: &GroupDocs,
@@ -1627,11 +1628,11 @@ impl Check {
                 ]}),
             )
             .await?;
-        let (z, new, a, m) = (
-            docs.z.as_str(),
-            docs.new.as_str(),
+        let (a, m, k, new) = (
             docs.a.as_str(),
             docs.m.as_str(),
+            docs.k.as_str(),
+            docs.new.as_str(),
         );
         self.driver
             .wait_snapshot(
@@ -1640,9 +1641,9 @@ impl Check {
                 &format!(
                     "a pending document in a collection of the group under a parent the view \
                      had not shown, in __name__ order (paths compared segment by segment): \
-                     {z}, {new}, {a}"
+                     {a}, {m}, {new}"
                 ),
-                |s| s.paths() == [z, new, a],
+                |s| s.paths() == [a, m, new],
             )
             .await?;
         let changed = self
@@ -1650,8 +1651,8 @@ impl Check {
             .send(
                 "write",
                 json!({"writes": [
-                    {"op": "update", "path": a, "fields": {"n": 20}},
-                    {"op": "delete", "path": z},
+                    {"op": "update", "path": m, "fields": {"n": 20}},
+                    {"op": "delete", "path": a},
                 ]}),
             )
             .await?;
@@ -1661,10 +1662,10 @@ impl Check {
                 "g",
                 SHORT,
                 &format!(
-                    "a pending update of {a} and a pending delete of {z}, letting {m} back \
-                     into the window: {new}, {a}, {m}"
+                    "a pending update of {m} and a pending delete of {a}, letting {k} back \
+                     into the window: {m}, {new}, {k}"
                 ),
-                |s| s.paths() == [new, a, m],
+                |s| s.paths() == [m, new, k],
             )
             .await?;
         Ok(([created, changed], shown))
@@ -2098,18 +2099,20 @@ impl Check {
 
 /// The documents of `client-22-pending-in-group-query` (full paths).
 struct GroupDocs {
-    /// In the group, excluded by the query's `__name__` filter.
+    /// In the group under parent `p1`, excluded by the query's filter
+    /// `__name__ > <collection>/p1-`.
     filtered: String,
-    /// The window at first: `z`, `a`, `m` (under parents `p1`, `p2`, `p2`).
-    z: String,
+    /// The window at first: `a`, `m`, `k` (under parents `p2`, `p2`, `p3`).
     a: String,
     m: String,
-    /// Created by a pending write, under a third parent, `p1-x`.
+    k: String,
+    /// Created by a pending write, under a third parent, `p2-x`.
     new: String,
-    /// Created by a pending write, in the group, excluded by the filter.
+    /// Created by a pending write, in the group under `p1`, excluded by the
+    /// filter.
     new_filtered: String,
     /// Written with `new`, outside the group: a collection whose id starts
-    /// with the group's, and a subcollection of `z`.
+    /// with the group's, and a subcollection of `a`.
     decoys: [String; 2],
 }
 
