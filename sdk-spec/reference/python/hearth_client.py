@@ -355,7 +355,15 @@ class LocalQuery:
 
     def _cursor_cmp(self, path: str, fields: dict, cursor: dict) -> int:
         for (field, direction), want in zip(self.order, cursor["values"]):
-            c = compare_values(self._value(path, fields, field), want)
+            if field == "__name__" and isinstance(want, str):
+                # A full path, or a bare document id for a `collection`
+                # query; compared segment by segment (PROTOCOL.md §2).
+                if "/" not in want and "collection" in self.q:
+                    want = f'{self.q["collection"]}/{want}'
+                pa, pb = _path_key(path), _path_key(want)
+                c = (pa > pb) - (pa < pb)
+            else:
+                c = compare_values(self._value(path, fields, field), want)
             if c:
                 return -c if direction == "desc" else c
         return 0
