@@ -36,13 +36,21 @@ async fn the_python_reference_client_passes_every_client_check_over_msgpack() {
     every_client_check_passes(true).await;
 }
 
+/// Whether to run; panics in CI when Python or its packages are missing.
+fn ready_or_skip() -> bool {
+    if python_with_websockets() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide python3 with websockets and msgpack (.ci/run installs them)"
+    );
+    eprintln!("SKIPPED: python3 with the websockets and msgpack packages is not installed");
+    false
+}
+
 async fn every_client_check_passes(msgpack: bool) {
-    if !python_with_websockets() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide python3 with websockets and msgpack (.ci/run installs them)"
-        );
-        eprintln!("SKIPPED: python3 with the websockets and msgpack packages is not installed");
+    if !ready_or_skip() {
         return;
     }
     hearth_testkit::hearth_binary().unwrap();
@@ -70,12 +78,7 @@ async fn every_client_check_passes(msgpack: bool) {
 /// queue's journal, lock, restore, sent marker and 23-hour rule).
 #[test]
 fn the_python_clients_unit_tests_pass() {
-    if !python_with_websockets() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide python3 with websockets and msgpack (.ci/run installs them)"
-        );
-        eprintln!("SKIPPED: python3 with the websockets and msgpack packages is not installed");
+    if !ready_or_skip() {
         return;
     }
     let output = Command::new("python3")

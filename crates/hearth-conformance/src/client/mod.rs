@@ -1683,7 +1683,9 @@ impl Check {
         let query = self.watch_empty_collection().await?;
         let paths: Vec<String> = (0..WRITES).map(|i| self.doc(&format!("f{i}"))).collect();
         self.proxy.hold(true);
-        let queued = self.queue_writes_held(&paths).await;
+        let queued = self
+            .queue_writes_unanswered(&paths, "while the server's answers were held back")
+            .await;
         self.proxy.hold(false);
         let ids = queued?;
         self.writes_confirmed(&ids).await?;
@@ -1716,11 +1718,15 @@ impl Check {
         Ok(())
     }
 
-    /// The writes of [`Self::inflight_limit`], while the server's frames are
-    /// held back: one `write` command creating each of `paths` (`n` = its
-    /// index); all must be shown as pending (queued, whether sent or not),
-    /// none answered. Returns their command ids.
-    async fn queue_writes_held(&mut self, paths: &[String]) -> Result<Vec<u64>, String> {
+    /// One `write` command creating each of `paths` (`n` = its index) while
+    /// no answer can come (`while_`: why); all must be shown as pending
+    /// (queued, whether sent or not), none answered. Returns their command
+    /// ids.
+    async fn queue_writes_unanswered(
+        &mut self,
+        paths: &[String],
+        while_: &str,
+    ) -> Result<Vec<u64>, String> {
         let mut ids = Vec::new();
         for (n, path) in paths.iter().enumerate() {
             let write = json!([{"op": "create", "path": path, "data": {"n": n}}]);
@@ -1746,9 +1752,7 @@ impl Check {
         // Time for a client that ignores the limit to send everything.
         self.driver.drain_for(Duration::from_millis(800)).await;
         if let Some(id) = ids.iter().find(|id| self.driver.has_reply(**id)) {
-            return Err(format!(
-                "command {id} was answered while the server's answers were held back"
-            ));
+            return Err(format!("command {id} was answered {while_}"));
         }
         Ok(ids)
     }
@@ -1768,30 +1772,10 @@ impl Check {
         let query = self.watch_empty_collection().await?;
         self.proxy.refuse(true);
         self.proxy.drop_all();
-        let mut ids = Vec::new();
-        for i in 0..3 {
-            let write =
-                json!([{"op": "create", "path": self.doc(&format!("off{i}")), "data": {"n": i}}]);
-            ids.push(
-                self.driver
-                    .send("write", json!({ "writes": write }))
-                    .await?,
-            );
-        }
-        self.driver
-            .wait_snapshot("q", SHORT, "three offline writes shown as pending", |s| {
-                s.docs.len() == 3
-                    && s.docs
-                        .iter()
-                        .all(|d| d.get("pending") == Some(&json!(true)))
-            })
+        let paths: Vec<String> = (0..3).map(|i| self.doc(&format!("off{i}"))).collect();
+        let ids = self
+            .queue_writes_unanswered(&paths, "while the server was unreachable")
             .await?;
-        self.driver.drain_for(Duration::from_millis(800)).await;
-        if let Some(id) = ids.iter().find(|id| self.driver.has_reply(**id)) {
-            return Err(format!(
-                "command {id} was answered while the server was unreachable"
-            ));
-        }
         if !self.rest.query(&query).await?.is_empty() {
             return Err("a write reached the server while it was unreachable".into());
         }

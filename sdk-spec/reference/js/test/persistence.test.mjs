@@ -6,9 +6,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import {
-  HearthClient, HearthError, FileWriteStore, replayJournal, increment, parseJSON, stringifyJSON,
-} from '../hearth-client.mjs';
+import { HearthClient, HearthError, FileWriteStore, replayJournal, increment } from '../hearth-client.mjs';
+import { fakeNetwork, tick, until } from './support.mjs';
 
 // close every client at the end, even after a failed assertion (their timers would keep the process alive)
 const clients = [];
@@ -19,47 +18,8 @@ after(() => {
 });
 const track = (c) => { clients.push(c); return c; };
 const tmpDir = () => { const d = fs.mkdtempSync(path.join(os.tmpdir(), 'hearth-persist-')); dirs.push(d); return d; };
-const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
-async function until(cond, what, ms = 3000) {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await tick();
-  }
-}
 const journal = (dir) => fs.readFileSync(path.join(dir, 'writes.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
 
-/** The fake WebSocket of client.test.mjs, reduced. */
-function fakeNetwork(onSend = () => {}) {
-  const sockets = [];
-  class FakeWebSocket {
-    constructor(url, protocols) {
-      this.protocol = protocols[0];
-      this.sent = [];
-      this.closed = false;
-      sockets.push(this);
-      setTimeout(() => this.onopen && this.onopen({}), 0);
-    }
-    send(data) { const f = parseJSON(data); onSend(f); this.sent.push(f); }
-    close() { this.drop(1000); }
-    frame(obj) { this.onmessage && this.onmessage({ data: stringifyJSON(obj) }); }
-    drop(code = 1006) {
-      if (this.closed) return;
-      this.closed = true;
-      setTimeout(() => this.onclose && this.onclose({ code, reason: '' }), 0);
-    }
-    welcome() {
-      this.frame({
-        type: 'welcome', session_id: 's', server_time: '2026-01-01T00:00:00.000000000Z', protocol: 1,
-        heartbeat_ms: 25000, idle_timeout_ms: 60000,
-        limits: { max_subscriptions: 100, max_frame_bytes: 2097152, max_inflight_writes: 32, max_pending_events: 128, max_queued_bytes: 16777216 },
-        uid: null, admin: true, expires_at: null,
-      });
-    }
-    sentOf(type) { return this.sent.filter((f) => f.type === type); }
-  }
-  return { FakeWebSocket, sockets };
-}
 const T = '2026-01-01T00:00:00.000000000Z';
 const doc = (p, fields, version) => ({ path: p, fields, create_time: T, update_time: T, version });
 const ok = (w, seq, duplicate = false) => ({ type: 'write_ok', id: w.id, mutation_id: w.mutation_id, duplicate, result: { seq, commit_time: T, results: [] } });
