@@ -47,6 +47,11 @@ struct Args {
     /// Create the account first.
     #[arg(long)]
     signup: bool,
+    /// Keep messages not yet confirmed by the server in this directory, so
+    /// that lines typed while the server is unreachable are sent after the
+    /// chat is restarted (one chat per directory).
+    #[arg(long)]
+    persist: Option<std::path::PathBuf>,
 }
 
 /// The result of `/v1/auth/signup|login|refresh`.
@@ -147,13 +152,15 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
 
-    let client = Client::connect(
-        ClientConfig::new(&args.server)
-            .token(token)
-            .client_name("hearth-chat-example"),
-    )
-    .await
-    .map_err(|e| format!("connect: {e}"))?;
+    let mut config = ClientConfig::new(&args.server)
+        .token(token)
+        .client_name("hearth-chat-example");
+    if let Some(dir) = &args.persist {
+        config = config.persistence(dir);
+    }
+    let client = Client::connect(config)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (uid, admin) = match client.state() {
         ConnectionState::Connected { uid, admin, .. } => (uid, admin),
         other => return Err(format!("not connected: {other:?}")),
