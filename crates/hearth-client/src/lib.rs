@@ -144,7 +144,10 @@ impl ClientConfig {
     /// out, and the next client started on `dir` resends every write not yet
     /// answered with its original mutation id, so the server applies it once
     /// (PROTOCOL.md §13, "Surviving a restart"). Transactions are not kept.
-    /// One client at a time may use a directory; [`Client::start`] fails with
+    /// Stored writes go out under the credential of the client that sends
+    /// them (mutation ids are per user on the server), so keep one directory
+    /// per signed-in user. One client at a time may use a directory;
+    /// [`Client::start`] fails with
     /// [`ClientError::StoreLocked`] while another holds it. Writes cost one
     /// `fdatasync` each, done on the client's task.
     pub fn persistence(mut self, dir: impl Into<PathBuf>) -> ClientConfig {
