@@ -401,6 +401,100 @@ mod tests {
         assert!(Journal::open(dir.path(), 0).is_ok());
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Queue,
+        Sent(usize),
+        Done(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            2 => Just(Op::Queue),
+            1 => any::<usize>().prop_map(Op::Sent),
+            1 => any::<usize>().prop_map(Op::Done),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// A crash can cut the journal at any byte. Reopening must give the
+        /// queue as it was after the last whole line: every write stored
+        /// before the cut, with its sent mark, minus those answered before
+        /// it, in order; and the journal must work on from there.
+        #[test]
+        fn a_crash_at_any_byte_recovers_the_queue_as_of_the_last_whole_line(
+            ops in proptest::collection::vec(op(), 1..40),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(JOURNAL);
+            // The model after each line: (file length, queue).
+            let mut model: Vec<StoredWrite> = Vec::new();
+            let mut ids: Vec<String> = Vec::new();
+            let mut states: Vec<(u64, Vec<StoredWrite>)> = vec![(0, Vec::new())];
+            {
+                let (mut j, _) = Journal::open(dir.path(), 0).expect("open");
+                for (n, op) in ops.iter().enumerate() {
+                    match op {
+                        Op::Queue => {
+                            let id = format!("m{n}");
+                            j.queued(&id, &write(n as i64)).expect("queued");
+                            model.push(StoredWrite {
+                                mutation_id: id.clone(),
+                                writes: write(n as i64),
+                                first_sent_ms: None,
+                            });
+                            ids.push(id);
+                        }
+                        Op::Sent(_) | Op::Done(_) if ids.is_empty() => continue,
+                        Op::Sent(i) => {
+                            let id = ids[i % ids.len()].clone();
+                            j.sent(std::slice::from_ref(&id), n as u64).expect("sent");
+                            if let Some(w) = model.iter_mut().find(|w| w.mutation_id == id) {
+                                w.first_sent_ms.get_or_insert(n as u64);
+                            }
+                        }
+                        Op::Done(i) => {
+                            let id = ids[i % ids.len()].clone();
+                            j.done(&id, Vec::new).expect("done");
+                            model.retain(|w| w.mutation_id != id);
+                        }
+                    }
+                    let len = fs::metadata(&path).expect("journal").len();
+                    states.push((len, model.clone()));
+                }
+            }
+            let full = fs::metadata(&path).expect("journal").len();
+            let cut = cut.index(full as usize + 1) as u64;
+            File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(cut))
+                .expect("truncate");
+            // A line counts once its text is complete, newline or not.
+            let expected = states
+                .iter()
+                .rev()
+                .find(|(len, _)| *len == 0 || len - 1 <= cut)
+                .map(|(_, queue)| queue.clone())
+                .unwrap_or_default();
+            let (mut j, restored) = Journal::open(dir.path(), 0).expect("reopen");
+            proptest::prop_assert_eq!(&restored.writes, &expected);
+            j.queued("after", &write(-1)).expect("queued after recovery");
+            drop(j);
+            let (_j, again) = Journal::open(dir.path(), 0).expect("reopen again");
+            let mut with_new = expected;
+            with_new.push(StoredWrite {
+                mutation_id: "after".into(),
+                writes: write(-1),
+                first_sent_ms: None,
+            });
+            proptest::prop_assert_eq!(again.writes, with_new);
+        }
+    }
+
     #[test]
     fn a_journal_mostly_of_dead_lines_is_compacted() {
         let dir = tempfile::tempdir().expect("tempdir");
