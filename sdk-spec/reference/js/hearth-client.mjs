@@ -1760,44 +1760,75 @@ export class FileWriteStore {
 }
 
 /**
+ * Web Locks being released by a store of this page, by lock name: a new store
+ * waits for the release before asking for the lock (the Web Locks API
+ * releases a lock only after the callback's promise settles, a step behind
+ * `close()`, so asking at once would be refused).
+ * @type {Map<string, Promise<void>>}
+ */
+const idbLockReleases = new Map();
+
+/**
  * The browser store: an IndexedDB database (object store `writes`, keyed by
  * an increasing `order`), each change in its own `readwrite` transaction with
  * `durability: 'strict'`, durable when the transaction completes. The lock is
  * a Web Lock (`navigator.locks`) named after the database, held until
- * `close()`; without the Web Locks API there is no lock. Asynchronous: the
- * client shows and sends a write once it is stored.
+ * `close()` (whose promise settles once it is released); without the Web
+ * Locks API there is no lock (a warning is logged). Asynchronous: the client
+ * shows and sends a write once it is stored.
  *
- * NOT TESTED in a real browser (written against the IndexedDB and Web Locks
- * specifications; the repository's CI has no browser).
+ * Tested against fake-indexeddb and a fake of the Web Locks API
+ * (test/indexeddb.test.mjs); NOT TESTED in a real browser (the repository's
+ * CI has none).
  * @implements {WriteStore}
  */
 export class IndexedDbWriteStore {
-  /** @param {string} name database name @param {{indexedDB?: any, locks?: any}} [opts] */
+  /** @param {string} name database name @param {{indexedDB?: any, locks?: any, log?: (msg: string) => void}} [opts] */
   constructor(name, opts = {}) {
     this.name = name;
     this.idb = opts.indexedDB || globalThis.indexedDB;
     this.locks = opts.locks !== undefined ? opts.locks : globalThis.navigator?.locks;
+    this.log = opts.log || (() => {});
+    this.lockName = `hearth-pending-writes:${name}`;
     if (!this.idb) throw new HearthError('unimplemented', 'IndexedDB is not available here');
     /** @type {any} */
     this.db = null;
-    /** @type {Map<string, number>} mutation id → key */
+    /** @type {Map<string, Promise<number>>} mutation id → key (once its record is stored) */
     this.keys = new Map();
     this.next = 1;
     /** @type {(() => void)|null} */
     this.releaseLock = null;
+    /** @type {Promise<void>|null} settles once the lock is released */
+    this.lockReleased = null;
   }
 
   async _lock() {
-    if (!this.locks) return;
+    if (!this.locks) {
+      this.log(`no Web Locks API (navigator.locks): the IndexedDB store ${this.name} is not locked, so two tabs could use it at once`);
+      return;
+    }
+    const releasing = idbLockReleases.get(this.lockName);
+    if (releasing) await releasing;
     /** @type {(v: boolean) => void} */
     let acquired = () => {};
-    const got = new Promise((r) => { acquired = r; });
-    this.locks.request(`hearth-pending-writes:${this.name}`, { ifAvailable: true }, (/** @type {any} */ lock) => {
-      if (!lock) { acquired(false); return undefined; }
-      acquired(true);
-      return new Promise((release) => { this.releaseLock = () => release(undefined); });
-    }).catch(() => acquired(false));
-    if (!(await got)) throw new HearthError('failed-precondition', `the IndexedDB store ${this.name} is in use by another client (tab)`);
+    /** @type {(e: any) => void} */
+    let failed = () => {};
+    const got = new Promise((resolve, reject) => { acquired = resolve; failed = reject; });
+    let request;
+    try {
+      request = this.locks.request(this.lockName, { ifAvailable: true }, (/** @type {any} */ lock) => {
+        if (!lock) { acquired(false); return undefined; }
+        acquired(true);
+        return new Promise((release) => { this.releaseLock = () => release(undefined); });
+      });
+    } catch (e) { request = Promise.reject(e); }
+    this.lockReleased = Promise.resolve(request).then(() => {}, (e) => failed(e));
+    try {
+      if (!(await got)) throw new HearthError('failed-precondition', `the IndexedDB store ${this.name} is in use by another client (tab)`);
+    } catch (e) {
+      if (e instanceof HearthError) throw e;
+      throw new HearthError('failed-precondition', `could not lock the IndexedDB store ${this.name}: ${e}`); // e.g. a SecurityError
+    }
   }
 
   async open() {
@@ -1817,7 +1848,7 @@ export class IndexedDbWriteStore {
         req.onsuccess = () => resolve(req.result);
         req.onerror = () => reject(req.error);
       });
-      for (const r of rows) { this.keys.set(r.mutation_id, r.order); this.next = Math.max(this.next, r.order + 1); }
+      for (const r of rows) { this.keys.set(r.mutation_id, Promise.resolve(r.order)); this.next = Math.max(this.next, r.order + 1); }
       return rows.map((r) => ({ mutation_id: r.mutation_id, writes: r.writes, created_at: r.created_at, sent_at: r.sent_at ?? null }));
     } catch (e) {
       this.close();
@@ -1837,34 +1868,57 @@ export class IndexedDbWriteStore {
     });
   }
 
-  /** @param {StoredWrite} w */
+  /**
+   * The key is taken in the write's own transaction, after the last one in the
+   * database: instances sharing it without a lock (no Web Locks) never
+   * overwrite each other's records.
+   * @param {StoredWrite} w
+   */
   add(w) {
-    const order = this.next++;
-    this.keys.set(w.mutation_id, order);
-    return this._tx((s) => s.put({ order, ...w }));
+    let order = 0;
+    const done = this._tx((s) => {
+      const last = s.openCursor(null, 'prev');
+      last.onsuccess = () => {
+        order = Math.max(this.next, last.result ? last.result.key + 1 : 1);
+        this.next = order + 1;
+        s.add({ order, ...w });
+      };
+    });
+    const key = done.then(() => order);
+    key.catch(() => { if (this.keys.get(w.mutation_id) === key) this.keys.delete(w.mutation_id); });
+    this.keys.set(w.mutation_id, key);
+    return done;
   }
 
   /** @param {string} id @param {number} at */
   markSent(id, at) {
-    const order = this.keys.get(id);
-    if (order === undefined) return Promise.resolve();
-    return this._tx((s) => {
+    const key = this.keys.get(id);
+    if (key === undefined) return Promise.resolve();
+    return key.then((order) => this._tx((s) => {
       const req = s.get(order);
       req.onsuccess = () => { if (req.result) s.put({ ...req.result, sent_at: at }); };
-    });
+    }));
   }
 
   /** @param {string} id */
   remove(id) {
-    const order = this.keys.get(id);
+    const key = this.keys.get(id);
     this.keys.delete(id);
-    if (order === undefined) return Promise.resolve();
-    return this._tx((s) => s.delete(order));
+    if (key === undefined) return Promise.resolve();
+    return key.then((order) => this._tx((s) => s.delete(order)));
   }
 
+  /** @returns {Promise<void>} settles once the lock is released */
   close() {
     if (this.db) { try { this.db.close(); } catch { /* ignore */ } this.db = null; }
-    if (this.releaseLock) { this.releaseLock(); this.releaseLock = null; }
+    if (this.releaseLock) {
+      this.releaseLock();
+      this.releaseLock = null;
+      const released = /** @type {Promise<void>} */ (this.lockReleased);
+      idbLockReleases.set(this.lockName, released);
+      released.then(() => { if (idbLockReleases.get(this.lockName) === released) idbLockReleases.delete(this.lockName); });
+    }
+    return this.lockReleased || Promise.resolve();
   }
 }
 
@@ -1876,7 +1930,7 @@ function storeFromOption(p, /** @type {(msg: string) => void} */ log) {
   if (!p) return null;
   if (typeof p.open === 'function' && typeof p.add === 'function') return p;
   if (typeof p.dir === 'string') return new FileWriteStore(p.dir, { fs: p.fs, log });
-  if (typeof p.indexedDb === 'string') return new IndexedDbWriteStore(p.indexedDb);
+  if (typeof p.indexedDb === 'string') return new IndexedDbWriteStore(p.indexedDb, { indexedDB: p.indexedDB, locks: p.locks, log });
   throw new HearthError('invalid-argument', 'persistence: give {dir} (Node), {indexedDb: name} (browser) or a WriteStore');
 }
 
@@ -1899,9 +1953,10 @@ function storeFromOption(p, /** @type {(msg: string) => void} */ log) {
  * @property {number} [maxQueuedWriteAgeMs] a write first sent longer ago than this and still unanswered
  *   is dropped (rejected with `deadline-exceeded`) instead of being sent again: the server forgets
  *   mutation ids after 24 h (default 23 h). A write never sent is sent however old it is.
- * @property {WriteStore|{dir: string, fs?: any}|{indexedDb: string}|null} [persistence] keep the queue of
+ * @property {WriteStore|{dir: string, fs?: any}|{indexedDb: string, indexedDB?: any, locks?: any}|null} [persistence] keep the queue of
  *   pending plain writes across restarts (PROTOCOL.md §13): `{dir}` (Node: a directory), `{indexedDb: name}`
- *   (browser) or any {@link WriteStore}. Default: none (in memory).
+ *   (browser; `indexedDB` and `locks` replace the global `indexedDB` and `navigator.locks`, e.g. for tests;
+ *   `locks: null` means no lock) or any {@link WriteStore}. Default: none (in memory).
  * @property {() => number} [clock] wall clock in ms for the write-age rule (default `Date.now`; for tests)
  * @property {any} [WebSocket] a WebSocket constructor (default: global, else the `ws` package)
  * @property {(msg: string, ...args: any[]) => void} [logger] debug logger (default: none)

@@ -48,3 +48,116 @@ export async function until(cond, what, ms = 3000) {
     await tick();
   }
 }
+
+/**
+ * A fake of the Web Locks API's LockManager (`navigator.locks`), one per
+ * "origin", after the Web Locks specification (w3c.github.io/web-locks):
+ * - `request(name, [options], callback)` returns a promise settled with the
+ *   callback's result once the lock is released; a name starting with `-` and
+ *   the option clashes (`steal` with `ifAvailable`, `steal` with a shared mode,
+ *   `signal` with either) reject with `NotSupportedError`.
+ * - Requests and releases are steps of one FIFO "lock task queue", run after
+ *   the caller's code (like the spec's "in parallel"): a request made right
+ *   after a release was triggered is processed before that release.
+ * - A granted lock is held until the promise returned by the callback settles
+ *   (a callback that throws releases it at once); the callback runs in a later
+ *   task with a `{name, mode}` lock.
+ * - `ifAvailable`: when the lock cannot be granted at once (held, or other
+ *   requests waiting for it), the callback is called with `null` instead.
+ * - Otherwise a request waits in the name's queue (exclusive: nothing held;
+ *   shared: only shared locks held), unless its `signal` aborts it first.
+ * - `steal`: the held locks of the name are released at once and their
+ *   requests' promises rejected with `AbortError`; the stealer gets the lock.
+ * - `query()` lists the held and pending requests (a step of the queue too).
+ */
+export function fakeLocks() {
+  /** @type {Map<string, {name: string, mode: string, req: any}[]>} */
+  const held = new Map();
+  /** @type {Map<string, any[]>} */
+  const queues = new Map();
+  const steps = [];
+  let draining = false;
+  const enqueue = (step) => {
+    steps.push(step);
+    if (!draining) { draining = true; setTimeout(drain, 0); }
+  };
+  function drain() {
+    while (steps.length) steps.shift()();
+    draining = false;
+  }
+  const domError = (name, msg) => new DOMException(msg, name);
+  const grantable = (req, ahead) => {
+    const h = held.get(req.name) || [];
+    if (ahead.length) return false;
+    return req.mode === 'exclusive' ? h.length === 0 : h.every((l) => l.mode === 'shared');
+  };
+  function grant(req) {
+    const lock = { name: req.name, mode: req.mode };
+    const entry = { name: req.name, mode: req.mode, req };
+    if (!held.has(req.name)) held.set(req.name, []);
+    held.get(req.name).push(entry);
+    const release = () => enqueue(() => {
+      const h = held.get(req.name) || [];
+      const i = h.indexOf(entry);
+      if (i >= 0) { h.splice(i, 1); processQueue(req.name); }
+    });
+    setTimeout(() => { // "enqueue a task": the callback runs in a later task
+      let waiting;
+      try { waiting = Promise.resolve(req.callback(lock)); } catch (e) { waiting = Promise.reject(e); }
+      waiting.then((v) => { release(); req.resolve(v); }, (e) => { release(); req.reject(e); });
+    }, 0);
+  }
+  function processQueue(name) {
+    const q = queues.get(name) || [];
+    while (q.length && grantable(q[0], [])) grant(q.shift());
+  }
+  return {
+    request(name, options, callback) {
+      if (typeof options === 'function') { callback = options; options = {}; }
+      const { mode = 'exclusive', ifAvailable = false, steal = false, signal } = options || {};
+      if (typeof callback !== 'function') return Promise.reject(new TypeError('callback is not a function'));
+      name = String(name);
+      if (name.startsWith('-')) return Promise.reject(domError('NotSupportedError', 'a lock name may not start with "-"'));
+      if ((steal && ifAvailable) || (steal && mode !== 'exclusive') || (signal && (steal || ifAvailable))) {
+        return Promise.reject(domError('NotSupportedError', 'unsupported combination of options'));
+      }
+      if (signal?.aborted) return Promise.reject(signal.reason ?? domError('AbortError', 'aborted'));
+      return new Promise((resolve, reject) => {
+        const req = { name, mode, callback, resolve, reject };
+        enqueue(() => {
+          if (!queues.has(name)) queues.set(name, []);
+          const q = queues.get(name);
+          if (steal) {
+            for (const e of held.get(name) || []) e.req.reject(domError('AbortError', 'the lock was stolen'));
+            held.set(name, []);
+            q.unshift(req);
+            processQueue(name);
+            return;
+          }
+          if (ifAvailable && !grantable(req, q)) {
+            setTimeout(() => {
+              let r;
+              try { r = Promise.resolve(callback(null)); } catch (e) { r = Promise.reject(e); }
+              r.then(resolve, reject);
+            }, 0);
+            return;
+          }
+          q.push(req);
+          if (signal) {
+            signal.addEventListener('abort', () => enqueue(() => {
+              const i = q.indexOf(req);
+              if (i >= 0) { q.splice(i, 1); reject(signal.reason ?? domError('AbortError', 'aborted')); }
+            }), { once: true });
+          }
+          processQueue(name);
+        });
+      });
+    },
+    query() {
+      return new Promise((resolve) => enqueue(() => resolve({
+        held: [...held.values()].flat().map((l) => ({ name: l.name, mode: l.mode })),
+        pending: [...queues.values()].flat().map((r) => ({ name: r.name, mode: r.mode })),
+      })));
+    },
+  };
+}
