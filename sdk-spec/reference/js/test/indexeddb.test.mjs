@@ -7,15 +7,12 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { IDBFactory } from 'fake-indexeddb';
 import { HearthClient, HearthError, IndexedDbWriteStore, increment } from '../hearth-client.mjs';
-import { fakeNetwork, fakeLocks, tick, until } from './support.mjs';
+import { fakeNetwork, fakeLocks, tick, until, doc, ok, welcomed, serverAnswersRestoredWrites } from './support.mjs';
 
 const clients = [];
 after(() => { for (const c of clients) c.close(); });
 const track = (c) => { clients.push(c); return c; };
 
-const T = '2026-01-01T00:00:00.000000000Z';
-const doc = (p, fields, version) => ({ path: p, fields, create_time: T, update_time: T, version });
-const ok = (w, seq, duplicate = false) => ({ type: 'write_ok', id: w.id, mutation_id: w.mutation_id, duplicate, result: { seq, commit_time: T, results: [] } });
 const rec = (id, created_at = 10, sent_at = null) => ({ mutation_id: id, writes: `[{"op":"delete","path":"c/${id}"}]`, created_at, sent_at });
 const isFailedPrecondition = (e) => e instanceof HearthError && e.code === 'failed-precondition';
 
@@ -31,13 +28,6 @@ function rawRecords(idb, name) {
       get.onerror = () => { db.close(); reject(get.error); };
     };
   });
-}
-
-async function welcomed(net, i) {
-  await until(() => net.sockets[i]?.sent.length, `hello on socket ${i}`);
-  net.sockets[i].welcome();
-  await tick();
-  return net.sockets[i];
 }
 
 test('the fake Web Locks: ifAvailable gets null while the lock is held; held until the callback\'s promise settles; requests and releases keep their order', async () => {
@@ -214,22 +204,7 @@ test('client on IndexedDB: writes queued offline survive a restart, go out in or
   assert.deepEqual(writes.map((f) => f.mutation_id), stored.map((r) => r.mutation_id), 'in order, original ids');
   assert.deepEqual(writes[0].writes, inc.writes, 'same writes');
   assert.deepEqual(s2.sent.map((f) => f.type), ['hello', 'subscribe', 'write', 'write', 'write']);
-  // the server had applied the increment before the restart: its snapshot has n = 1
-  const sub = s2.sentOf('subscribe')[0];
-  s2.frame({ type: 'snapshot', sub: sub.sub, resume: 'p7', docs: [doc('c/counter', { n: 1 }, 7)] });
-  assert.ok(seen.every((v) => !v['c/counter'] || v['c/counter'][0] === 1), `never 2: ${JSON.stringify(seen)}`);
-  s2.frame(ok(writes[0], 7, true));
-  assert.deepEqual(seen.at(-1)['c/counter'], [1, false]);
-  s2.frame(ok(writes[1], 8));
-  s2.frame(ok(writes[2], 9));
-  s2.frame({ type: 'changes', sub: sub.sub, resume: 'p9', changes: [
-    { kind: 'added', doc: doc('c/a', { n: 10 }, 8), old_index: null, new_index: 1 },
-    { kind: 'added', doc: doc('c/b', { n: 20 }, 9), old_index: null, new_index: 2 },
-  ] });
-  const results = await Promise.all(c2.restoredWrites.map((w) => w.result));
-  assert.deepEqual(results.map((r) => r.duplicate), [true, false, false]);
-  assert.ok(seen.every((v) => !v['c/counter'] || v['c/counter'][0] === 1), `never 2: ${JSON.stringify(seen)}`);
-  assert.deepEqual(seen.at(-1), { 'c/counter': [1, false], 'c/a': [10, false], 'c/b': [20, false] });
+  await serverAnswersRestoredWrites(s2, c2, seen);
   // answered writes are dropped from the database
   const left = async () => (await rawRecords(indexedDB, 'chat')).length;
   for (let i = 0; i < 100 && (await left()) > 0; i++) await tick();

@@ -1,5 +1,6 @@
 // Shared by the unit tests: a scripted fake of the WebSocket API and polling helpers.
 // (Not a test file itself: the runner takes `*.test.mjs`.)
+import assert from 'node:assert/strict';
 import { parseJSON, stringifyJSON } from '../hearth-client.mjs';
 
 /**
@@ -160,4 +161,43 @@ export function fakeLocks() {
       })));
     },
   };
+}
+
+export const T = '2026-01-01T00:00:00.000000000Z';
+export const doc = (p, fields, version) => ({ path: p, fields, create_time: T, update_time: T, version });
+export const ok = (w, seq, duplicate = false) => ({ type: 'write_ok', id: w.id, mutation_id: w.mutation_id, duplicate, result: { seq, commit_time: T, results: [] } });
+
+/** Waits for `hello` on socket `i` of `net`, answers `welcome`; returns the socket. */
+export async function welcomed(net, i) {
+  await until(() => net.sockets[i]?.sent.length, `hello on socket ${i}`);
+  net.sockets[i].welcome();
+  await tick();
+  return net.sockets[i];
+}
+
+/**
+ * The server's side after a restart (both persistence tests): client `c2` resent its three
+ * restored writes on socket `s2` (an increment of `c/counter` the server had applied before
+ * the restart, then creates of `c/a` = 10 and `c/b` = 20). The server's first snapshot already
+ * holds the increment (n = 1), its retry is answered `duplicate`, the creates are applied.
+ * `seen` collects the subscription's views as `{path: [n, pending]}`: the counter must never
+ * show 2 (the in-doubt increment counted twice).
+ */
+export async function serverAnswersRestoredWrites(s2, c2, seen) {
+  const writes = s2.sentOf('write');
+  const sub = s2.sentOf('subscribe')[0];
+  s2.frame({ type: 'snapshot', sub: sub.sub, resume: 'p7', docs: [doc('c/counter', { n: 1 }, 7)] });
+  assert.ok(seen.every((v) => !v['c/counter'] || v['c/counter'][0] === 1), `never 2: ${JSON.stringify(seen)}`);
+  s2.frame(ok(writes[0], 7, true));
+  assert.deepEqual(seen.at(-1)['c/counter'], [1, false]);
+  s2.frame(ok(writes[1], 8));
+  s2.frame(ok(writes[2], 9));
+  s2.frame({ type: 'changes', sub: sub.sub, resume: 'p9', changes: [
+    { kind: 'added', doc: doc('c/a', { n: 10 }, 8), old_index: null, new_index: 1 },
+    { kind: 'added', doc: doc('c/b', { n: 20 }, 9), old_index: null, new_index: 2 },
+  ] });
+  const results = await Promise.all(c2.restoredWrites.map((w) => w.result));
+  assert.deepEqual(results.map((r) => r.duplicate), [true, false, false]);
+  assert.ok(seen.every((v) => !v['c/counter'] || v['c/counter'][0] === 1), `never 2: ${JSON.stringify(seen)}`);
+  assert.deepEqual(seen.at(-1), { 'c/counter': [1, false], 'c/a': [10, false], 'c/b': [20, false] });
 }
