@@ -48,9 +48,9 @@ function docOut(d) {
 
 /**
  * Creates the client. With persistence, a store still locked by a live process
- * is retried for up to 5 s: the harness kills the previous driver with SIGKILL
- * and starts this one at once, and when `sh -c` does not exec the driver, the
- * killed pid is the shell's and the old driver exits only when its stdin closes.
+ * is retried for up to 5 s: the harness kills the previous driver's process
+ * group with SIGKILL and starts this one at once, having waited only for the
+ * shell it started, so the killed driver under it may hold the lock a moment.
  * @param {any} options
  */
 async function newClient(options) {

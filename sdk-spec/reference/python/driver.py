@@ -54,9 +54,9 @@ class Driver:
         try:
             if name == "connect":
                 # persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13).
-                # A store still locked is retried for up to 5 s: the harness kills the previous driver
-                # (SIGKILL) and starts this one at once; if `sh -c` did not exec the driver, the old
-                # one exits (and its lock goes) only when its stdin closes.
+                # A store still locked is retried for up to 5 s: the harness kills the previous
+                # driver's process group (SIGKILL) and starts this one at once, having waited only
+                # for the shell it started, so the killed driver may hold the lock a moment longer.
                 deadline = asyncio.get_running_loop().time() + 5
                 while True:
                     try:
