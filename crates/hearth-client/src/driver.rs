@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::persist::{self, Journal, Restored, StoredWrite, RESEND_HORIZON};
+use crate::persist::{self, Journal, StoredWrite, RESEND_HORIZON};
 use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
 use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage, TransactionRead};
 
@@ -39,7 +39,7 @@ use crate::{ClientConfig, ClientError, ConnectionState};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub(crate) type SnapshotSender = mpsc::UnboundedSender<Result<QuerySnapshot, ClientError>>;
-type WriteReply = oneshot::Sender<Result<CommitResult, ClientError>>;
+pub(crate) type WriteReply = oneshot::Sender<Result<CommitResult, ClientError>>;
 
 /// Requests from the API to the driver.
 pub(crate) enum Command {
@@ -207,25 +207,21 @@ impl Driver {
         cmd_rx: mpsc::UnboundedReceiver<Command>,
         state_tx: watch::Sender<ConnectionState>,
         stats: Arc<Stats>,
-        journal: Option<(Journal, Restored)>,
+        journal: Option<(Journal, Vec<(StoredWrite, WriteReply)>)>,
     ) -> Driver {
         let (journal, restored) = match journal {
-            Some((journal, restored)) => {
-                stats
-                    .expired_writes
-                    .fetch_add(restored.expired.len() as u64, Ordering::Relaxed);
-                (Some(journal), restored.writes)
-            }
+            Some((journal, restored)) => (Some(journal), restored),
             None => (None, Vec::new()),
         };
         // Restored writes are resent as they were; one that was sent before
         // the restart may have been applied, so it is in doubt.
         let writes = restored
             .into_iter()
-            .map(|stored| {
+            .map(|(stored, reply)| {
                 let mut w = PendingWrite::new(stored.mutation_id, stored.writes, None);
                 w.in_doubt = stored.first_sent_ms.is_some();
                 w.first_sent_ms = stored.first_sent_ms;
+                w.reply = Some(reply);
                 w
             })
             .collect::<VecDeque<_>>();

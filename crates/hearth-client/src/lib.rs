@@ -58,7 +58,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -220,6 +220,32 @@ struct Inner {
     mutation_prefix: String,
     next_mutation: AtomicU64,
     next_sub: AtomicU64,
+    /// Until [`Client::take_restored_writes`] takes them.
+    restored_writes: Mutex<Vec<RestoredWrite>>,
+}
+
+/// A write an earlier run of the application left stored, and its answer
+/// (see [`Client::take_restored_writes`]).
+pub struct RestoredWrite {
+    pub mutation_id: String,
+    pub writes: Vec<Write>,
+    /// Resolves with the server's answer (`duplicate: true` when the server
+    /// had applied it before the restart).
+    pub result: WriteFuture,
+}
+
+impl std::fmt::Debug for RestoredWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoredWrite")
+            .field("mutation_id", &self.mutation_id)
+            .field("writes", &self.writes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of a queued write's answer.
+fn answer(rx: oneshot::Receiver<Result<CommitResult, ClientError>>) -> WriteFuture {
+    Box::pin(async move { rx.await.unwrap_or(Err(ClientError::Closed)) })
 }
 
 impl Drop for Inner {
@@ -269,8 +295,37 @@ impl Client {
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let stats = Arc::new(Stats::default());
+        let mut restored_writes = Vec::new();
         let journal = match &config.persistence {
-            Some(dir) => Some(persist::Journal::open(dir, persist::now_ms())?),
+            Some(dir) => {
+                let (journal, restored) = persist::Journal::open(dir, persist::now_ms())?;
+                let mut queue = Vec::new();
+                for stored in restored.writes {
+                    let (reply, rx) = oneshot::channel();
+                    restored_writes.push(RestoredWrite {
+                        mutation_id: stored.mutation_id.clone(),
+                        writes: stored.writes.clone(),
+                        result: answer(rx),
+                    });
+                    queue.push((stored, reply));
+                }
+                stats
+                    .expired_writes
+                    .fetch_add(restored.expired.len() as u64, Ordering::Relaxed);
+                for stored in restored.expired {
+                    let error = ClientError::WriteExpired(format!(
+                        "write {} was first sent more than 23 hours ago; the server may have \
+                         forgotten it, so it was not sent again",
+                        stored.mutation_id
+                    ));
+                    restored_writes.push(RestoredWrite {
+                        mutation_id: stored.mutation_id,
+                        writes: stored.writes,
+                        result: Box::pin(async move { Err(error) }),
+                    });
+                }
+                Some((journal, queue))
+            }
             None => None,
         };
         let driver = Driver::new(config, cmd_rx, state_tx, stats.clone(), journal);
@@ -284,8 +339,26 @@ impl Client {
                 mutation_prefix,
                 next_mutation: AtomicU64::new(1),
                 next_sub: AtomicU64::new(1),
+                restored_writes: Mutex::new(restored_writes),
             }),
         })
+    }
+
+    /// The writes this client found stored in its persistence directory
+    /// when it started ([`ClientConfig::persistence`]): writes an earlier
+    /// run made and never saw answered. They are sent, in order and under
+    /// their original mutation ids, without the application doing anything;
+    /// this hands over their answers, once (later calls return nothing).
+    /// A write first sent more than 23 hours ago is not sent again, and its
+    /// `result` is [`ClientError::WriteExpired`].
+    pub fn take_restored_writes(&self) -> Vec<RestoredWrite> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .restored_writes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Waits until the client is connected.
@@ -442,12 +515,10 @@ impl Client {
             reads,
             reply,
         });
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(ClientError::Closed);
-            }
-            rx.await.unwrap_or(Err(ClientError::Closed))
-        })
+        if sent.is_err() {
+            return Box::pin(async { Err(ClientError::Closed) });
+        }
+        answer(rx)
     }
 
     /// Replaces the credential. On a live connection the server is asked to

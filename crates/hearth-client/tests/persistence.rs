@@ -1,7 +1,8 @@
 //! `ClientConfig::persistence` against a real `hearth serve`: writes made
 //! while the server is unreachable survive the client being shut down, and
 //! the next client started on the same directory sends them, each applied
-//! once; a second client cannot open a directory in use. The client check
+//! once, and hands their answers to the application; a second client
+//! cannot open a directory in use. The client check
 //! `client-21-restart-with-pending-writes` covers a client process killed
 //! with `SIGKILL` while a write is in doubt.
 
@@ -83,11 +84,15 @@ async fn offline_writes_survive_a_restart_and_are_applied_once() {
         // The next start, now with a server: the queue goes out.
         let second = Client::start(config(&server.ws_url(), server.admin_key(), dir.path()))
             .expect("the directory is free again once the first client is gone");
-        wait_for(
-            || second.stats().pending_writes == 0,
-            "the restored writes acknowledged",
-        )
-        .await;
+        let restored = second.take_restored_writes();
+        assert_eq!(restored.len(), 3, "the queue was restored: {restored:?}");
+        assert!(second.take_restored_writes().is_empty(), "handed over once");
+        assert_eq!(restored[2].writes, vec![increment(&counter)], "in order");
+        for write in restored {
+            let result = write.result.await.expect("a restored write is answered ok");
+            assert_eq!(result.results.len(), 1, "one document per restored write");
+        }
+        assert_eq!(second.stats().pending_writes, 0);
         for i in 0..2 {
             let doc = rest.get(&format!("/v1/db/persisted/m{i}")).await;
             assert_eq!(doc.status, 200, "m{i} was lost: {}", doc.text);
@@ -106,6 +111,7 @@ async fn offline_writes_survive_a_restart_and_are_applied_once() {
             .await
             .unwrap();
         assert_eq!(third.stats().pending_writes, 0);
+        assert!(third.take_restored_writes().is_empty());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             rest.get("/v1/db/persisted/counter").await.body["fields"],
