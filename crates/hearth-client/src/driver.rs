@@ -357,8 +357,12 @@ impl Driver {
             .send_replace(ConnectionState::AuthFailed { message });
     }
 
-    /// Ends every stream and fails every waiting write.
+    /// Ends every stream and fails every waiting write. Unanswered writes
+    /// stay in the journal, whose lock is released before `Closed` is
+    /// announced: once [`crate::Client::shutdown`] returns, another client
+    /// may open the directory.
     fn close_all(mut self) {
+        drop(self.journal.take());
         self.state_tx.send_replace(ConnectionState::Closed);
         for w in self.writes.drain(..) {
             if let Some(reply) = w.reply {

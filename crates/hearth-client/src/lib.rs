@@ -543,7 +543,10 @@ impl Client {
         let _ = self.inner.commands.send(Command::DebugDisconnect);
     }
 
-    /// Closes the connection; pending writes fail with [`ClientError::Closed`].
+    /// Closes the connection; pending writes fail with [`ClientError::Closed`]
+    /// (with [`ClientConfig::persistence`] they stay stored, and the directory
+    /// is free for another client once this returns; dropping every handle
+    /// without calling it frees it shortly after).
     pub async fn shutdown(&self) {
         let _ = self.inner.commands.send(Command::Shutdown);
         let mut state = self.inner.state.clone();
