@@ -9,12 +9,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
-
-use hearth_conformance::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
-use hearth_testkit::{TestServer, TestServerOptions};
 
 fn client_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk-spec/reference/js")
@@ -49,42 +47,15 @@ fn node_ready() -> Result<(), String> {
 
 /// Whether to run; panics in CI when Node or the packages are missing.
 fn ready_or_skip() -> bool {
-    match node_ready() {
-        Ok(()) => true,
-        Err(why) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide Node.js >= 18 and the JS client's packages (.ci/run installs them): {why}"
-            );
-            eprintln!("SKIPPED: {why}");
-            false
-        }
-    }
+    common::ready_or_skip(node_ready())
 }
 
 async fn every_client_check_passes(msgpack: bool) {
     if !ready_or_skip() {
         return;
     }
-    hearth_testkit::hearth_binary().unwrap();
     let driver = client_dir().join("driver.mjs");
-    let result = tokio::time::timeout(Duration::from_secs(400), async {
-        let server = TestServer::start(
-            TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),
-        )
-        .await
-        .unwrap();
-        let driver = format!("node {}", driver.display());
-        let report = run_client_checks(
-            &server.base_url(),
-            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, msgpack),
-        )
-        .await;
-        print!("{}", report.render());
-        report.require_all_passed(CLIENT_CHECKS.len()).unwrap();
-    })
-    .await;
-    assert!(result.is_ok(), "the client checks must finish within 400 s");
+    common::every_client_check_passes(format!("node {}", driver.display()), msgpack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

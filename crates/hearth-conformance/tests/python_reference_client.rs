@@ -6,12 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
-
-use hearth_conformance::{run_client_checks, ClientRunOptions, CLIENT_CHECKS};
-use hearth_testkit::{TestServer, TestServerOptions};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -38,40 +36,19 @@ async fn the_python_reference_client_passes_every_client_check_over_msgpack() {
 
 /// Whether to run; panics in CI when Python or its packages are missing.
 fn ready_or_skip() -> bool {
-    if python_with_websockets() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must provide python3 with websockets and msgpack (.ci/run installs them)"
-    );
-    eprintln!("SKIPPED: python3 with the websockets and msgpack packages is not installed");
-    false
+    common::ready_or_skip(if python_with_websockets() {
+        Ok(())
+    } else {
+        Err("python3 with the websockets and msgpack packages is not installed".into())
+    })
 }
 
 async fn every_client_check_passes(msgpack: bool) {
     if !ready_or_skip() {
         return;
     }
-    hearth_testkit::hearth_binary().unwrap();
     let driver = repo().join("sdk-spec/reference/python/driver.py");
-    let result = tokio::time::timeout(Duration::from_secs(400), async {
-        let server = TestServer::start(
-            TestServerOptions::default().config("[store.retention]\nmax_commits = 10\n"),
-        )
-        .await
-        .unwrap();
-        let driver = format!("python3 {}", driver.display());
-        let report = run_client_checks(
-            &server.base_url(),
-            ClientRunOptions::every_check_in_this_repo(server.admin_key(), driver, msgpack),
-        )
-        .await;
-        print!("{}", report.render());
-        report.require_all_passed(CLIENT_CHECKS.len()).unwrap();
-    })
-    .await;
-    assert!(result.is_ok(), "the client checks must finish within 400 s");
+    common::every_client_check_passes(format!("python3 {}", driver.display()), msgpack).await;
 }
 
 /// The client's unit tests (`test_persistence.py`: the persistent write
