@@ -57,12 +57,18 @@ class Driver:
                 # A store still locked is retried for up to 5 s: the harness kills the previous
                 # driver's process group (SIGKILL) and starts this one at once, having waited only
                 # for the shell it started, so the killed driver may hold the lock a moment longer.
+                # cache_views: true keeps the subscriptions' views in that store as an offline read
+                # cache (§13); it needs persist_dir. Without it (or false) the cache is off, so the
+                # other checks run as the harness describes them.
+                cache_views = cmd.get("cache_views") is True
+                if cache_views and not cmd.get("persist_dir"):
+                    raise HearthError("unimplemented", "cache_views needs persist_dir")
                 deadline = asyncio.get_running_loop().time() + 5
                 while True:
                     try:
                         self.client = HearthClient(cmd["url"], cmd.get("token"),
                                                    encoding="msgpack" if cmd.get("encoding") == "msgpack" else "json",
-                                                   persist_dir=cmd.get("persist_dir"))
+                                                   persist_dir=cmd.get("persist_dir"), cache_views=cache_views)
                         break
                     except HearthError as e:
                         if e.code != "failed-precondition" or asyncio.get_running_loop().time() > deadline:

@@ -40,10 +40,12 @@ import base64
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import time
 import uuid
 from datetime import datetime, timezone
@@ -529,7 +531,8 @@ class FileWriteStore:
         self._lock_fd: Optional[int] = None
         self._fd: Optional[int] = None
 
-    def open(self) -> list[StoredWrite]:
+    def lock(self) -> None:
+        """Create the directory if needed and take its lock (``failed-precondition`` if held)."""
         os.makedirs(self.dir, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -543,6 +546,10 @@ class FileWriteStore:
         self._lock_fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())     # informative only
+
+    def open(self) -> list[StoredWrite]:
+        """Lock the directory and return the stored writes, in order (the journal is compacted)."""
+        self.lock()
         try:
             try:
                 with open(self.journal_path, encoding="utf-8", errors="replace") as f:
@@ -596,6 +603,150 @@ class FileWriteStore:
             self._lock_fd = None
 
 
+# --------------------------------------------------------------------------
+# The offline read cache (PROTOCOL.md §13 "An offline read cache")
+# --------------------------------------------------------------------------
+
+VIEWS_DIR = "views"               # the subdirectory of the persistence directory holding the records
+MAX_VIEW_RECORDS = 100            # records kept; the least recently saved go first
+VIEW_SAVE_DELAY_S = 0.5           # a changed view is saved at most this long after the frame (coalesced)
+
+
+def canonical_target(target: dict) -> str:
+    """A target's canonical form: its JSON with object keys sorted and no whitespace.
+
+    Records are found by it (hashed) and compared with it on load."""
+    return json.dumps(target, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclasses.dataclass
+class CachedView:
+    """A cached server view: the server's documents exactly at ``resume``."""
+    docs: list[dict]
+    resume: str
+
+
+class FileViewCache:
+    """Subscription views kept in ``<persistence dir>/views``, one file per target.
+
+    A record is ``{"target", "resume", "saved_ms", "docs"}`` (the same shape as
+    the Rust client's): the server view (no pending writes) and the token of
+    the last frame applied to it, which must never be mixed with another
+    position's, so each record is written to a temporary file and renamed
+    over the old one (``os.replace``): a reader sees a whole record, old or
+    new. Records are not fsynced: an older record is still a correct pair,
+    and a torn one fails to parse and is ignored. A file is named by the
+    SHA-256 of the target's canonical form (:func:`canonical_target`, first
+    16 bytes in hex) and holds the target, which must equal the one asked
+    for. At most ``max_records`` are kept, the least recently saved removed
+    first. The directory's lock (:class:`FileWriteStore`) covers it too."""
+
+    def __init__(self, persist_dir: str, max_records: int = MAX_VIEW_RECORDS):
+        self.dir = os.path.join(persist_dir, VIEWS_DIR)
+        self.max_records = max_records
+        os.makedirs(self.dir, exist_ok=True)
+        found = []
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if name.endswith(".tmp"):        # a save a crash cut short
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+            elif name.endswith(".json"):
+                try:
+                    found.append((os.stat(path).st_mtime_ns, name))
+                except OSError:
+                    pass
+        # least recently saved first (mtimes from earlier processes, then this process's saves in order)
+        self._order: dict[str, None] = dict.fromkeys(name for _, name in sorted(found))
+
+    def _name(self, target: dict) -> str:
+        return hashlib.sha256(canonical_target(target).encode()).hexdigest()[:32] + ".json"
+
+    def load(self, target: dict) -> Optional[CachedView]:
+        """The cached view of exactly ``target``, or None (no record, torn, or another target's)."""
+        path = os.path.join(self.dir, self._name(target))
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("unreadable cached view %s ignored: %r", path, e)
+            return None
+        try:
+            if canonical_target(record["target"]) != canonical_target(target):
+                log.warning("cached view %s is for another target; ignored", path)
+                return None
+            docs, resume = record["docs"], record["resume"]
+            if not (isinstance(resume, str) and _position(resume) is not None and isinstance(docs, list)
+                    and all(isinstance(d, dict) and isinstance(d.get("path"), str)
+                            and isinstance(d.get("fields"), dict) for d in docs)):
+                raise ValueError("not a view record")
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("malformed cached view %s ignored: %r", path, e)
+            return None
+        return CachedView(docs, resume)
+
+    def save(self, target: dict, docs: list[dict], resume: str) -> None:
+        """Replace ``target``'s record with ``docs`` at ``resume`` (one rename), then evict beyond the bound."""
+        name = self._name(target)
+        path = os.path.join(self.dir, name)
+        tmp = path[:-len(".json")] + ".tmp"
+        record = {"target": target, "resume": resume, "saved_ms": int(time.time() * 1000), "docs": docs}
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False))
+        os.replace(tmp, path)
+        self._order.pop(name, None)
+        self._order[name] = None
+        while len(self._order) > self.max_records:
+            oldest = next(iter(self._order))
+            del self._order[oldest]
+            try:
+                os.remove(os.path.join(self.dir, oldest))
+            except FileNotFoundError:
+                pass
+
+    def remove(self, target: dict) -> None:
+        """Forget ``target``'s record (the server refused the subscription)."""
+        name = self._name(target)
+        self._order.pop(name, None)
+        try:
+            os.remove(os.path.join(self.dir, name))
+        except FileNotFoundError:
+            pass
+
+
+def clear_persistence(persist_dir: str) -> None:
+    """Delete what a client keeps in ``persist_dir``: the queue of pending writes
+    (they will never be sent) and the cached views, then the directory itself if
+    nothing else is in it. Call it when the user signs out, after
+    :meth:`HearthClient.close`: the store belongs to one signed-in user (cached
+    documents are plain text). Raises :class:`HearthError`
+    ``failed-precondition`` while a client uses the directory."""
+    if not os.path.isdir(persist_dir):
+        return
+    store = FileWriteStore(persist_dir)
+    store.lock()
+    try:
+        for name in (JOURNAL_FILE, JOURNAL_FILE + ".tmp"):
+            try:
+                os.remove(os.path.join(persist_dir, name))
+            except FileNotFoundError:
+                pass
+        views = os.path.join(persist_dir, VIEWS_DIR)
+        if os.path.isdir(views):
+            shutil.rmtree(views)
+    finally:
+        store.close()
+    try:
+        os.remove(os.path.join(persist_dir, LOCK_FILE))
+        os.rmdir(persist_dir)
+    except OSError:
+        pass
+
+
 class Subscription:
     """A live subscription; keep it to :meth:`HearthClient.unsubscribe` later."""
 
@@ -612,6 +763,7 @@ class Subscription:
         self.reset_pending = False              # a reset snapshot arrived and was not yet reported
         self.request_id: Optional[int] = None   # the subscribe request awaiting its first frame
         self.ended = False
+        self.cache_dirty = False                # a frame changed the view since its record was saved
         self.server_only = False                # no pending writes in its views (a transaction's read)
         # (server view, position) at the first break while a write touching it is in doubt: the base
         # of its local view until that write is answered (section 13); ([], None) if it did not exist then
@@ -687,14 +839,23 @@ class HearthClient:
     def __init__(self, url: str, token: Optional[str] = None, *, encoding: str = "json",
                  backoff_base: float = 0.25, backoff_cap: float = 30.0, attempt_timeout: float = 10.0,
                  persist_dir: Optional[str] = None, max_sent_age: float = MAX_SENT_AGE_S,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, cache_views: Optional[bool] = None,
+                 view_save_delay: float = VIEW_SAVE_DELAY_S, max_cached_views: int = MAX_VIEW_RECORDS):
         """``persist_dir``: keep the queue of pending writes there across restarts
         (raises :class:`HearthError` ``failed-precondition`` if another client
         uses it). ``max_sent_age``: a write first sent longer ago (seconds) is
         failed with ``deadline-exceeded`` instead of being sent again.
-        ``clock``: the wall clock for that rule (for tests)."""
+        ``clock``: the wall clock for that rule (for tests).
+        ``cache_views``: also keep each subscription's server view and resume
+        token in ``persist_dir`` as an offline read cache (default: on when
+        ``persist_dir`` is given; ``False`` turns it off). A changed view is
+        saved at most ``view_save_delay`` seconds after the frame, at
+        unsubscribe and at close; at most ``max_cached_views`` records are
+        kept. Delete the directory at sign-out with :func:`clear_persistence`."""
         if encoding not in ("json", "msgpack"):
             raise ValueError(f"unknown encoding {encoding!r}: 'json' or 'msgpack'")
+        if cache_views and persist_dir is None:
+            raise ValueError("cache_views needs a persist_dir")
         self.url, self.token, self.encoding = url, token, encoding
         self.backoff_base, self.backoff_cap, self.attempt_timeout = backoff_base, backoff_cap, attempt_timeout
         self.welcome: Optional[dict] = None
@@ -717,9 +878,17 @@ class HearthClient:
         self.restored_writes: list[tuple[str, asyncio.Future]] = []   # (mutation id, future) per restored write
         self._store: Optional[FileWriteStore] = None
         self._to_restore: Optional[list[StoredWrite]] = None
+        self._views: Optional[FileViewCache] = None
+        self._view_save_delay = view_save_delay
+        self._view_save_handle: Optional[asyncio.TimerHandle] = None
         if persist_dir is not None:
             self._store = FileWriteStore(persist_dir)
             self._to_restore = self._store.open()
+            if cache_views is not False:
+                try:
+                    self._views = FileViewCache(persist_dir, max_cached_views)
+                except OSError as e:        # the cache is an optimisation: run without it
+                    log.warning("offline read cache disabled: cannot use %s: %r", persist_dir, e)
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -777,6 +946,12 @@ class HearthClient:
         self._next_sub += 1
         sub = Subscription(self, f"s{self._next_sub}", target, on_snapshot, on_error)
         sub.server_only = _server_only
+        if self._views is not None and not _server_only:
+            cached = self._views.load(target)
+            if cached is not None:
+                # Shown at once (from_cache, pending writes on top) and resumed from its
+                # token: the server's first frame is what changed since (section 13).
+                sub.server_view, sub.resume, sub.position = list(cached.docs), cached.resume, _position(cached.resume)
         self._subs[sub.name] = sub
         if self._connected.is_set():
             self._send_subscribe(sub)
@@ -784,8 +959,10 @@ class HearthClient:
         return sub
 
     async def unsubscribe(self, sub: Subscription) -> None:
-        """End a subscription; its listener is not called again."""
+        """End a subscription; its listener is not called again. Its cached view is saved."""
         sub.ended = True
+        if sub.cache_dirty:
+            self._save_view(sub)
         if self._subs.pop(sub.name, None) is not None and self._connected.is_set():
             self._request({"type": "unsubscribe", "sub": sub.name}, "unsubscribe", sub)
 
@@ -878,6 +1055,10 @@ class HearthClient:
             except BaseException:
                 pass
         err = HearthError("unavailable", "client closed")
+        if self._view_save_handle is not None:
+            self._view_save_handle.cancel()
+        self._save_views()                   # (the last frames' views; not fsynced)
+        self._views = None
         if self._store is not None:          # stored writes stay stored: the next client sends them
             self._store.close()
             self._store = None
@@ -1163,6 +1344,7 @@ class HearthClient:
         sub.resume = msg["resume"]
         sub.position = _position(msg["resume"])
         sub.synced = True
+        self._view_changed(sub)
         self._prune_acknowledged()
         self._refresh(sub)
 
@@ -1215,9 +1397,39 @@ class HearthClient:
         if self._subs.get(sub.name) is sub:
             del self._subs[sub.name]
         sub.request_id = None
+        if self._views is not None and not sub.server_only:
+            # A refused subscription (permission-denied, say) keeps nothing it may no longer read.
+            sub.cache_dirty = False
+            self._views.remove(sub.target)
         if not sub.ended:
             sub.ended = True
             sub.on_error(err)
+
+    # ---- the offline read cache ----------------------------------------------
+
+    def _view_changed(self, sub: Subscription) -> None:
+        """A frame changed ``sub``'s server view: save its record soon (frames of that delay coalesce)."""
+        if self._views is None or sub.server_only:
+            return
+        sub.cache_dirty = True
+        if self._view_save_handle is None:
+            self._view_save_handle = asyncio.get_running_loop().call_later(self._view_save_delay, self._save_views)
+
+    def _save_views(self) -> None:
+        self._view_save_handle = None
+        for sub in list(self._subs.values()):
+            if sub.cache_dirty:
+                self._save_view(sub)
+
+    def _save_view(self, sub: Subscription) -> None:
+        """One record: the server view and the token of the last frame applied to it."""
+        sub.cache_dirty = False
+        if self._views is None or sub.resume is None:
+            return
+        try:
+            self._views.save(sub.target, sub.server_view, sub.resume)
+        except (OSError, TypeError, ValueError) as e:
+            log.warning("could not save the cached view of %s: %r", sub.name, e)
 
     # ---- pending-write bookkeeping and view emission ----------------------
 
@@ -1250,14 +1462,18 @@ class HearthClient:
             # count it twice. Until its answer tells us its seq, build the view on the server view
             # as it was at the break (which cannot contain it), with every pending write on top;
             # a subscription that did not exist then (or after a restart) starts from nothing.
+            # A cached view is no such base either: its record may have been saved after the
+            # write's commit reached it (section 13, "An offline read cache").
             if sub.frozen is None:
                 sub.frozen = ([], None)
             docs = sub.local_view(self._writes, *sub.frozen)
+            known = sub.frozen[1] is not None
         else:
             sub.frozen = None
             docs = sub.local_view(self._writes)
+            known = sub.resume is not None         # a frame, or a cached view, says what the server holds
         if sub.emitted is None:
-            if sub.resume is None and not docs:
+            if not known and not docs:
                 return                              # nothing to show before the first frame
         elif docs == sub.emitted and not sub.reset_pending:
             return

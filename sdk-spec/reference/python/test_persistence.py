@@ -1,4 +1,5 @@
-"""Unit tests of the persistent pending-write queue (PROTOCOL.md §13 "Surviving a restart").
+"""Unit tests of the persistent pending-write queue (PROTOCOL.md §13 "Surviving a restart")
+and of the offline read cache of subscription views ("An offline read cache").
 
 Run from this directory: ``python3 -m unittest test_persistence`` (needs the
 client's packages, ``websockets`` and ``msgpack``; no server: the session is
@@ -17,7 +18,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hearth_client import (  # noqa: E402
-    FileWriteStore, HearthClient, HearthError, StoredWrite, replay_journal,
+    FileViewCache, FileWriteStore, HearthClient, HearthError, StoredWrite, canonical_target, clear_persistence,
+    replay_journal,
 )
 
 H = 3600.0
@@ -251,6 +253,293 @@ class ClientTest(unittest.IsolatedAsyncioTestCase):
             await c2.restored_writes[0][1]
         self.assertEqual(e.exception.code, "deadline-exceeded")
         self.assertIn({"op": "done", "id": "old-sent"}, journal(self.dir))
+
+
+def views_dir(d):
+    return os.path.join(d, "views")
+
+
+def records(d):
+    """The cached view records in ``d``: {canonical target: record}."""
+    out = {}
+    if os.path.isdir(views_dir(d)):
+        for name in os.listdir(views_dir(d)):
+            with open(os.path.join(views_dir(d), name)) as f:
+                r = json.load(f)
+            out[canonical_target(r["target"])] = r
+    return out
+
+
+Q = {"query": {"collection": "c", "order_by": [{"field": "n", "direction": "asc"}]}}
+
+
+def paths(snap):
+    return [d["path"] for d in snap.docs]
+
+
+class ViewCacheTest(unittest.IsolatedAsyncioTestCase):
+    """The offline read cache (PROTOCOL.md §13 "An offline read cache"), with the session simulated."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        self.clients = []
+
+    async def asyncTearDown(self):
+        for c in self.clients:
+            await c.close()
+        self.tmp.cleanup()
+
+    def client(self, **kw):
+        kw.setdefault("persist_dir", self.dir)
+        kw.setdefault("view_save_delay", 0.05)
+        c = HearthClient("ws://x/v1/ws", **kw)
+        self.clients.append(c)
+        return c
+
+    async def first_process(self, target=Q, docs=None, resume="p5"):
+        """A client that saw ``docs`` at ``resume`` for ``target`` and was closed."""
+        c = self.client()
+        out = online(c)
+        c.subscribe(target, lambda s: None)
+        [sub] = [f for f in drain(out) if f["type"] == "subscribe"]
+        c._dispatch({"type": "snapshot", "sub": sub["sub"], "resume": resume,
+                     "docs": docs if docs is not None else [doc("c/a", {"n": 1}, 3), doc("c/b", {"n": 2}, 4)]})
+        await asyncio.sleep(0.2)
+        await c.close()
+        self.clients.remove(c)
+
+    async def test_restart_shows_the_cached_view_offline_then_resumes_from_its_token_and_applies_changes(self):
+        await self.first_process()
+        c = self.client()
+        seen = []
+        c.subscribe(Q, seen.append)                      # offline: never connected
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(paths(seen[0]), ["c/a", "c/b"])
+        self.assertEqual([d["fields"] for d in seen[0].docs], [{"n": 1}, {"n": 2}])
+        self.assertTrue(seen[0].from_cache)
+        self.assertFalse(seen[0].has_pending_writes)
+        self.assertEqual([ch["kind"] for ch in seen[0].changes], ["added", "added"])
+        out = online(c)
+        c._send_subscribe(next(iter(c._subs.values())))
+        [sub] = drain(out)
+        self.assertEqual((sub["type"], sub["target"], sub.get("resume")), ("subscribe", Q, "p5"))
+        # only what changed since p5: a deleted, b moved after a new c
+        c._dispatch({"type": "changes", "sub": sub["sub"], "resume": "p9", "changes": [
+            {"kind": "removed", "doc": doc("c/a", {"n": 1}, 3), "old_index": 0, "new_index": None},
+            {"kind": "added", "doc": doc("c/c", {"n": 3}, 8), "old_index": None, "new_index": 0},
+            {"kind": "modified", "doc": doc("c/b", {"n": 20}, 9), "old_index": 1, "new_index": 1}]})
+        self.assertEqual(len(seen), 2)
+        self.assertEqual([(d["path"], d["fields"]["n"]) for d in seen[1].docs], [("c/c", 3), ("c/b", 20)])
+        self.assertFalse(seen[1].from_cache)
+        self.assertFalse(seen[1].reset)
+        await asyncio.sleep(0.2)                          # the new view and token are saved
+        [r] = records(self.dir).values()
+        self.assertEqual((r["resume"], [d["path"] for d in r["docs"]]), ("p9", ["c/c", "c/b"]))
+
+    async def test_pending_writes_show_on_top_of_the_cached_view(self):
+        await self.first_process()
+        c = self.client()
+        c.write([{"op": "set", "path": "c/x", "data": {"n": 1.5}}])     # never sent: not in doubt
+        seen = []
+        c.subscribe(Q, seen.append)
+        self.assertEqual([(d["path"], d["pending"]) for d in seen[-1].docs],
+                         [("c/a", False), ("c/x", True), ("c/b", False)])
+        self.assertTrue(seen[-1].from_cache and seen[-1].has_pending_writes)
+        [r] = records(self.dir).values()
+        self.assertEqual([d["path"] for d in r["docs"]], ["c/a", "c/b"])   # the record is the server view
+
+    async def test_a_reset_snapshot_replaces_the_cached_view_and_is_flagged(self):
+        await self.first_process()
+        c = self.client()
+        seen = []
+        c.subscribe(Q, seen.append)
+        out = online(c)
+        c._send_subscribe(next(iter(c._subs.values())))
+        [sub] = drain(out)
+        self.assertEqual(sub["resume"], "p5")
+        c._dispatch({"type": "snapshot", "sub": sub["sub"], "resume": "p90", "reset": True,
+                     "docs": [doc("c/b", {"n": 2}, 4), doc("c/z", {"n": 7}, 80)]})
+        self.assertEqual(paths(seen[-1]), ["c/b", "c/z"])     # not merged into the cached a, b
+        self.assertTrue(seen[-1].reset)
+        self.assertFalse(seen[-1].from_cache)
+
+    async def test_saved_after_the_delay_coalesced_at_unsubscribe_and_at_close(self):
+        c = self.client(view_save_delay=0.3)
+        out = online(c)
+        s1 = c.subscribe(Q, lambda s: None)
+        c.subscribe({"doc": "c/d"}, lambda s: None)
+        f1, f2 = drain(out)
+        c._dispatch({"type": "snapshot", "sub": f1["sub"], "resume": "p5", "docs": [doc("c/a", {"n": 1}, 3)]})
+        c._dispatch({"type": "changes", "sub": f1["sub"], "resume": "p6", "changes": [
+            {"kind": "added", "doc": doc("c/b", {"n": 2}, 6), "old_index": None, "new_index": 1}]})
+        self.assertEqual(records(self.dir), {})              # not yet: frames of the delay coalesce
+        await asyncio.sleep(0.5)
+        self.assertEqual({k: r["resume"] for k, r in records(self.dir).items()}, {canonical_target(Q): "p6"})
+        c._dispatch({"type": "changes", "sub": f1["sub"], "resume": "p7", "changes": [
+            {"kind": "removed", "doc": doc("c/a", {"n": 1}, 3), "old_index": 0, "new_index": None}]})
+        await s1.unsubscribe()                                # saved at once
+        self.assertEqual(records(self.dir)[canonical_target(Q)]["resume"], "p7")
+        self.assertEqual([d["path"] for d in records(self.dir)[canonical_target(Q)]["docs"]], ["c/b"])
+        c._dispatch({"type": "snapshot", "sub": f2["sub"], "resume": "p8", "docs": []})
+        await c.close()                                       # saved at close
+        self.assertEqual(records(self.dir)[canonical_target({"doc": "c/d"})]["resume"], "p8")
+
+    async def test_a_torn_or_foreign_record_is_ignored_and_key_order_does_not_matter(self):
+        await self.first_process()
+        [name] = os.listdir(views_dir(self.dir))
+        with open(os.path.join(views_dir(self.dir), name)) as f:
+            whole = f.read()
+        # the same target with its keys in another order finds the record
+        c = self.client()
+        seen = []
+        c.subscribe({"query": {"order_by": [{"direction": "asc", "field": "n"}], "collection": "c"}}, seen.append)
+        self.assertEqual(paths(seen[-1]), ["c/a", "c/b"])
+        await c.close()
+        self.clients.remove(c)
+        foreign = json.loads(whole)
+        foreign["target"]["query"]["collection"] = "other"
+        for bad in (whole[: len(whole) // 2],                                          # torn
+                    json.dumps(foreign),                                               # another target's
+                    json.dumps({"target": Q, "resume": "oops", "docs": []})):          # not a view record
+            with open(os.path.join(views_dir(self.dir), name), "w") as f:
+                f.write(bad)
+            c = self.client()
+            seen = []
+            c.subscribe(Q, seen.append)
+            self.assertEqual(seen, [], bad)                   # nothing shown before the server answers
+            out = online(c)
+            c._send_subscribe(next(iter(c._subs.values())))
+            [sub] = drain(out)
+            self.assertNotIn("resume", sub)                   # and a fresh subscription
+            await c.close()
+            self.clients.remove(c)
+
+    async def test_a_cached_view_serves_only_its_own_target(self):
+        await self.first_process()
+        c = self.client()
+        seen = []
+        c.subscribe({"doc": "c/a"}, seen.append)
+        c.subscribe({"query": {"collection": "c"}}, seen.append)         # same collection, another query
+        c.subscribe({"query": {"collection": "c", "order_by": [{"field": "n", "direction": "desc"}]}}, seen.append)
+        self.assertEqual(seen, [])
+        out = online(c)
+        for s in c._subs.values():
+            c._send_subscribe(s)
+        self.assertTrue(all("resume" not in f for f in drain(out)))
+
+    async def test_at_most_max_records_the_least_recently_saved_are_evicted(self):
+        c = self.client(max_cached_views=3)
+        out = online(c)
+        for i in range(5):
+            c.subscribe({"doc": f"c/d{i}"}, lambda s: None)
+        subs = drain(out)
+        for i, f in enumerate(subs):
+            c._dispatch({"type": "snapshot", "sub": f["sub"], "resume": f"p{i + 1}", "docs": []})
+            c._save_views()
+        self.assertEqual(sorted(records(self.dir)), sorted(canonical_target({"doc": f"c/d{i}"}) for i in (2, 3, 4)))
+        c._dispatch({"type": "changes", "sub": subs[2]["sub"], "resume": "p9", "changes": []})
+        c._save_views()                                       # d2 is now the most recently saved
+        c._dispatch({"type": "changes", "sub": subs[0]["sub"], "resume": "p10", "changes": []})
+        c._save_views()
+        self.assertEqual(sorted(records(self.dir)), sorted(canonical_target({"doc": f"c/d{i}"}) for i in (0, 2, 4)))
+        await c.close()
+        self.clients.remove(c)
+        # the order survives a restart (file times): d4 is the oldest now; a save a crash cut short is removed
+        with open(os.path.join(views_dir(self.dir), "0123.tmp"), "w") as f:
+            f.write('{"target": {"doc"')
+        cache = FileViewCache(self.dir, max_records=3)
+        self.assertFalse(os.path.exists(os.path.join(views_dir(self.dir), "0123.tmp")))
+        cache.save({"doc": "c/new"}, [], "p11")
+        self.assertEqual(sorted(records(self.dir)),
+                         sorted(canonical_target({"doc": p}) for p in ("c/d0", "c/d2", "c/new")))
+
+    async def test_a_subscription_the_server_refuses_deletes_its_record(self):
+        await self.first_process()
+        self.assertEqual(len(records(self.dir)), 1)
+        c = self.client()
+        errors, seen = [], []
+        c.subscribe(Q, seen.append, errors.append)
+        self.assertEqual(len(seen), 1)                        # shown from the cache
+        out = online(c)
+        c._send_subscribe(next(iter(c._subs.values())))
+        [sub] = drain(out)
+        c._dispatch({"type": "error", "id": sub["id"], "code": "permission-denied", "message": "no"})
+        self.assertEqual([e.code for e in errors], ["permission-denied"])
+        self.assertEqual(records(self.dir), {})
+        await asyncio.sleep(0.2)
+        await c.close()
+        self.assertEqual(records(self.dir), {})               # and nothing saved it back
+        self.clients.remove(c)
+        c = self.client()
+        seen = []
+        c.subscribe(Q, seen.append)
+        self.assertEqual(seen, [])
+
+    async def test_a_write_in_doubt_hides_the_cached_view_until_answered(self):
+        # The record was saved after the increment's commit reached the view (n = 1) while its
+        # `done` mark was lost: showing the increment on top of it would count it twice.
+        inc = [{"op": "update", "path": "c/counter", "fields": {},
+                "transforms": [{"field": "n", "transform": "increment", "value": 1}]}]
+        cache = FileViewCache(self.dir)
+        cache.save(Q, [doc("c/counter", {"n": 1}, 7)], "p7")
+        s = FileWriteStore(self.dir)
+        s.open()
+        s.add(StoredWrite("m-inc", inc, time.time() - 60))
+        s.mark_sent("m-inc", time.time() - 59)
+        s.close()
+        c = self.client()
+        seen = []
+        c.subscribe(Q, seen.append)
+        self.assertEqual(seen, [])                            # nothing, cached or not
+        out = online(c)
+        c._send_subscribe(next(iter(c._subs.values())))
+        c._pump_writes()
+        sub, w = drain(out)
+        self.assertEqual(sub["resume"], "p7")
+        c._dispatch({"type": "changes", "sub": sub["sub"], "resume": "p8", "changes": []})
+        c._dispatch(write_ok(w, 7, duplicate=True))
+        self.assertEqual([[d["fields"]["n"] for d in s.docs] for s in seen], [[1]])
+
+    async def test_cache_views_false_neither_saves_nor_serves(self):
+        await self.first_process()
+        c = self.client(cache_views=False)
+        seen = []
+        c.subscribe(Q, seen.append)
+        self.assertEqual(seen, [])
+        out = online(c)
+        c._send_subscribe(next(iter(c._subs.values())))
+        [sub] = drain(out)
+        self.assertNotIn("resume", sub)
+        c._dispatch({"type": "snapshot", "sub": sub["sub"], "resume": "p50", "docs": []})
+        await asyncio.sleep(0.2)
+        await c.close()
+        self.assertEqual(records(self.dir)[canonical_target(Q)]["resume"], "p5")   # untouched
+        with self.assertRaises(ValueError):
+            HearthClient("ws://x/v1/ws", cache_views=True)                    # needs a persist_dir
+
+    async def test_clear_persistence_deletes_the_store_but_not_while_in_use(self):
+        await self.first_process()
+        c = self.client()
+        c.write([{"op": "set", "path": "c/x", "data": {}}])
+        with self.assertRaises(HearthError) as e:
+            clear_persistence(self.dir)
+        self.assertEqual(e.exception.code, "failed-precondition")
+        await c.close()
+        self.clients.remove(c)
+        clear_persistence(self.dir)
+        self.assertFalse(os.path.exists(self.dir))
+        c = self.client()
+        seen = []
+        c.subscribe(Q, seen.append)
+        self.assertEqual((seen, c.restored_writes), ([], []))
+
+    def test_the_driver_answers_unimplemented_for_cache_views_without_persist_dir(self):
+        driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.py")
+        cmd = {"id": 1, "cmd": "connect", "url": "ws://127.0.0.1:9/v1/ws", "cache_views": True}
+        p = subprocess.run([sys.executable, driver], input=json.dumps(cmd) + "\n", capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(json.loads(p.stdout.splitlines()[0])["error"]["code"], "unimplemented")
 
 
 if __name__ == "__main__":
