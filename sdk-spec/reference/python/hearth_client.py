@@ -24,7 +24,9 @@ that survives network failures:
   version, for the ``client-20-transaction`` check.
 * **Persistence** -- ``HearthClient(..., persist_dir=path)`` keeps the queue
   of pending plain writes in a directory (:class:`FileWriteStore`), so that
-  it survives a restart (section 13, "Surviving a restart").
+  it survives a restart (section 13, "Surviving a restart"), and the views of
+  subscriptions as an offline read cache (:class:`FileViewCache`, section 13,
+  "An offline read cache"; ``cache_views=False`` turns it off).
 
 JSON (``hearth.v1``) and, since session 7, MessagePack
 (``hearth.v1.msgpack``, ``encoding="msgpack"``; the ``msgpack`` package).
