@@ -707,7 +707,7 @@ class FileViewCache:
             del self._order[oldest]
             try:
                 os.remove(os.path.join(self.dir, oldest))
-            except FileNotFoundError:
+            except OSError:
                 pass
 
     def remove(self, target: dict) -> None:
@@ -718,6 +718,8 @@ class FileViewCache:
             os.remove(os.path.join(self.dir, name))
         except FileNotFoundError:
             pass
+        except OSError as e:
+            log.warning("could not delete the cached view %s: %r", name, e)
 
 
 def clear_persistence(persist_dir: str) -> None:
@@ -948,6 +950,13 @@ class HearthClient:
         self._next_sub += 1
         sub = Subscription(self, f"s{self._next_sub}", target, on_snapshot, on_error)
         sub.server_only = _server_only
+        if self._to_restore is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass                        # restored by connect()
+            else:
+                self._restore()             # restored writes (some in doubt) decide what it may show
         if self._views is not None and not _server_only:
             cached = self._views.load(target)
             if cached is not None:
