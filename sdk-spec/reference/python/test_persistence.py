@@ -500,6 +500,20 @@ class ViewCacheTest(unittest.IsolatedAsyncioTestCase):
         c._dispatch({"type": "changes", "sub": sub["sub"], "resume": "p8", "changes": []})
         c._dispatch(write_ok(w, 7, duplicate=True))
         self.assertEqual([[d["fields"]["n"] for d in s.docs] for s in seen], [[1]])
+        await c.close()
+        self.clients.remove(c)
+        # the same when the client was made outside the event loop and subscribes before connect()
+        s = FileWriteStore(self.dir)
+        s.open()
+        s.add(StoredWrite("m-inc2", inc, time.time() - 60))
+        s.mark_sent("m-inc2", time.time() - 59)
+        s.close()
+        c = await asyncio.to_thread(HearthClient, "ws://x/v1/ws", persist_dir=self.dir)
+        self.clients.append(c)
+        seen = []
+        c.subscribe(Q, seen.append)
+        self.assertEqual(seen, [])
+        self.assertEqual([m for m, _ in c.restored_writes], ["m-inc2"])
 
     async def test_cache_views_false_neither_saves_nor_serves(self):
         await self.first_process()
