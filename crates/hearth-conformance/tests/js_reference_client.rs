@@ -5,7 +5,10 @@
 //!
 //! Needs Node.js 18 or later and the client's npm dependencies
 //! (`npm ci` in `sdk-spec/reference/js`; `.ci/run` does it). Outside CI the
-//! tests skip loudly when either is missing.
+//! tests skip loudly when either is missing. The unit tests include
+//! `test/browser.test.mjs`, which runs the client in Debian's headless
+//! Chromium (`/usr/bin/chromium`) against the `hearth` binary given as
+//! `HEARTH_BIN`; outside CI it skips loudly without Chromium.
 
 #![allow(clippy::unwrap_used)]
 
@@ -79,9 +82,13 @@ fn the_js_clients_unit_tests_pass() {
         .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
         .collect();
     assert!(!tests.is_empty(), "the JS client has unit tests");
+    // test/browser.test.mjs starts this binary as a real server (and Debian's
+    // Chromium through playwright-core); without it, it skips loudly.
+    let hearth = hearth_testkit::hearth_binary().expect("the hearth binary");
     let output = Command::new("node")
         .arg("--test")
         .args(&tests)
+        .env("HEARTH_BIN", hearth)
         .current_dir(client_dir())
         .output()
         .unwrap();
@@ -91,4 +98,11 @@ fn the_js_clients_unit_tests_pass() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // A test file that skipped (e.g. no Chromium outside CI) says so loudly.
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("!!!!!!!!!! SKIPPED"))
+    {
+        eprintln!("{line}");
+    }
 }

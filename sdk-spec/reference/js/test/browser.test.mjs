@@ -1,0 +1,330 @@
+// The IndexedDB write store (`persistence: {indexedDb}`) in a real browser:
+// Debian's headless Chromium driven by playwright-core, against a real
+// `hearth serve`. A loopback http server serves hearth-client.mjs (and
+// @msgpack/msgpack, through an import map) to a page; in the page, with the
+// server not yet running, a client makes writes that only IndexedDB holds;
+// the page is reloaded (same profile, so IndexedDB and its data persist);
+// the new client restores them, a second tab is refused the store's Web Lock
+// meanwhile, and once the server is up the restored writes are sent and
+// applied exactly once (read back over REST with the admin key).
+//
+// Needs HEARTH_BIN (the `hearth` binary; the Rust test
+// crates/hearth-conformance/tests/js_reference_client.rs sets it), Chromium
+// (/usr/bin/chromium or CHROMIUM) and playwright-core (a dev dependency).
+// Outside CI a missing one skips this test with a banner on stderr; with
+// CI set it fails. Every process it starts (hearth, Chromium) is stopped on
+// every path; each step has a time limit.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { createRequire } from 'node:module';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, normalize, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url)); // sdk-spec/reference/js/
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const HEARTH_BIN = process.env.HEARTH_BIN;
+const ADMIN_KEY = 'browser-test-admin-key-0123456789abcdef';
+const STORE = 'browser-test-writes';
+
+/** Why this test cannot run here, or null. */
+function missing() {
+  if (!HEARTH_BIN) return 'HEARTH_BIN is not set (the path of the hearth binary; cargo test -p hearth-conformance --test js_reference_client sets it)';
+  if (!existsSync(HEARTH_BIN)) return `HEARTH_BIN=${HEARTH_BIN} does not exist`;
+  if (!existsSync(CHROMIUM)) return `no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM)`;
+  try { createRequire(import.meta.url).resolve('playwright-core'); } catch { return 'playwright-core is missing: run `npm ci` here'; }
+  return null;
+}
+const why = missing();
+if (why) {
+  if (process.env.CI) throw new Error(`CI must provide this (.ci/run installs it): ${why}`);
+  console.error(`\n!!!!!!!!!! SKIPPED: the real-browser IndexedDB test: ${why} !!!!!!!!!!\n`);
+}
+
+/** Resolves with `p`'s value, or rejects after `ms` saying what was awaited. */
+function within(ms, what, p) {
+  let timer;
+  return Promise.race([p, new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms); })])
+    .finally(() => clearTimeout(timer));
+}
+
+/** A free port on 127.0.0.1 (free when asked). */
+async function freePort() {
+  const s = createServer();
+  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = /** @type {any} */ (s.address());
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+const PAGE = `<!doctype html>
+<meta charset="utf-8">
+<title>hearth-client in a browser</title>
+<script type="importmap">{"imports": {"@msgpack/msgpack": "/msgpack/index.mjs"}}</script>
+<script type="module">
+  import * as hearth from '/hearth-client.mjs';
+  window.hearth = hearth;
+</script>
+<body>hearth-client test page</body>`;
+
+/** Serves the page, hearth-client.mjs and @msgpack/msgpack's ES modules on 127.0.0.1. */
+async function staticServer() {
+  const msgpack = join(ROOT, 'node_modules/@msgpack/msgpack/dist.esm');
+  const server = createServer((req, res) => {
+    const path = new URL(req.url || '/', 'http://x').pathname;
+    let file = null;
+    if (path === '/') { res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }); res.end(PAGE); return; }
+    if (path === '/hearth-client.mjs') file = join(ROOT, 'hearth-client.mjs');
+    else if (path.startsWith('/msgpack/')) {
+      const f = normalize(join(msgpack, path.slice('/msgpack/'.length)));
+      if (f.startsWith(msgpack + sep) && f.endsWith('.mjs')) file = f;
+    }
+    if (!file || !existsSync(file) || !statSync(file).isFile()) { res.writeHead(404); res.end(); return; }
+    res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' });
+    res.end(readFileSync(file));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = /** @type {any} */ (server.address());
+  return { url: `http://127.0.0.1:${port}/`, close: () => { server.closeAllConnections(); server.close(); } };
+}
+
+/** `hearth serve` on 127.0.0.1:`port` with a fresh data directory; resolves once /readyz answers. */
+async function startHearth(port, dataDir) {
+  const log = [];
+  const child = spawn(HEARTH_BIN, ['serve', '--data', dataDir, '--listen', `127.0.0.1:${port}`], {
+    env: { ...process.env, HEARTH_ADMIN_KEY: ADMIN_KEY, RUST_LOG: process.env.RUST_LOG || 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.on('data', (d) => log.push(String(d)));
+  child.stderr.on('data', (d) => log.push(String(d)));
+  const stop = () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
+  process.on('exit', stop);
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`hearth exited with ${child.exitCode}:\n${log.join('')}`);
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(2000) });
+      if (r.ok) break;
+    } catch { /* not yet */ }
+    if (Date.now() > deadline) { stop(); throw new Error(`hearth not ready within 30 s:\n${log.join('')}`); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    stop,
+    // SIGSTOP / SIGCONT: the server keeps its sockets but answers nothing meanwhile.
+    pause: () => child.kill('SIGSTOP'),
+    resume: () => child.kill('SIGCONT'),
+    log: () => log.join(''),
+  };
+}
+
+/** GET /v1/db/{path} with the admin key: the document, or null when missing. */
+async function restGet(port, path) {
+  const r = await fetch(`http://127.0.0.1:${port}/v1/db/${path}`, {
+    headers: { authorization: `Bearer ${ADMIN_KEY}` }, signal: AbortSignal.timeout(5000),
+  });
+  if (r.status === 404) return null;
+  const text = await r.text();
+  assert.equal(r.status, 200, `GET ${path}: ${text}`);
+  return JSON.parse(text);
+}
+
+/** In the page: the records of the store's IndexedDB database (read directly, not through the client). */
+function storedRecords(page) {
+  return page.evaluate((name) => new Promise((resolve, reject) => {
+    const req = indexedDB.open(name);
+    req.onerror = () => reject(req.error);
+    req.onsuccess = () => {
+      const db = req.result;
+      if (!db.objectStoreNames.contains('writes')) { db.close(); resolve([]); return; }
+      const all = db.transaction('writes', 'readonly').objectStore('writes').getAll();
+      all.onsuccess = () => { db.close(); resolve(all.result.map((r) => ({ order: r.order, mutation_id: r.mutation_id, sent_at: r.sent_at ?? null }))); };
+      all.onerror = () => { db.close(); reject(all.error); };
+    };
+  }), STORE);
+}
+
+/** In the page: a client on the store, kept in `window.client` (not connected yet). */
+function newClient(page, port) {
+  return page.evaluate(([url, token, store]) => {
+    window.client = new window.hearth.HearthClient({
+      url, token, persistence: { indexedDb: store }, backoffBaseMs: 50, backoffMaxMs: 300, logger: () => {},
+    });
+  }, [`ws://127.0.0.1:${port}/v1/ws`, ADMIN_KEY, STORE]);
+}
+
+/** Opens the test page in `context` and waits for the module to load. */
+async function openPage(context, url, problems, label) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  page.on('pageerror', (e) => problems.push(`${label}: uncaught ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => !!window.hearth, null, { timeout: 10_000 });
+  return page;
+}
+
+test('in Chromium, writes made offline survive a reload in IndexedDB, a second tab is refused the store lock, and restored writes (unsent or in doubt) are applied once', { skip: why ? `SKIPPED: ${why}` : false, timeout: 120_000 }, async () => {
+  const { chromium } = createRequire(import.meta.url)('playwright-core');
+  const dataDir = mkdtempSync(join(tmpdir(), 'hearth-browser-test-'));
+  const port = await freePort(); // nothing listens here until startHearth
+  const site = await staticServer();
+  const problems = [];
+  let browser = null;
+  let hearth = null;
+  try {
+    browser = await within(30_000, 'Chromium to start', chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      // Playwright gives every launch a fresh temporary profile (--user-data-dir).
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    }));
+    // One browser profile: both tabs share the origin's IndexedDB and Web Locks.
+    const context = await browser.newContext();
+    const tab1 = await openPage(context, site.url, problems, 'tab 1');
+
+    // 1. The server is unreachable: the writes are stored, not sent.
+    await newClient(tab1, port);
+    const made = await tab1.evaluate(() => {
+      const { increment } = window.hearth;
+      const c = window.client;
+      c.connect().catch(() => {}); // keeps retrying: nothing listens yet
+      // Writes that commute: pipelined writes may commit in any order
+      // (PROTOCOL.md section 3), so none depends on another.
+      const promises = [
+        c.doc('notes/n1').set({ text: 'written offline', n: 1 }),
+        c.doc('counters/c').merge({ hits: increment(1) }),
+        c.doc('counters/c').merge({ hits: increment(1) }),
+        c.doc('counters/c').merge({ hits: increment(1) }),
+        c.doc('notes/n2').set({ text: 'also offline', tags: ['a', 'b'] }),
+      ];
+      promises.forEach((p) => p.catch(() => {})); // rejected (unavailable) when the page goes away
+      return promises.length;
+    });
+    await within(10_000, 'the five writes to be in IndexedDB', (async () => {
+      while ((await storedRecords(tab1)).length < made) await new Promise((r) => setTimeout(r, 50));
+    })());
+    const before = await storedRecords(tab1);
+    assert.equal(before.length, 5);
+    assert.ok(before.every((r) => r.sent_at === null), `never sent: ${JSON.stringify(before)}`);
+    // The store holds its Web Lock while the client is open.
+    const held = await tab1.evaluate(async () => (await navigator.locks.query()).held.map((l) => l.name));
+    assert.deepEqual(held, [`hearth-pending-writes:${STORE}`]);
+    assert.match(await tab1.evaluate(() => window.client.state), /^(connecting|offline)$/, 'no server, no session');
+
+    // 2. Reload: the page (and its client) is gone; IndexedDB keeps the writes.
+    await tab1.reload();
+    await tab1.waitForFunction(() => !!window.hearth, null, { timeout: 10_000 });
+    assert.equal(await tab1.evaluate(() => typeof window.client), 'undefined', 'a fresh page');
+    await newClient(tab1, port);
+    const restored = await tab1.evaluate(async () => {
+      const c = window.client;
+      c.connect().catch(() => {});
+      // The store opens asynchronously; restoredWrites is filled once it has.
+      for (let i = 0; i < 200 && c.restoredWrites.length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+      window.restoredResults = Promise.allSettled(c.restoredWrites.map((w) => w.result));
+      return c.restoredWrites.map((w) => w.mutationId);
+    });
+    assert.deepEqual(restored, before.map((r) => r.mutation_id), 'restored in order, with their mutation ids');
+
+    // 3. A second tab of the same profile is refused the store while tab 1 holds it.
+    const tab2 = await openPage(context, site.url, problems, 'tab 2');
+    await newClient(tab2, port);
+    const second = await tab2.evaluate(async () => {
+      try { await window.client.connect({ timeoutMs: 5000 }); return 'connected'; } catch (e) { return `${e.code}: ${e.message}`; } finally { window.client.close(); }
+    });
+    assert.match(second, /^failed-precondition: .*in use by another client/);
+
+    // 4. The server comes up: the restored writes are sent and applied, once each.
+    hearth = await startHearth(port, dataDir);
+    const results = await within(20_000, 'the restored writes to be answered', tab1.evaluate(async () => {
+      const settled = await window.restoredResults;
+      return settled.map((s) => (s.status === 'fulfilled' ? { ok: true, duplicate: s.value.duplicate } : { ok: false, error: `${s.reason.code}: ${s.reason.message}` }));
+    }));
+    assert.deepEqual(results, Array(5).fill({ ok: true, duplicate: false }), JSON.stringify(results));
+    const counter = await restGet(port, 'counters/c');
+    assert.equal(counter.fields.hits, 3, `each increment applied once: ${JSON.stringify(counter)}`);
+    const n1 = await restGet(port, 'notes/n1');
+    assert.deepEqual(n1.fields, { text: 'written offline', n: 1 });
+    const n2 = await restGet(port, 'notes/n2');
+    assert.deepEqual(n2.fields, { text: 'also offline', tags: ['a', 'b'] });
+    // Answered writes leave the store.
+    await within(10_000, 'the store to be emptied', (async () => {
+      while ((await storedRecords(tab1)).length > 0) await new Promise((r) => setTimeout(r, 50));
+    })());
+
+    // 5. Tab 1 closes: its lock is released, tab 2 gets the store, with nothing to resend.
+    await tab1.close();
+    await newClient(tab2, port);
+    const again = await tab2.evaluate(async () => {
+      const c = window.client;
+      const welcome = await c.connect({ timeoutMs: 10_000 });
+      const w = await c.doc('counters/c').merge({ hits: window.hearth.increment(1) });
+      c.close();
+      return { admin: welcome.admin, restored: c.restoredWrites.length, duplicate: w.duplicate };
+    });
+    assert.deepEqual(again, { admin: true, restored: 0, duplicate: false });
+    assert.equal((await restGet(port, 'counters/c')).fields.hits, 4, 'nothing was applied twice');
+
+    // 6. In doubt: writes sent on a live session to a server that froze
+    // (SIGSTOP) before answering; the page reloads; the server resumes. The
+    // restored writes are resent with their mutation ids: each increment
+    // counts once, whether the server first applied it from the dead
+    // socket (then the retry is answered `duplicate`) or only from the retry.
+    const tab3 = await openPage(context, site.url, problems, 'tab 3');
+    await newClient(tab3, port);
+    await tab3.evaluate(() => window.client.connect({ timeoutMs: 10_000 }));
+    hearth.pause();
+    let paused = true;
+    try {
+      await tab3.evaluate((n) => {
+        for (let i = 0; i < n; i++) window.client.doc('counters/c').merge({ hits: window.hearth.increment(1) }).catch(() => {});
+      }, 20);
+      await within(10_000, 'the 20 writes to be stored and marked sent', (async () => {
+        for (;;) {
+          const rows = await storedRecords(tab3);
+          if (rows.length === 20 && rows.every((r) => r.sent_at !== null)) return;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })());
+      await tab3.reload();
+      await tab3.waitForFunction(() => !!window.hearth, null, { timeout: 10_000 });
+      await newClient(tab3, port);
+      const inDoubt = await tab3.evaluate(async () => {
+        const c = window.client;
+        c.connect().catch(() => {});
+        for (let i = 0; i < 200 && c.restoredWrites.length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+        window.restoredResults = Promise.allSettled(c.restoredWrites.map((w) => w.result));
+        return c.restoredWrites.length;
+      });
+      assert.equal(inDoubt, 20, 'every unanswered write restored');
+      hearth.resume();
+      paused = false;
+    } finally {
+      if (paused) hearth.resume();
+    }
+    const retried = await within(30_000, 'the in-doubt writes to be answered', tab3.evaluate(async () => {
+      const settled = await window.restoredResults;
+      return settled.map((s) => (s.status === 'fulfilled' ? (s.value.duplicate ? 'duplicate' : 'applied') : `${s.reason.code}: ${s.reason.message}`));
+    }));
+    assert.ok(retried.every((r) => r === 'applied' || r === 'duplicate'), JSON.stringify(retried));
+    assert.equal((await restGet(port, 'counters/c')).fields.hits, 24, `each in-doubt increment counted once (${retried.filter((r) => r === 'duplicate').length} of 20 answered duplicate)`);
+    await within(10_000, 'the store to be emptied', (async () => {
+      while ((await storedRecords(tab3)).length > 0) await new Promise((r) => setTimeout(r, 50));
+    })());
+    console.log(`in-doubt retries: ${retried.filter((r) => r === 'duplicate').length} of 20 answered duplicate (applied from the dead socket)`);
+    assert.deepEqual(problems, []);
+  } catch (e) {
+    if (hearth) e.message += `\nhearth log:\n${hearth.log()}`;
+    throw e;
+  } finally {
+    if (browser) await within(10_000, 'Chromium to close', browser.close()).catch(() => {});
+    if (hearth) hearth.stop();
+    site.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
