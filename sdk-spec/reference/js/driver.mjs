@@ -75,6 +75,11 @@ async function handle(cmd) {
       case 'connect': {
         if (client) client.close();
         client = null;
+        // cache_views: keep the subscriptions' views in the persist_dir store as an offline
+        // read cache (PROTOCOL.md §13); it needs the store, so without persist_dir: unimplemented
+        if (cmd.cache_views === true && !cmd.persist_dir) {
+          throw new HearthError('unimplemented', 'cache_views needs persist_dir: the views are kept in the persistence store');
+        }
         client = await newClient({
           url: cmd.url,
           token: cmd.token ?? null,
@@ -84,6 +89,8 @@ async function handle(cmd) {
           // persist_dir: keep the queue of pending writes there across restarts (PROTOCOL.md §13)
           // `fs` given explicitly so that the driver runs on Node 18 too.
           persistence: cmd.persist_dir ? { dir: cmd.persist_dir, fs } : null,
+          // the file store can cache views; only when asked (other checks run with a plain queue)
+          cacheViews: cmd.persist_dir ? cmd.cache_views === true : undefined,
         });
         client.on('state', (s) => log('state', s));
         if (client.restoredWrites.length) log(`restored ${client.restoredWrites.length} stored write(s) from ${cmd.persist_dir}`);

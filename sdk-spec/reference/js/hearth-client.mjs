@@ -1246,7 +1246,7 @@ class Subscription {
     this.received = false; // any server frame ever
     this.current = false; // a server frame on the current connection
     this.ended = false;
-    /** @type {{docs: any[], position: number|null}|null} */
+    /** @type {{docs: any[], position: number|null, unknown?: boolean}|null} the in-doubt base (`unknown`: an empty stand-in) */
     this.frozen = null;
     /** @type {any[]|null} */
     this.emitted = null;
@@ -1256,6 +1256,22 @@ class Subscription {
     this.requestId = null;
     /** @type {any[]} */
     this.early = [];
+    /** @type {string|null} the canonical target, when the view is cached (PROTOCOL.md §13) */
+    this.cacheKey = null;
+    this.cached = false; // the server view came from the offline read cache
+    this.loading = false; // the cache lookup is not done yet: nothing shown, not sent
+  }
+
+  /**
+   * Starts from a cached view: its documents are the server view, and its
+   * token is sent as `resume` (PROTOCOL.md §13).
+   * @param {{docs: any[], resume: string|null}} rec
+   */
+  useCached(rec) {
+    this.serverDocs = rec.docs;
+    this.resume = rec.resume;
+    this.position = resumePosition(rec.resume);
+    this.cached = true;
   }
 
   /** @param {any} frame */
@@ -1305,7 +1321,7 @@ class Subscription {
 
   /** Recomputes the local view and notifies the listener if it changed. */
   refresh() {
-    if (this.ended) return;
+    if (this.ended || this.loading) return;
     const c = this.client;
     // A transaction is not shown before the server committed it (it may abort,
     // PROTOCOL.md §13 "Transactions"); once acknowledged it is overlaid like a write.
@@ -1314,13 +1330,16 @@ class Subscription {
     if (!inDoubt) this.frozen = null;
     // A subscription made after the break (or after a restart) never saw the
     // server view without the write in doubt: its base is empty until the
-    // retry is answered (PROTOCOL.md §13).
-    else if (!this.frozen) this.frozen = { docs: [], position: null };
+    // retry is answered (PROTOCOL.md §13), even if a cached view exists (the
+    // record may have been saved after the write's commit reached the view).
+    else if (!this.frozen) this.frozen = { docs: [], position: null, unknown: true };
     const base = inDoubt && this.frozen ? this.frozen : { docs: this.serverDocs, position: this.position };
+    // the view is known (from a frame or the cache), not an empty stand-in
+    const known = (this.received || this.cached) && !(inDoubt && this.frozen?.unknown);
     let docs;
     if (this.raw) docs = base.docs.map((d) => ({ ...d, pending: false }));
-    else docs = computeLocalView(this.target, base, shown.map((pw) => ({ ops: pw.ops, seq: pw.seq, acked: pw.state === 'acked' })), { authoritative: this.received });
-    if (this.emitted === null && !this.received && !docs.length) return;
+    else docs = computeLocalView(this.target, base, shown.map((pw) => ({ ops: pw.ops, seq: pw.seq, acked: pw.state === 'acked' })), { authoritative: known });
+    if (this.emitted === null && !known && !docs.length) return;
     const reset = this.lastReset;
     this.lastReset = false;
     if (this.emitted !== null && !reset && docs.length === this.emitted.length && docs.every((d, i) => d.path === this.emitted?.[i].path && docKey(d) === docKey(this.emitted[i]))) return;
@@ -1353,6 +1372,7 @@ class Subscription {
     if (this.ended) return;
     this.ended = true;
     this.client._subs.delete(this.name);
+    this.client._dropView(this);
     try { this.onError(err); } catch (e) { this.client._log('error listener threw', e); }
   }
 }
@@ -1605,10 +1625,115 @@ export const or = (...filters) => ({ or: filters });
  *   write went (or is about to go) on the wire, and when
  * @property {(mutationId: string) => void | Promise<void>} remove drops a write's record (it was answered)
  * @property {() => void | Promise<void>} close releases the lock
+ * @property {(key: string) => string | null | Promise<string | null>} [loadView] the offline read cache
+ *   (PROTOCOL.md §13 "An offline read cache"): the view record stored under `key` (the canonical JSON of
+ *   the target), as text, or null. The client parses and verifies it ({@link decodeViewRecord}).
+ * @property {(key: string, text: string) => void | Promise<void>} [saveView] stores a view record
+ *   atomically in place of the old one (need not be durable); the store keeps at most its bound
+ *   (100 by default) and drops the least recently saved beyond it
+ * @property {(key: string) => void | Promise<void>} [deleteView] drops a view record
+ * @property {() => void | Promise<void>} [destroy] deletes everything the store holds (pending writes and
+ *   cached views), e.g. at sign-out; refused with `failed-precondition` while a client uses the store
  */
+
+/** The most view records a store keeps (PROTOCOL.md §13: least recently saved dropped first). */
+export const MAX_CACHED_VIEWS = 100;
+const VIEW_FORMAT = 'hearth-view';
+
+/**
+ * The canonical form of a subscription target (wire values): its JSON with
+ * object keys sorted and no whitespace. A cached view is found by it, so only
+ * a subscription to exactly the same target uses it (PROTOCOL.md §13).
+ * @param {any} wireTarget
+ */
+export function canonicalTarget(wireTarget) { return stringifyJSON(wireTarget, true); }
+
+/**
+ * The text of a view record: the target, the server view (documents in wire
+ * form, without pending writes) and the resume token of the last frame applied
+ * to it, in one JSON object (exact integers and doubles).
+ * @param {any} wireTarget @param {any[]} docs documents with JavaScript values @param {string|null} resume
+ * @param {number} [savedAt]
+ */
+export function encodeViewRecord(wireTarget, docs, resume, savedAt = Date.now()) {
+  const wireDocs = docs.map((d) => {
+    /** @type {any} */
+    const o = { path: d.path, fields: toFields(d.fields || {}) };
+    for (const k of ['version', 'create_time', 'update_time']) if (d[k] !== undefined && d[k] !== null) o[k] = d[k];
+    return o;
+  });
+  return stringifyJSON({ format: VIEW_FORMAT, version: 1, target: wireTarget, resume, saved_at: savedAt, docs: wireDocs });
+}
+
+/**
+ * Parses and verifies a view record found under `key`: null if it does not
+ * parse (torn), is not a view record, or holds another target (the record is
+ * then ignored, PROTOCOL.md §13).
+ * @param {string} text @param {string} key
+ * @returns {{target: any, docs: any[], resume: string|null, savedAt: number}|null}
+ */
+export function decodeViewRecord(text, key) {
+  let r;
+  try { r = parseJSON(text); } catch { return null; }
+  if (!isPlainObject(r) || r.format !== VIEW_FORMAT || r.version !== 1 || !isPlainObject(r.target)) return null;
+  if (canonicalTarget(r.target) !== key) return null;
+  if (!(r.resume === null || typeof r.resume === 'string') || !Array.isArray(r.docs)) return null;
+  if (!r.docs.every((/** @type {any} */ d) => isPlainObject(d) && typeof d.path === 'string' && isPlainObject(d.fields))) return null;
+  try {
+    return { target: r.target, docs: r.docs.map(hydrateDoc), resume: r.resume, savedAt: Number(r.saved_at) || 0 };
+  } catch { return null; }
+}
+
+const SHA256_K = new Uint32Array([
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+]);
+
+/**
+ * SHA-256 of a string's UTF-8 bytes, as 64 hex digits. Synchronous and
+ * dependency-free (the file store names view records by it, on any Node).
+ * @param {string} text
+ */
+export function sha256Hex(text) {
+  const msg = new TextEncoder().encode(text);
+  const total = Math.ceil((msg.length + 9) / 64) * 64;
+  const buf = new Uint8Array(total);
+  buf.set(msg);
+  buf[msg.length] = 0x80;
+  const dv = new DataView(buf.buffer);
+  const bits = msg.length * 8;
+  dv.setUint32(total - 8, Math.floor(bits / 0x100000000));
+  dv.setUint32(total - 4, bits >>> 0);
+  const H = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+  const W = new Uint32Array(64);
+  const ror = (/** @type {number} */ x, /** @type {number} */ n) => (x >>> n) | (x << (32 - n));
+  for (let off = 0; off < total; off += 64) {
+    for (let i = 0; i < 16; i++) W[i] = dv.getUint32(off + 4 * i);
+    for (let i = 16; i < 64; i++) {
+      const a = W[i - 15];
+      const b = W[i - 2];
+      W[i] = W[i - 16] + (ror(a, 7) ^ ror(a, 18) ^ (a >>> 3)) + W[i - 7] + (ror(b, 17) ^ ror(b, 19) ^ (b >>> 10));
+    }
+    let [a, b, c, d, e, f, g, h] = H;
+    for (let i = 0; i < 64; i++) {
+      const t1 = (h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + SHA256_K[i] + W[i]) | 0;
+      const t2 = ((ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    H[0] += a; H[1] += b; H[2] += c; H[3] += d; H[4] += e; H[5] += f; H[6] += g; H[7] += h;
+  }
+  return [...H].map((x) => x.toString(16).padStart(8, '0')).join('');
+}
 
 const JOURNAL_FILE = 'writes.jsonl';
 const LOCK_FILE = 'lock';
+const VIEWS_DIR = 'views';
 const JOURNAL_HEADER = { format: 'hearth-pending-writes', version: 1 };
 
 /**
@@ -1660,12 +1785,18 @@ function pidAlive(pid) {
  * pid is not a running process is stale (its owner crashed) and is taken
  * over. Synchronous: a write is on disk when `commit()` returns its promise.
  *
+ * The offline read cache lives in `views/`: one file per target, named by the
+ * SHA-256 of the target's canonical JSON (`<hex>.json`), written to
+ * `<hex>.json.tmp` and renamed over the old one (not fsynced: a record lost in
+ * a crash is only a cache miss, a torn one fails to parse and is ignored). At
+ * most `maxViews` (100) files are kept; the least recently saved go first.
+ *
  * `fs` defaults to Node's (`process.getBuiltinModule`, Node 20.16+); on older
  * Node pass `import * as fs from 'node:fs'`.
  * @implements {WriteStore}
  */
 export class FileWriteStore {
-  /** @param {string} dir @param {{fs?: any, log?: (msg: string) => void}} [opts] */
+  /** @param {string} dir @param {{fs?: any, log?: (msg: string) => void, maxViews?: number}} [opts] */
   constructor(dir, opts = {}) {
     const fs = opts.fs || (typeof process !== 'undefined' && /** @type {any} */ (process).getBuiltinModule?.('node:fs'));
     if (!fs) throw new HearthError('unimplemented', 'FileWriteStore needs Node 20.16+ or an `fs` option (import * as fs from "node:fs")');
@@ -1673,10 +1804,14 @@ export class FileWriteStore {
     this.dir = dir.replace(/\/+$/, '') || '/';
     this.journalPath = `${this.dir}/${JOURNAL_FILE}`;
     this.lockPath = `${this.dir}/${LOCK_FILE}`;
+    this.viewsDir = `${this.dir}/${VIEWS_DIR}`;
+    this.maxViews = opts.maxViews ?? MAX_CACHED_VIEWS;
     this.log = opts.log || (() => {});
     /** @type {number|null} */
     this.fd = null;
     this.locked = false;
+    /** @type {Map<string, true>} the view files, least recently saved first */
+    this.views = new Map();
   }
 
   _lock() {
@@ -1723,11 +1858,87 @@ export class FileWriteStore {
       fs.closeSync(fd);
       fs.renameSync(tmp, this.journalPath);
       this._syncDir();
+      this._openViews();
       this.fd = fs.openSync(this.journalPath, 'a');
       return writes;
     } catch (e) {
       this.close();
       throw e;
+    }
+  }
+
+  /** Lists the view files (oldest saved first, by mtime); drops leftovers of interrupted saves. */
+  _openViews() {
+    const fs = this.fs;
+    fs.mkdirSync(this.viewsDir, { recursive: true });
+    /** @type {[string, number][]} */
+    const found = [];
+    for (const name of fs.readdirSync(this.viewsDir)) {
+      const file = `${this.viewsDir}/${name}`;
+      if (name.endsWith('.tmp')) { try { fs.unlinkSync(file); } catch { /* ignore */ } continue; }
+      if (!name.endsWith('.json')) continue;
+      try { found.push([name, fs.statSync(file).mtimeMs]); } catch { /* gone */ }
+    }
+    found.sort((a, b) => a[1] - b[1]);
+    this.views = new Map(found.map(([name]) => [name, true]));
+    this._evictViews();
+  }
+
+  _evictViews() {
+    for (const name of this.views.keys()) {
+      if (this.views.size <= this.maxViews) break;
+      this.views.delete(name);
+      try { this.fs.unlinkSync(`${this.viewsDir}/${name}`); } catch { /* ignore */ }
+    }
+  }
+
+  /** @param {string} key */
+  _viewFile(key) { return `${sha256Hex(key)}.json`; }
+
+  /** @param {string} key @returns {string|null} */
+  loadView(key) {
+    if (!this.locked) throw new HearthError('failed-precondition', 'the store is closed');
+    try { return this.fs.readFileSync(`${this.viewsDir}/${this._viewFile(key)}`, 'utf8'); } catch (e) {
+      if (/** @type {any} */ (e).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  /** @param {string} key @param {string} text */
+  saveView(key, text) {
+    if (!this.locked) throw new HearthError('failed-precondition', 'the store is closed');
+    const name = this._viewFile(key);
+    const file = `${this.viewsDir}/${name}`;
+    this.fs.writeFileSync(`${file}.tmp`, text);
+    this.fs.renameSync(`${file}.tmp`, file);
+    this.views.delete(name);
+    this.views.set(name, true);
+    this._evictViews();
+  }
+
+  /** @param {string} key */
+  deleteView(key) {
+    if (!this.locked) throw new HearthError('failed-precondition', 'the store is closed');
+    const name = this._viewFile(key);
+    this.views.delete(name);
+    try { this.fs.unlinkSync(`${this.viewsDir}/${name}`); } catch (e) { if (/** @type {any} */ (e).code !== 'ENOENT') throw e; }
+  }
+
+  /**
+   * Deletes the pending writes and the cached views (sign-out). Takes the lock
+   * for the duration: refused with `failed-precondition` while a client uses
+   * the directory. The directory itself stays.
+   */
+  destroy() {
+    const fs = this.fs;
+    if (!fs.existsSync(this.dir)) return;
+    this._lock();
+    try {
+      for (const f of [this.journalPath, `${this.journalPath}.tmp`]) { try { fs.unlinkSync(f); } catch { /* absent */ } }
+      fs.rmSync(this.viewsDir, { recursive: true, force: true });
+      this.views = new Map();
+    } finally {
+      this.close();
     }
   }
 
@@ -1768,6 +1979,9 @@ export class FileWriteStore {
  */
 const idbLockReleases = new Map();
 
+/** The IndexedDB schema version: 1 had the `writes` store only, 2 adds `views`. */
+const IDB_VERSION = 2;
+
 /**
  * The browser store: an IndexedDB database (object store `writes`, keyed by
  * an increasing `order`), each change in its own `readwrite` transaction with
@@ -1777,15 +1991,24 @@ const idbLockReleases = new Map();
  * Locks API there is no lock (a warning is logged). Asynchronous: the client
  * shows and sends a write once it is stored.
  *
+ * The offline read cache is the object store `views` (database version 2; a
+ * version-1 database is upgraded in place, its writes kept): records
+ * `{key, saved_at, record}` keyed by the target's canonical JSON, with an index
+ * on `saved_at`; each save is one `put` and, beyond `maxViews` (100) records,
+ * deletes the least recently saved in the same transaction.
+ *
  * Tested against fake-indexeddb and a fake of the Web Locks API
  * (test/indexeddb.test.mjs); NOT TESTED in a real browser (the repository's
  * CI has none).
  * @implements {WriteStore}
  */
 export class IndexedDbWriteStore {
-  /** @param {string} name database name @param {{indexedDB?: any, locks?: any, log?: (msg: string) => void}} [opts] */
+  /** @param {string} name database name @param {{indexedDB?: any, locks?: any, log?: (msg: string) => void, maxViews?: number}} [opts] */
   constructor(name, opts = {}) {
     this.name = name;
+    this.maxViews = opts.maxViews ?? MAX_CACHED_VIEWS;
+    /** the newest `saved_at` given (strictly increasing, so the least recently saved is well defined) */
+    this.lastSavedAt = 0;
     this.idb = opts.indexedDB || globalThis.indexedDB;
     this.locks = opts.locks !== undefined ? opts.locks : globalThis.navigator?.locks;
     this.log = opts.log || (() => {});
@@ -1835,8 +2058,13 @@ export class IndexedDbWriteStore {
     await this._lock();
     try {
       this.db = await new Promise((resolve, reject) => {
-        const req = this.idb.open(this.name, 1);
-        req.onupgradeneeded = () => { req.result.createObjectStore('writes', { keyPath: 'order' }); };
+        const req = this.idb.open(this.name, IDB_VERSION);
+        req.onupgradeneeded = () => {
+          const db = req.result;
+          // version 1: the write queue; version 2 adds the view cache
+          if (!db.objectStoreNames.contains('writes')) db.createObjectStore('writes', { keyPath: 'order' });
+          if (!db.objectStoreNames.contains('views')) db.createObjectStore('views', { keyPath: 'key' }).createIndex('saved_at', 'saved_at');
+        };
         req.onsuccess = () => resolve(req.result);
         req.onerror = () => reject(req.error);
         req.onblocked = () => reject(new HearthError('failed-precondition', `the IndexedDB database ${this.name} is blocked by another connection`));
@@ -1849,6 +2077,11 @@ export class IndexedDbWriteStore {
         req.onerror = () => reject(req.error);
       });
       for (const r of rows) { this.keys.set(r.mutation_id, Promise.resolve(r.order)); this.next = Math.max(this.next, r.order + 1); }
+      this.lastSavedAt = await new Promise((resolve, reject) => {
+        const req = this.db.transaction('views', 'readonly').objectStore('views').index('saved_at').openCursor(null, 'prev');
+        req.onsuccess = () => resolve(req.result ? Number(req.result.value.saved_at) || 0 : 0);
+        req.onerror = () => reject(req.error);
+      });
       return rows.map((r) => ({ mutation_id: r.mutation_id, writes: r.writes, created_at: r.created_at, sent_at: r.sent_at ?? null }));
     } catch (e) {
       this.close();
@@ -1856,16 +2089,78 @@ export class IndexedDbWriteStore {
     }
   }
 
-  /** @param {(store: any) => void} fn */
-  _tx(fn) {
+  /**
+   * Runs `fn` in one transaction on an object store; resolves with what `fn`
+   * returned once the transaction completed.
+   * @param {(store: any) => any} fn @param {string} [storeName] @param {'readwrite'|'readonly'} [mode]
+   * @param {'strict'|'relaxed'} [durability]
+   */
+  _tx(fn, storeName = 'writes', mode = 'readwrite', durability = 'strict') {
     return new Promise((resolve, reject) => {
       if (!this.db) { reject(new HearthError('failed-precondition', 'the write store is closed')); return; }
-      const tx = this.db.transaction('writes', 'readwrite', { durability: 'strict' });
-      tx.oncomplete = () => resolve(undefined);
+      const tx = this.db.transaction(storeName, mode, { durability });
+      /** @type {any} */
+      let out;
+      tx.oncomplete = () => resolve(typeof out === 'function' ? out() : out);
       tx.onerror = () => reject(tx.error);
       tx.onabort = () => reject(tx.error || new HearthError('aborted', 'IndexedDB transaction aborted'));
-      fn(tx.objectStore('writes'));
+      out = fn(tx.objectStore(storeName));
     });
+  }
+
+  /** @param {string} key @returns {Promise<string|null>} */
+  loadView(key) {
+    return this._tx((s) => {
+      const req = s.get(key);
+      return () => (req.result && typeof req.result.record === 'string' ? req.result.record : null);
+    }, 'views', 'readonly');
+  }
+
+  /**
+   * One `put`; beyond `maxViews` records the least recently saved are deleted
+   * in the same transaction. Relaxed durability: a lost record is a cache miss.
+   * @param {string} key @param {string} text
+   */
+  saveView(key, text) {
+    this.lastSavedAt = Math.max(Date.now(), this.lastSavedAt + 1);
+    const savedAt = this.lastSavedAt;
+    return this._tx((s) => {
+      s.put({ key, saved_at: savedAt, record: text });
+      const count = s.count();
+      count.onsuccess = () => {
+        let excess = count.result - this.maxViews;
+        if (excess <= 0) return;
+        const cur = s.index('saved_at').openCursor();
+        cur.onsuccess = () => {
+          const c = cur.result;
+          if (!c || excess <= 0) return;
+          if (c.value.key !== key) { c.delete(); excess--; }
+          c.continue();
+        };
+      };
+    }, 'views', 'readwrite', 'relaxed');
+  }
+
+  /** @param {string} key */
+  deleteView(key) { return this._tx((s) => { s.delete(key); }, 'views', 'readwrite', 'relaxed'); }
+
+  /**
+   * Deletes the database (pending writes and cached views), e.g. at sign-out.
+   * Takes the Web Lock for the duration: refused with `failed-precondition`
+   * while a client (another tab) uses the store.
+   */
+  async destroy() {
+    await this._lock();
+    try {
+      await new Promise((resolve, reject) => {
+        const req = this.idb.deleteDatabase(this.name);
+        req.onsuccess = () => resolve(undefined);
+        req.onerror = () => reject(req.error);
+        req.onblocked = () => this.log(`deleting the IndexedDB database ${this.name} waits for other connections to close`);
+      });
+    } finally {
+      await this.close();
+    }
   }
 
   /**
@@ -1905,7 +2200,7 @@ export class IndexedDbWriteStore {
     const key = this.keys.get(id);
     this.keys.delete(id);
     if (key === undefined) return Promise.resolve();
-    return key.then((order) => this._tx((s) => s.delete(order)));
+    return key.then((order) => this._tx((s) => { s.delete(order); }));
   }
 
   /** @returns {Promise<void>} settles once the lock is released */
@@ -1929,8 +2224,8 @@ function isPromise(v) { return !!v && typeof v.then === 'function'; }
 function storeFromOption(p, /** @type {(msg: string) => void} */ log) {
   if (!p) return null;
   if (typeof p.open === 'function' && typeof p.add === 'function') return p;
-  if (typeof p.dir === 'string') return new FileWriteStore(p.dir, { fs: p.fs, log });
-  if (typeof p.indexedDb === 'string') return new IndexedDbWriteStore(p.indexedDb, { indexedDB: p.indexedDB, locks: p.locks, log });
+  if (typeof p.dir === 'string') return new FileWriteStore(p.dir, { fs: p.fs, log, maxViews: p.maxViews });
+  if (typeof p.indexedDb === 'string') return new IndexedDbWriteStore(p.indexedDb, { indexedDB: p.indexedDB, locks: p.locks, log, maxViews: p.maxViews });
   throw new HearthError('invalid-argument', 'persistence: give {dir} (Node), {indexedDb: name} (browser) or a WriteStore');
 }
 
@@ -1956,7 +2251,14 @@ function storeFromOption(p, /** @type {(msg: string) => void} */ log) {
  * @property {WriteStore|{dir: string, fs?: any}|{indexedDb: string, indexedDB?: any, locks?: any}|null} [persistence] keep the queue of
  *   pending plain writes across restarts (PROTOCOL.md §13): `{dir}` (Node: a directory), `{indexedDb: name}`
  *   (browser; `indexedDB` and `locks` replace the global `indexedDB` and `navigator.locks`, e.g. for tests;
- *   `locks: null` means no lock) or any {@link WriteStore}. Default: none (in memory).
+ *   `locks: null` means no lock) or any {@link WriteStore}. Default: none (in memory). `maxViews`: the bound
+ *   of the offline read cache (default 100).
+ * @property {boolean} [cacheViews] keep the subscriptions' server views in the persistence store as an offline
+ *   read cache (PROTOCOL.md §13 "An offline read cache"). Default: on when `persistence` is given and its store
+ *   supports it (the file and IndexedDB stores do); `false` turns it off; `true` without a store that supports
+ *   it is an error (`invalid-argument` without persistence, `unimplemented` for a store without view methods).
+ * @property {number} [cacheViewsDelayMs] how long after a frame changed a view it is saved, gathering the frames
+ *   of that time into one save (default 1000)
  * @property {() => number} [clock] wall clock in ms for the write-age rule (default `Date.now`; for tests)
  * @property {any} [WebSocket] a WebSocket constructor (default: global, else the `ws` package)
  * @property {(msg: string, ...args: any[]) => void} [logger] debug logger (default: none)
@@ -2065,6 +2367,21 @@ export class HearthClient {
     this._storeOpening = null;
     /** @type {WriteStore|null} */
     this._store = storeFromOption(options.persistence, (m) => this._warn(m));
+    this._persistence = options.persistence ?? null;
+    // the offline read cache of subscription views (PROTOCOL.md §13)
+    const viewsSupported = !!this._store && ['loadView', 'saveView', 'deleteView'].every((m) => typeof /** @type {any} */ (this._store)[m] === 'function');
+    if (options.cacheViews === true && !this._store) throw new HearthError('invalid-argument', 'cacheViews needs a persistence store');
+    if (options.cacheViews === true && !viewsSupported) throw new HearthError('unimplemented', 'this persistence store cannot cache views (no loadView/saveView/deleteView)');
+    this._cacheViews = options.cacheViews !== false && viewsSupported;
+    this._cacheViewsDelayMs = options.cacheViewsDelayMs ?? 1000;
+    /** the subscriptions whose cached view is being looked up (an asynchronous store) */
+    this._loadingViews = 0;
+    /** @type {Set<Subscription>} subscriptions whose view changed since it was saved */
+    this._dirtyViews = new Set();
+    /** @type {any} */
+    this._viewTimer = null;
+    /** @type {Promise<void>} settles once the store is closed (its lock released) after close() */
+    this._storeClosed = Promise.resolve();
     if (this._store) {
       const loaded = this._store.open(); // a synchronous store throws here (e.g. failed-precondition: locked)
       if (isPromise(loaded)) {
@@ -2114,25 +2431,27 @@ export class HearthClient {
   }
 
   /**
-   * Runs a store operation; `then` runs once it is durable (at once for a
-   * synchronous store), `fail` if it failed. Operations of an asynchronous
-   * store are chained, so they complete (and `then` runs) in call order.
-   * @param {(s: WriteStore) => any} op @param {() => void} then @param {(e: any) => void} fail
+   * Runs a store operation; `then` runs with its result once it is durable (at
+   * once for a synchronous store), `fail` if it failed. Operations of an
+   * asynchronous store are chained, so they complete (and `then` runs) in call
+   * order; one queued before `close()` still runs before the store is closed.
+   * @param {(s: WriteStore) => any} op @param {(result: any) => void} then @param {(e: any) => void} fail
    */
   _storeDo(op, then, fail) {
-    const store = /** @type {WriteStore} */ (this._store);
+    const store = this._store;
+    if (!store) { fail(this._storeError || new HearthError('failed-precondition', 'the store is closed')); return; }
     if (this._storeTail === null) {
       let r;
       try { r = op(store); } catch (e) { fail(e); return; }
-      if (!isPromise(r)) { then(); return; }
+      if (!isPromise(r)) { then(r); return; }
       this._storeTail = r;
     } else {
-      this._storeTail = this._storeTail.catch(() => {}).then(() => (this._store ? op(this._store) : Promise.reject(this._storeError)));
+      this._storeTail = this._storeTail.catch(() => {}).then(() => (this._storeError ? Promise.reject(this._storeError) : op(store)));
     }
     const tail = this._storeTail;
-    tail.then(() => {
+    tail.then((r) => {
       if (this._storeTail === tail) this._storeTail = null;
-      then();
+      then(r);
     }, (e) => {
       if (this._storeTail === tail) this._storeTail = null;
       fail(e);
@@ -2144,6 +2463,73 @@ export class HearthClient {
     if (!pw.stored || !this._store) return;
     pw.stored = false;
     this._storeDo((s) => s.remove(pw.mutationId), () => {}, (e) => this._warn(`could not drop the stored write ${pw.mutationId}: ${e}`));
+  }
+
+  // -- the offline read cache (PROTOCOL.md §13 "An offline read cache") -------------
+
+  /**
+   * Looks up the cached view of a new subscription. Until the lookup is done
+   * (at once with the file store) the subscription shows nothing and is not
+   * sent; then it shows the cached view (`fromCache`) and is sent with the
+   * record's resume token.
+   * @param {Subscription} sub
+   */
+  _loadView(sub) {
+    const key = canonicalTarget(sub.wireTarget);
+    sub.cacheKey = key;
+    sub.loading = true;
+    this._loadingViews++;
+    const ready = () => {
+      sub.loading = false;
+      this._loadingViews--;
+      if (!sub.ended) {
+        this._sendSubscribe(sub);
+        sub.refresh();
+      }
+      // writes wait for the subscriptions being looked up (PROTOCOL.md §13: subscribes first)
+      if (this._loadingViews === 0) this._pumpWrites();
+    };
+    this._storeDo((s) => /** @type {any} */ (s).loadView(key), (text) => {
+      if (typeof text === 'string' && !sub.ended) {
+        const rec = decodeViewRecord(text, key);
+        if (rec) sub.useCached(rec);
+        else this._warn(`ignoring an unreadable cached view (torn, or of another target) for ${key}`);
+      }
+      ready();
+    }, (e) => {
+      this._warn(`could not read the cached view of ${key}: ${e}`);
+      ready();
+    });
+  }
+
+  /** A frame changed a subscription's server view: save it within `cacheViewsDelayMs`. @param {Subscription} sub */
+  _viewChanged(sub) {
+    if (!sub.cacheKey || sub.ended) return;
+    this._dirtyViews.add(sub);
+    if (!this._viewTimer) {
+      this._viewTimer = setTimeout(() => { this._viewTimer = null; this._flushViews(); }, this._cacheViewsDelayMs);
+    }
+  }
+
+  _flushViews() {
+    for (const sub of [...this._dirtyViews]) this._saveView(sub);
+  }
+
+  /** Saves a subscription's server view with the token of the last frame applied to it, as one record. @param {Subscription} sub */
+  _saveView(sub) {
+    this._dirtyViews.delete(sub);
+    if (!sub.cacheKey || !this._store) return;
+    const key = sub.cacheKey;
+    const text = encodeViewRecord(sub.wireTarget, sub.serverDocs, sub.resume);
+    this._storeDo((s) => /** @type {any} */ (s).saveView(key, text), () => {}, (e) => this._warn(`could not save the cached view of ${key}: ${e}`));
+  }
+
+  /** The server refused the subscription: drop its record (it may no longer be readable). @param {Subscription} sub */
+  _dropView(sub) {
+    this._dirtyViews.delete(sub);
+    if (!sub.cacheKey || !this._store) return;
+    const key = sub.cacheKey;
+    this._storeDo((s) => /** @type {any} */ (s).deleteView(key), () => {}, (e) => this._warn(`could not drop the cached view of ${key}: ${e}`));
   }
 
   // -- events ---------------------------------------------------------------
@@ -2339,6 +2725,7 @@ export class HearthClient {
         if (!sub) break;
         const firstDocs = frame.type === 'snapshot' ? frame.docs : null;
         if (!sub.onFrame(frame)) break;
+        this._viewChanged(sub);
         // the subscribe is settled by its first frame (PROTOCOL.md §2)
         if (sub.requestId !== null) { this._requests.delete(sub.requestId); sub.requestId = null; }
         // a one-shot read answers with the server's first frame (not with
@@ -2428,7 +2815,7 @@ export class HearthClient {
     }
     for (const sub of this._subs.values()) {
       sub.current = false;
-      if (!sub.frozen) sub.frozen = { docs: sub.serverDocs, position: sub.position };
+      if (!sub.frozen) sub.frozen = { docs: sub.serverDocs, position: sub.position, unknown: !sub.received && !sub.cached };
     }
     for (const req of this._requests.values()) {
       if (req.kind === 'auth') this._authWaiters.push(req);
@@ -2511,7 +2898,7 @@ export class HearthClient {
 
   /** @param {Subscription} sub */
   _sendSubscribe(sub) {
-    if (!this._welcomed) return;
+    if (!this._welcomed || sub.loading) return;
     const id = this._nextId++;
     /** @type {any} */
     const frame = { type: 'subscribe', id, sub: sub.name, target: sub.wireTarget };
@@ -2542,6 +2929,10 @@ export class HearthClient {
     const sub = new Subscription(this, target, onNext, onError || ((e) => this._log('subscription error', e.code, e.message)), opts);
     this._subs.set(sub.name, sub);
     this._start();
+    if (this._cacheViews && !sub.raw) {
+      this._loadView(sub); // then sends it, and shows the cached view
+      return sub;
+    }
     this._sendSubscribe(sub);
     sub.refresh(); // pending writes may already populate it (offline)
     return sub;
@@ -2552,6 +2943,7 @@ export class HearthClient {
     if (sub.ended) return;
     sub.ended = true;
     this._subs.delete(sub.name);
+    if (this._dirtyViews.has(sub)) this._saveView(sub);
     if (this._welcomed) {
       const id = this._nextId++;
       this._requests.set(id, { kind: 'unsubscribe', sub: sub.name });
@@ -2692,7 +3084,8 @@ export class HearthClient {
   }
 
   _pumpWrites() {
-    if (!this._welcomed) return;
+    // after a welcome the subscribes go first (PROTOCOL.md §13), also those whose cached view is being read
+    if (!this._welcomed || this._loadingViews > 0) return;
     const max = Number(this.session?.limits?.max_inflight_writes) || 32;
     const now = this._clock();
     // A write first sent more than maxQueuedWriteAgeMs ago may have been applied
@@ -2943,13 +3336,24 @@ export class HearthClient {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try { ws.close(1000, 'client closed'); } catch { /* ignore */ }
     }
+    clearTimeout(this._viewTimer);
+    this._viewTimer = null;
     const err = new HearthError('unavailable', 'the client was closed');
+    // the views changed since their last save are saved now (PROTOCOL.md §13)
+    this._flushViews();
     // stored writes stay stored: the next client on this store sends them
     const store = this._store;
     this._store = null;
     if (store) {
-      const release = () => { try { const r = store.close(); if (isPromise(r)) r.catch(() => {}); } catch (e) { this._log('closing the write store failed', e); } };
-      if (this._storeTail) this._storeTail.then(release, release); else release();
+      this._storeClosed = new Promise((resolve) => {
+        const release = () => {
+          try {
+            const r = store.close();
+            if (isPromise(r)) r.then(() => resolve(), () => resolve()); else resolve();
+          } catch (e) { this._log('closing the write store failed', e); resolve(); }
+        };
+        if (this._storeTail) this._storeTail.then(release, release); else release();
+      });
     }
     for (const pw of this._writes) {
       if (pw.retryTimer) clearTimeout(pw.retryTimer);
@@ -2962,6 +3366,35 @@ export class HearthClient {
     this._requests.clear();
     for (const sub of this._subs.values()) sub.ended = true;
     this._subs.clear();
+  }
+
+  /**
+   * Deletes everything this client's persistence store holds: the pending
+   * writes (unanswered ones are lost) and the cached views. For signing a user
+   * out (PROTOCOL.md §13: a store belongs to one user). Closes the client
+   * first; resolves once the store is gone.
+   * @returns {Promise<void>}
+   */
+  async clearPersistence() {
+    const persistence = this._persistence;
+    this.close();
+    await this._storeClosed;
+    await HearthClient.clearPersistence(persistence);
+  }
+
+  /**
+   * Deletes a persistence store (pending writes and cached views) that no
+   * client uses: `{dir}`, `{indexedDb: name}` or a store with `destroy()`.
+   * Refused with `failed-precondition` while a client (another process, another
+   * tab) holds it.
+   * @param {WriteStore|{dir: string, fs?: any}|{indexedDb: string, indexedDB?: any, locks?: any}|null} persistence
+   * @returns {Promise<void>}
+   */
+  static async clearPersistence(persistence) {
+    const store = storeFromOption(persistence, () => {});
+    if (!store) return;
+    if (typeof store.destroy !== 'function') throw new HearthError('unimplemented', 'this persistence store cannot be deleted (no destroy())');
+    await store.destroy();
   }
 }
 

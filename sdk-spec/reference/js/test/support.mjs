@@ -201,3 +201,69 @@ export async function serverAnswersRestoredWrites(s2, c2, seen) {
   assert.ok(seen.every((v) => !v['c/counter'] || v['c/counter'][0] === 1), `never 2: ${JSON.stringify(seen)}`);
   assert.deepEqual(seen.at(-1), { 'c/counter': [1, false], 'c/a': [10, false], 'c/b': [20, false] });
 }
+
+/** The query both offline-read-cache restart tests (file store, IndexedDB) cache: collection `c` ordered by `n`. */
+export const cachedQuery = (client) => client.collection('c').orderBy('n');
+
+/**
+ * The first process of the offline-read-cache restart tests: client `c1` (not yet connected) subscribes
+ * to {@link cachedQuery}, the server answers a snapshot of `a`, `b`, `c` (n = 1, 2, 3) at `p5`, and the
+ * view is saved (`isSaved` polled). Then the connection drops (the client should have a long backoff).
+ */
+export async function firstRunCachesView(c1, net, isSaved) {
+  const conn = c1.connect();
+  const s1 = await welcomed(net, 0);
+  await conn;
+  const seen = [];
+  cachedQuery(c1).onSnapshot((s) => seen.push(s));
+  await until(() => s1.sentOf('subscribe').length === 1, 'subscribe sent');
+  const sub = s1.sentOf('subscribe')[0];
+  assert.equal(sub.resume, undefined, 'nothing cached yet: no resume token');
+  s1.frame({ type: 'snapshot', sub: sub.sub, resume: 'p5', reset: false, docs: [doc('c/a', { n: 1 }, 3), doc('c/b', { n: 2 }, 4), doc('c/c', { n: 3 }, 5)] });
+  assert.deepEqual(seen.at(-1).docs.map((d) => d.id), ['a', 'b', 'c']);
+  await until(isSaved, 'the view saved');
+  s1.drop();
+  await tick(10);
+}
+
+/**
+ * The second process: client `c2` on the same store subscribes to the same query (and to targets it
+ * never subscribed to) before connecting. The cached view shows at once (`fromCache`), nothing for the
+ * other targets; the query's subscribe carries the cached token; the server's `changes` (a deleted,
+ * b moved to n = 20, d added) applied on the cached view give `c`, `d`, `b`.
+ * Returns the query's snapshots and the socket.
+ */
+export async function restartShowsCachedView(c2, net) {
+  const seen = [];
+  const others = [];
+  cachedQuery(c2).onSnapshot((s) => seen.push(s));
+  c2.doc('c/z').onSnapshot((s) => others.push(['z', s]));
+  cachedQuery(c2).limit(2).onSnapshot((s) => others.push(['limit', s]));
+  await until(() => seen.length === 1, 'the cached view shown');
+  const first = seen[0];
+  assert.deepEqual(first.docs.map((d) => [d.id, d.fields.n, d.pending]), [['a', 1, false], ['b', 2, false], ['c', 3, false]]);
+  assert.equal(first.fromCache, true);
+  assert.equal(first.hasPendingWrites, false);
+  assert.deepEqual(first.changes.map((c) => [c.kind, c.doc.id, c.oldIndex, c.newIndex]), [['added', 'a', null, 0], ['added', 'b', null, 1], ['added', 'c', null, 2]]);
+  assert.equal(first.docs[1].version, 4, 'document metadata kept');
+  const conn = c2.connect();
+  const s2 = await welcomed(net, 0);
+  await conn;
+  await until(() => s2.sentOf('subscribe').length === 3, 'the three subscriptions sent');
+  const [q, z, lim] = s2.sentOf('subscribe');
+  assert.deepEqual(q.target, { query: { collection: 'c', order_by: [{ field: 'n', direction: 'asc' }] } });
+  assert.equal(q.resume, 'p5', 'resumed from the cached token');
+  assert.equal(z.resume, undefined, 'a cache is per target');
+  assert.equal(lim.resume, undefined, 'a cache is per target (same collection, another limit)');
+  assert.deepEqual(others, [], 'nothing shown for targets without a record');
+  s2.frame({ type: 'changes', sub: q.sub, resume: 'p9', changes: [
+    { kind: 'removed', doc: doc('c/a', { n: 1 }, 3), old_index: 0, new_index: null },
+    { kind: 'modified', doc: doc('c/b', { n: 20 }, 8), old_index: 1, new_index: 2 },
+    { kind: 'added', doc: doc('c/d', { n: 4 }, 9), old_index: null, new_index: 1 },
+  ] });
+  const last = seen.at(-1);
+  assert.deepEqual(last.docs.map((d) => [d.id, d.fields.n]), [['c', 3], ['d', 4], ['b', 20]], 'changes applied on the cached view');
+  assert.equal(last.fromCache, false);
+  assert.equal(seen.length, 2);
+  return { seen, s2, q };
+}
