@@ -175,6 +175,10 @@ test('in Chromium, writes made offline survive a reload in IndexedDB, a second t
   const problems = [];
   let browser = null;
   let hearth = null;
+  // A last resort if a step hangs past the test's timeout: exiting kills
+  // Chromium (playwright-core's exit handler) and hearth (startHearth's).
+  const watchdog = setTimeout(() => { console.error('browser.test.mjs: hung for 110 s, exiting'); process.exit(1); }, 110_000);
+  watchdog.unref();
   try {
     browser = await within(30_000, 'Chromium to start', chromium.launch({
       executablePath: CHROMIUM,
@@ -322,6 +326,7 @@ test('in Chromium, writes made offline survive a reload in IndexedDB, a second t
     if (hearth) e.message += `\nhearth log:\n${hearth.log()}`;
     throw e;
   } finally {
+    clearTimeout(watchdog);
     if (browser) await within(10_000, 'Chromium to close', browser.close()).catch(() => {});
     if (hearth) hearth.stop();
     site.close();
