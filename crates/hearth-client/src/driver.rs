@@ -13,6 +13,12 @@
 //! subscription's server position has reached the write's commit, so a
 //! document never flickers back to its old state between `write_ok` and the
 //! `changes` frame that carries the write (they may arrive in either order).
+//!
+//! With an offline read cache ([`crate::view_cache`]), a new subscription
+//! starts from the cached view and token (shown `from_cache`, resumed from
+//! that token), and a server view that changed is saved at most
+//! [`VIEW_SAVE_INTERVAL`] later, and when its subscription ends, the
+//! connection breaks or the client shuts down.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +38,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::persist::{self, Journal, StoredWrite, RESEND_HORIZON};
 use crate::view::{diff, local_view, QuerySnapshot, ServerView, SnapshotDoc};
+use crate::view_cache::ViewCache;
 use hearth_protocol::ws::{ClientInfo, ClientMessage, ServerMessage, TransactionRead};
 
 use crate::wire::{self, Encoding, Limits, Target};
@@ -87,6 +94,9 @@ const TICK: Duration = Duration::from_millis(100);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 const DEFAULT_MAX_INFLIGHT: usize = 64;
+/// How long a changed server view may wait before it is saved to the view
+/// cache (frames arriving meanwhile cost one save).
+const VIEW_SAVE_INTERVAL: Duration = Duration::from_millis(500);
 
 struct SubEntry {
     target: Target,
@@ -112,6 +122,8 @@ struct SubEntry {
     held_reset: bool,
     /// No pending writes in its snapshots (see [`Command::Subscribe`]).
     server_only: bool,
+    /// The server view changed since it was last saved to the view cache.
+    unsaved: bool,
     tx: SnapshotSender,
 }
 
@@ -199,6 +211,10 @@ pub(crate) struct Driver {
     rng: rand::rngs::StdRng,
     /// The on-disk queue ([`crate::ClientConfig::persistence`]).
     journal: Option<Journal>,
+    /// The offline read cache ([`crate::ClientConfig::cache_views`]).
+    views: Option<ViewCache>,
+    /// When unsaved views are next written to `views`.
+    next_view_save: Instant,
 }
 
 impl Driver {
@@ -208,6 +224,7 @@ impl Driver {
         state_tx: watch::Sender<ConnectionState>,
         stats: Arc<Stats>,
         journal: Option<(Journal, Vec<(StoredWrite, WriteReply)>)>,
+        views: Option<ViewCache>,
     ) -> Driver {
         let (journal, restored) = match journal {
             Some((journal, restored)) => (Some(journal), restored),
@@ -245,6 +262,8 @@ impl Driver {
             frames_in_session: 0,
             rng: rand::rngs::StdRng::from_entropy(),
             journal,
+            views,
+            next_view_save: Instant::now(),
         }
     }
 
@@ -362,6 +381,8 @@ impl Driver {
     /// announced: once [`crate::Client::shutdown`] returns, another client
     /// may open the directory.
     fn close_all(mut self) {
+        self.save_views();
+        drop(self.views.take());
         drop(self.journal.take());
         self.state_tx.send_replace(ConnectionState::Closed);
         for w in self.writes.drain(..) {
@@ -451,10 +472,15 @@ impl Driver {
                     }
                     self.prune_acked();
                     self.send_writes();
+                    if Instant::now() >= self.next_view_save {
+                        self.save_views();
+                        self.next_view_save = Instant::now() + VIEW_SAVE_INTERVAL;
+                    }
                 }
             }
         };
         drop(socket);
+        self.save_views();
         self.connected = false;
         self.outbox.clear();
         self.requests.clear();
@@ -612,30 +638,44 @@ impl Driver {
                 tx,
                 server_only,
             } => {
-                self.subs.insert(
-                    sub.clone(),
-                    SubEntry {
-                        target,
-                        server: ServerView::default(),
-                        has_server_data: false,
-                        synced: false,
-                        resume: None,
-                        position: None,
-                        emitted: Vec::new(),
-                        emitted_once: false,
-                        frozen: None,
-                        held_reset: false,
-                        server_only,
-                        tx,
-                    },
-                );
+                let cached = self.views.as_ref().and_then(|v| v.load(&target));
+                let mut entry = SubEntry {
+                    target,
+                    server: ServerView::default(),
+                    has_server_data: false,
+                    synced: false,
+                    resume: None,
+                    position: None,
+                    emitted: Vec::new(),
+                    emitted_once: false,
+                    frozen: None,
+                    held_reset: false,
+                    server_only,
+                    unsaved: false,
+                    tx,
+                };
+                // Start from the cached view: shown at once (not synced, so
+                // `from_cache`), and resumed from its token.
+                let from_cache = cached.is_some();
+                if let Some(cached) = cached {
+                    entry.server.replace(cached.docs);
+                    entry.has_server_data = true;
+                    entry.set_resume(cached.resume);
+                }
+                self.subs.insert(sub.clone(), entry);
+                if from_cache {
+                    self.emit(&sub, true, false);
+                }
                 self.send_subscribe(&sub);
             }
             Command::Unsubscribe { sub } => {
-                if self.subs.remove(&sub).is_some() && self.connected {
-                    let id = self.request(Request::Unsubscribe);
-                    self.outbox
-                        .push(wire::encode(&ClientMessage::Unsubscribe { id, sub }));
+                if let Some(mut entry) = self.subs.remove(&sub) {
+                    entry.save_to(self.views.as_ref());
+                    if self.connected {
+                        let id = self.request(Request::Unsubscribe);
+                        self.outbox
+                            .push(wire::encode(&ClientMessage::Unsubscribe { id, sub }));
+                    }
                 }
             }
             Command::Write {
@@ -696,6 +736,7 @@ impl Driver {
             } => {
                 if let Some(entry) = self.subs.get_mut(&sub) {
                     entry.server.replace(docs);
+                    entry.unsaved = true;
                     entry.has_server_data = true;
                     entry.synced = true;
                     entry.set_resume(resume);
@@ -718,6 +759,7 @@ impl Driver {
                             "server change indices disagree with the view; repaired by path"
                         );
                     }
+                    entry.unsaved = true;
                     entry.has_server_data = true;
                     entry.synced = true;
                     entry.set_resume(resume);
@@ -786,6 +828,10 @@ impl Driver {
                     }
                     (_, Some(sub)) => {
                         if let Some(entry) = self.subs.remove(&sub) {
+                            // What it may no longer read is not shown again.
+                            if let Some(views) = &self.views {
+                                views.remove(&entry.target);
+                            }
                             let _ = entry.tx.send(Err(ClientError::server(code, message)));
                         }
                     }
@@ -902,6 +948,13 @@ impl Driver {
         }
     }
 
+    /// Writes every changed server view to the view cache.
+    fn save_views(&mut self) {
+        for entry in self.subs.values_mut() {
+            entry.save_to(self.views.as_ref());
+        }
+    }
+
     fn update_pending_count(&self) {
         let n = self.writes.iter().filter(|w| w.acked.is_none()).count();
         self.stats.pending_writes.store(n as u64, Ordering::Relaxed);
@@ -983,12 +1036,26 @@ impl Driver {
             }
         }
         if !delivered {
-            self.subs.remove(sub);
+            if let Some(mut entry) = self.subs.remove(sub) {
+                entry.save_to(self.views.as_ref());
+            }
         }
     }
 }
 
 impl SubEntry {
+    /// Writes the server view, with the token it is at, to the view cache
+    /// if it changed since it was last saved.
+    fn save_to(&mut self, views: Option<&ViewCache>) {
+        let (Some(views), Some(resume), true) = (views, &self.resume, self.unsaved) else {
+            return;
+        };
+        match views.save(&self.target, &self.server.docs, resume) {
+            Ok(()) => self.unsaved = false,
+            Err(e) => tracing::warn!(error = %e, "cannot save a view to the offline cache"),
+        }
+    }
+
     fn set_resume(&mut self, token: String) {
         self.position = wire::parse_resume_token(&token);
         self.resume = Some(token);
@@ -1153,6 +1220,7 @@ mod tests {
             cmd_rx,
             state_tx,
             Arc::new(Stats::default()),
+            None,
             None,
         );
         driver.connected = true;

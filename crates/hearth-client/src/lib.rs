@@ -36,6 +36,9 @@
 //! - optionally **persists** that queue in a directory
 //!   ([`ClientConfig::persistence`]), so writes made offline survive the
 //!   application being killed and are resent, applied once, on the next start;
+//!   the same directory keeps an **offline read cache** of subscription views,
+//!   so a subscription made after a restart shows what was last seen at once
+//!   and downloads only what changed since;
 //! - one-shot reads ([`Client::get`]) and **transactions**
 //!   ([`Client::run_transaction`]): read, decide, write; retried from the
 //!   reads when another writer got there first.
@@ -51,6 +54,7 @@ mod error;
 mod persist;
 mod transaction;
 mod view;
+mod view_cache;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -96,6 +100,9 @@ pub struct ClientConfig {
     /// A directory where the queue of pending writes is kept across
     /// restarts (`None`: in memory only).
     pub persistence: Option<PathBuf>,
+    /// With [`ClientConfig::persistence`]: also keep subscription views
+    /// there as an offline read cache (default `true`).
+    pub cache_views: bool,
 }
 
 impl ClientConfig {
@@ -109,6 +116,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             encoding: Encoding::Json,
             persistence: None,
+            cache_views: true,
         }
     }
 
@@ -150,10 +158,37 @@ impl ClientConfig {
     /// [`Client::start`] fails with
     /// [`ClientError::StoreLocked`] while another holds it. Writes cost one
     /// `fdatasync` each, done on the client's task.
+    ///
+    /// The directory also holds an offline read cache (unless
+    /// [`ClientConfig::cache_views`] turns it off): each subscription's
+    /// server view with its resume token, saved at most about a second
+    /// after it changed. A subscription to the same target made later (after
+    /// a restart, offline) shows the cached documents at once
+    /// (`from_cache: true`) and resumes from the cached token, so the server
+    /// sends only what changed since (PROTOCOL.md §13, "An offline read
+    /// cache"). Cached documents are stored in plain text; at sign-out,
+    /// delete the directory with [`clear_persistence`].
     pub fn persistence(mut self, dir: impl Into<PathBuf>) -> ClientConfig {
         self.persistence = Some(dir.into());
         self
     }
+
+    /// Whether a persistence directory also caches subscription views
+    /// (default `true`; without [`ClientConfig::persistence`] nothing is
+    /// cached).
+    pub fn cache_views(mut self, enabled: bool) -> ClientConfig {
+        self.cache_views = enabled;
+        self
+    }
+}
+
+/// Deletes a persistence directory's contents ([`ClientConfig::persistence`]):
+/// the queue of pending writes (they will never be sent) and the cached
+/// views. Call it when the user signs out, after [`Client::shutdown`]: the
+/// store belongs to one signed-in user. Fails with
+/// [`ClientError::StoreLocked`] while a client still uses the directory.
+pub fn clear_persistence(dir: impl AsRef<std::path::Path>) -> Result<(), ClientError> {
+    persist::clear(dir.as_ref())
 }
 
 /// `http(s)://host[:port]` → `ws(s)://host[:port]/v1/ws`; a `ws(s)://` URL
@@ -328,7 +363,11 @@ impl Client {
             }
             None => None,
         };
-        let driver = Driver::new(config, cmd_rx, state_tx, stats.clone(), journal);
+        let views = match (&config.persistence, config.cache_views) {
+            (Some(dir), true) => Some(view_cache::ViewCache::open(dir)?),
+            _ => None,
+        };
+        let driver = Driver::new(config, cmd_rx, state_tx, stats.clone(), journal, views);
         tokio::spawn(driver.run());
         let mutation_prefix = format!("{:016x}", rand::random::<u64>());
         Ok(Client {

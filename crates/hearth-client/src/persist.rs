@@ -87,7 +87,7 @@ pub(crate) struct Journal {
     lines: usize,
 }
 
-fn storage_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ClientError {
+pub(crate) fn storage_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ClientError {
     ClientError::Storage(format!("{what} {}: {e}", path.display()))
 }
 
@@ -169,28 +169,61 @@ fn records_of(w: &StoredWrite) -> Vec<Record> {
     records
 }
 
+/// Creates `dir` if needed and takes its exclusive lock (held as long as
+/// the returned file is open, released by the OS if the process dies).
+fn lock_dir(dir: &Path) -> Result<File, ClientError> {
+    fs::create_dir_all(dir).map_err(|e| storage_error("cannot create", dir, e))?;
+    let lock_path = dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| storage_error("cannot open", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(ClientError::StoreLocked(format!(
+            "{} is in use by another client instance",
+            dir.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(storage_error("cannot lock", &lock_path, e)),
+    }
+}
+
+/// Deletes what a client keeps in `dir` (the queue of pending writes and
+/// the cached views) and the directory itself if nothing else is in it.
+/// Refused with [`ClientError::StoreLocked`] while a client uses `dir`.
+pub(crate) fn clear(dir: &Path) -> Result<(), ClientError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let lock = lock_dir(dir)?;
+    for file in [JOURNAL, &format!("{JOURNAL}.tmp")] {
+        match fs::remove_file(dir.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(storage_error("cannot remove", &dir.join(file), e))
+            }
+            _ => {}
+        }
+    }
+    let views = dir.join(crate::view_cache::VIEWS_DIR);
+    match fs::remove_dir_all(&views) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(storage_error("cannot remove", &views, e))
+        }
+        _ => {}
+    }
+    drop(lock);
+    let _ = fs::remove_file(dir.join(LOCK));
+    let _ = fs::remove_dir(dir);
+    Ok(())
+}
+
 impl Journal {
     /// Locks `dir` (creating it), reads the queue it holds and compacts the
     /// file. `now_ms` decides which sent writes are past [`RESEND_HORIZON`].
     pub(crate) fn open(dir: &Path, now_ms: u64) -> Result<(Journal, Restored), ClientError> {
-        fs::create_dir_all(dir).map_err(|e| storage_error("cannot create", dir, e))?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| storage_error("cannot open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(ClientError::StoreLocked(format!(
-                    "{} is in use by another client instance",
-                    dir.display()
-                )))
-            }
-            Err(TryLockError::Error(e)) => return Err(storage_error("cannot lock", &lock_path, e)),
-        }
+        let lock = lock_dir(dir)?;
         let path = dir.join(JOURNAL);
         let stored = match File::open(&path) {
             Ok(file) => replay(BufReader::new(file).lines().map_while(Result::ok)),

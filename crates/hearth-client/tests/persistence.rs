@@ -2,17 +2,26 @@
 //! while the server is unreachable survive the client being shut down, and
 //! the next client started on the same directory sends them, each applied
 //! once, and hands their answers to the application; a second client
-//! cannot open a directory in use. The client check
-//! `client-21-restart-with-pending-writes` covers a client process killed
-//! with `SIGKILL` while a write is in doubt.
+//! cannot open a directory in use. A view seen online is shown from the
+//! offline read cache after a restart with no server, and resumed from its
+//! token once the server is back. The client checks
+//! `client-21-restart-with-pending-writes` and
+//! `client-24-restart-shows-cached-view` cover a client process killed with
+//! `SIGKILL`.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hearth_client::{Backoff, Client, ClientConfig, ClientError};
-use hearth_protocol::{DocPath, FieldPath, FieldTransform, Map, Transform, Value, Write};
+use futures::StreamExt;
+use hearth_client::{
+    Backoff, Client, ClientConfig, ClientError, DocChangeKind, QuerySnapshot, Subscription,
+};
+use hearth_protocol::{
+    CollectionPath, Direction, DocPath, FieldPath, FieldTransform, Map, Query, Transform, Value,
+    Write,
+};
 use hearth_testkit::{free_port, TestServer, TestServerOptions};
 use serde_json::json;
 
@@ -119,6 +128,144 @@ async fn offline_writes_survive_a_restart_and_are_applied_once() {
             json!({"n": 1})
         );
         third.shutdown().await;
+    })
+    .await;
+    assert!(outcome.is_ok(), "the test did not finish in time");
+}
+
+async fn next_snapshot(sub: &mut Subscription) -> QuerySnapshot {
+    tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("a snapshot in time")
+        .expect("the subscription is open")
+        .expect("a snapshot, not an error")
+}
+
+fn contents(snapshot: &QuerySnapshot) -> Vec<(String, Map)> {
+    snapshot
+        .documents()
+        .map(|d| (d.path.as_string(), d.fields.clone()))
+        .collect()
+}
+
+fn n(value: i64) -> Map {
+    let mut fields = Map::new();
+    fields.insert("n".into(), Value::Integer(value));
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_seen_online_is_shown_offline_after_a_restart_and_resumed_from_its_token() {
+    hearth_testkit::hearth_binary().expect("the hearth binary");
+    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
+        let server = TestServer::start(TestServerOptions::default())
+            .await
+            .expect("hearth serve starts");
+        let rest = server.client();
+        let dir = tempfile::tempdir().unwrap();
+        let offline = format!("ws://127.0.0.1:{}/v1/ws", free_port());
+        let query =
+            Query::collection(CollectionPath::parse("cached").unwrap()).order("n", Direction::Asc);
+        let reply = rest
+            .batch(json!([
+                {"op": "set", "path": "cached/a", "data": {"n": 1}},
+                {"op": "set", "path": "cached/b", "data": {"n": 2}},
+                {"op": "set", "path": "cached/c", "data": {"n": 3}},
+            ]))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let seen = vec![
+            ("cached/a".to_string(), n(1)),
+            ("cached/b".to_string(), n(2)),
+            ("cached/c".to_string(), n(3)),
+        ];
+
+        // Online: the view arrives from the server, and is saved on the way out.
+        let online = Client::connect(config(&server.ws_url(), server.admin_key(), dir.path()))
+            .await
+            .unwrap();
+        let mut sub = online.subscribe_query(query.clone());
+        let first = next_snapshot(&mut sub).await;
+        assert!(!first.from_cache);
+        assert_eq!(contents(&first), seen);
+        drop(sub);
+        online.shutdown().await;
+        drop(online);
+
+        // Started again with no server: the same query shows what was seen, at once.
+        let offline_client =
+            Client::start(config(&offline, server.admin_key(), dir.path())).unwrap();
+        let mut sub = offline_client.subscribe_query(query.clone());
+        let cached = next_snapshot(&mut sub).await;
+        assert!(cached.from_cache, "flagged as not confirmed by the server");
+        assert_eq!(contents(&cached), seen);
+        // Another target has nothing cached: nothing is shown for it.
+        let mut other = offline_client.subscribe_doc(DocPath::parse("cached/a").unwrap());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), other.next())
+                .await
+                .is_err(),
+            "a document subscription was served another target's cached view"
+        );
+        drop((sub, other));
+        offline_client.shutdown().await;
+        drop(offline_client);
+
+        // The collection changes meanwhile; the next start resumes from the
+        // cached token and gets just those changes on top of the cached view.
+        rest.batch(json!([{"op": "set", "path": "cached/b", "data": {"n": 20}}]))
+            .await;
+        rest.batch(json!([{"op": "delete", "path": "cached/a"}]))
+            .await;
+        let back = Client::start(config(&server.ws_url(), server.admin_key(), dir.path())).unwrap();
+        let mut sub = back.subscribe_query(query.clone());
+        let cached = next_snapshot(&mut sub).await;
+        assert!(cached.from_cache);
+        assert_eq!(contents(&cached), seen);
+        let current = next_snapshot(&mut sub).await;
+        assert!(!current.from_cache && !current.reset);
+        assert_eq!(
+            contents(&current),
+            vec![
+                ("cached/c".to_string(), n(3)),
+                ("cached/b".to_string(), n(20))
+            ]
+        );
+        let mut kinds: Vec<(DocChangeKind, String)> = current
+            .changes
+            .iter()
+            .map(|c| (c.kind, c.doc.path.as_string()))
+            .collect();
+        kinds.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(
+            kinds,
+            vec![
+                (DocChangeKind::Removed, "cached/a".to_string()),
+                (DocChangeKind::Modified, "cached/b".to_string()),
+            ],
+            "the changes since the cached view, not the whole view again"
+        );
+
+        // Sign-out: the store can be cleared only once no client uses it.
+        assert!(matches!(
+            hearth_client::clear_persistence(dir.path()),
+            Err(ClientError::StoreLocked(_))
+        ));
+        drop(sub);
+        back.shutdown().await;
+        drop(back);
+        hearth_client::clear_persistence(dir.path()).unwrap();
+        assert!(!dir.path().exists(), "the store is gone");
+        let signed_out = Client::start(config(&offline, server.admin_key(), dir.path())).unwrap();
+        let mut sub = signed_out.subscribe_query(query);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next())
+                .await
+                .is_err(),
+            "a cleared store still served a view"
+        );
+        drop(sub);
+        signed_out.shutdown().await;
     })
     .await;
     assert!(outcome.is_ok(), "the test did not finish in time");

@@ -96,8 +96,17 @@ impl Driver {
                 if command.get("encoding").and_then(Json::as_str) == Some("msgpack") {
                     config = config.encoding(Encoding::MsgPack);
                 }
-                if let Some(dir) = command.get("persist_dir").and_then(Json::as_str) {
-                    config = config.persistence(dir);
+                let cache_views = command.get("cache_views").and_then(Json::as_bool) == Some(true);
+                match command.get("persist_dir").and_then(Json::as_str) {
+                    // The harness asks for the view cache explicitly.
+                    Some(dir) => config = config.persistence(dir).cache_views(cache_views),
+                    None if cache_views => {
+                        return Err(ClientError::Server {
+                            code: hearth_protocol::ErrorCode::Unimplemented,
+                            message: "cache_views needs persist_dir".into(),
+                        })
+                    }
+                    None => {}
                 }
                 self.client = Some(Client::connect(config).await?);
                 self.reply_ok(id, json!({}));

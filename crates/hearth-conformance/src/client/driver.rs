@@ -30,6 +30,8 @@ pub(crate) struct Snapshot {
     pub docs: Vec<Json>,
     pub changes: Vec<Json>,
     pub has_pending_writes: bool,
+    /// `from_cache` as reported (optional in the driver protocol).
+    pub from_cache: Option<bool>,
 }
 
 impl Snapshot {
@@ -374,6 +376,7 @@ fn parse_snapshot(line: &Json) -> Result<Snapshot, String> {
         docs,
         changes,
         has_pending_writes: flag("has_pending_writes"),
+        from_cache: line.get("from_cache").and_then(Json::as_bool),
     })
 }
 
@@ -457,6 +460,7 @@ mod tests {
             docs,
             changes,
             has_pending_writes: false,
+            from_cache: None,
         }
     }
 

@@ -17,6 +17,7 @@
 //! answers and with the frames the proxy saw. Every frame the client sends
 //! is validated against `sdk-spec/schema/`.
 
+mod cached_view;
 mod driver;
 mod proxy;
 mod restart;
@@ -62,6 +63,7 @@ pub const CLIENT_CHECKS: &[(&str, Option<&str>)] = &[
     ("client-21-restart-with-pending-writes", None),
     ("client-22-pending-in-group-query", None),
     ("client-23-inflight-limit", None),
+    ("client-24-restart-shows-cached-view", None),
 ];
 
 /// What to run the client checks with.
@@ -346,6 +348,7 @@ impl Check {
             "client-21-restart-with-pending-writes" => self.restart_with_pending_writes().await,
             "client-22-pending-in-group-query" => self.pending_in_group_query().await,
             "client-23-inflight-limit" => self.inflight_limit().await,
+            "client-24-restart-shows-cached-view" => self.restart_shows_cached_view().await,
             other => Err(format!("unknown check {other}")),
         }
     }

@@ -18,13 +18,20 @@ use super::{Check, SETTLE, SHORT};
 
 impl Check {
     pub(super) async fn restart_with_pending_writes(&mut self) -> Result<(), String> {
+        let dir = self.fresh_store_dir()?;
+        let result = self.restart_in(&dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// An empty directory of this check's own, for a driver's `persist_dir`
+    /// (the caller removes it).
+    pub(super) fn fresh_store_dir(&self) -> Result<std::path::PathBuf, String> {
         let dir = std::env::temp_dir().join(format!("hearth-{}-store", self.collection));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let result = self.restart_in(&dir).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        result
+        Ok(dir)
     }
 
     async fn restart_in(&mut self, dir: &std::path::Path) -> Result<(), String> {
@@ -34,7 +41,7 @@ impl Check {
         self.rest
             .batch(json!([{"op": "set", "path": counter, "data": {"n": 0}}]))
             .await?;
-        match self.connect_persisted(&persist_dir).await? {
+        match self.connect_persisted(&persist_dir, false).await? {
             Ok(()) => {}
             Err(unimplemented) => {
                 self.skipped = Some(format!(
@@ -88,7 +95,7 @@ impl Check {
         // below gets its first snapshot (which already holds the increment)
         // while the increment still looks unanswered.
         self.proxy.hold_write_answers(true);
-        match self.connect_persisted(&persist_dir).await? {
+        match self.connect_persisted(&persist_dir, false).await? {
             Ok(()) => {}
             Err(e) => return Err(format!("the second process could not connect: {e}")),
         }
@@ -155,15 +162,20 @@ impl Check {
         Ok(())
     }
 
-    /// `connect` with `persist_dir`: `Ok(Err(message))` when the driver
-    /// answers `unimplemented` (its SDK does not persist).
-    async fn connect_persisted(
+    /// `connect` with `persist_dir` (and `cache_views: true` if asked):
+    /// `Ok(Err(message))` when the driver answers `unimplemented` (its SDK
+    /// does not persist, or keeps no view cache).
+    pub(super) async fn connect_persisted(
         &mut self,
         persist_dir: &Json,
+        cache_views: bool,
     ) -> Result<Result<(), String>, String> {
         let key = self.admin_key.clone();
         let mut args = self.connect_args(Some(&key));
         args["persist_dir"] = persist_dir.clone();
+        if cache_views {
+            args["cache_views"] = json!(true);
+        }
         let id = self.driver.send("connect", args).await?;
         match self.driver.reply(id, Duration::from_secs(20)).await? {
             Ok(_) => Ok(Ok(())),
@@ -177,7 +189,7 @@ impl Check {
     }
 
     /// Polls the server's document at `path` until `accept` holds.
-    async fn server_eventually(
+    pub(super) async fn server_eventually(
         &self,
         path: &str,
         what: &str,
