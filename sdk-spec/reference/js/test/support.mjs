@@ -42,9 +42,10 @@ export function fakeNetwork(onSend = () => {}) {
 }
 
 export const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
+/** Polls `cond` (which may return a promise) until it holds. */
 export async function until(cond, what, ms = 3000) {
   const t0 = Date.now();
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
     await tick();
   }
@@ -208,7 +209,7 @@ export const cachedQuery = (client) => client.collection('c').orderBy('n');
 /**
  * The first process of the offline-read-cache restart tests: client `c1` (not yet connected) subscribes
  * to {@link cachedQuery}, the server answers a snapshot of `a`, `b`, `c` (n = 1, 2, 3) at `p5`, and the
- * view is saved (`isSaved` polled). Then the connection drops (the client should have a long backoff).
+ * view is saved (`isSaved` polled; it may be async). Then the connection drops (the client should have a long backoff).
  */
 export async function firstRunCachesView(c1, net, isSaved) {
   const conn = c1.connect();

@@ -106,9 +106,8 @@ test('file store: one record per target in views/ (named by the SHA-256 of the c
 test('restart: the cached view is shown at once offline, the subscribe carries its token, the server\'s changes are applied on it, and the new view is saved', async () => {
   const dir = tmpDir();
   const persistence = { dir };
-  const c1 = newClient(fakeNetwork(), persistence);
   const net1 = fakeNetwork();
-  c1._WebSocket = net1.FakeWebSocket;
+  const c1 = newClient(net1, persistence);
   await firstRunCachesView(c1, net1, () => fs.existsSync(viewPath(dir)));
   const saved = readRecord(dir);
   assert.deepEqual(saved.target, QT);
@@ -397,25 +396,23 @@ test('client on IndexedDB: after a restart the cached view shows before any conn
   const persistence = { indexedDb: 'chat', indexedDB, locks };
   const net1 = fakeNetwork();
   const c1 = newClient(net1, persistence);
-  let saved = null;
-  const poll = async () => { saved = await rawView(indexedDB, 'chat', QKEY); };
-  await firstRunCachesView(c1, net1, () => { poll(); return !!saved; });
-  assert.equal(decodeViewRecord(saved.record, QKEY).resume, 'p5');
+  const token = async (key) => { const r = await rawView(indexedDB, 'chat', key); return r ? decodeViewRecord(r.record, key)?.resume : undefined; };
+  await firstRunCachesView(c1, net1, async () => (await token(QKEY)) === 'p5');
   c1.close();
 
   const net2 = fakeNetwork();
   const c2 = newClient(net2, persistence);
   await restartShowsCachedView(c2, net2);
-  await until(() => { poll(); return saved && decodeViewRecord(saved.record, QKEY).resume === 'p9'; }, 'the changed view saved');
+  await until(async () => (await token(QKEY)) === 'p9', 'the changed view saved');
   // a refused subscription drops its record
   const s2 = net2.sockets[0];
   c2.doc('c/secret').onSnapshot(() => {}, () => {});
   await until(() => s2.sentOf('subscribe').length === 4, 'subscribed');
   const sec = s2.sentOf('subscribe')[3];
   s2.frame({ type: 'snapshot', sub: sec.sub, resume: 'p9', reset: false, docs: [doc('c/secret', { n: 1 }, 2)] });
-  await until(() => { rawView(indexedDB, 'chat', '{"doc":"c/secret"}').then((r) => { saved = r; }); return !!saved && saved.key === '{"doc":"c/secret"}'; }, 'secret cached');
+  await until(async () => (await token('{"doc":"c/secret"}')) === 'p9', 'secret cached');
   s2.frame({ type: 'error', sub: sec.sub, code: 'permission-denied', message: 'revoked' });
-  await until(async () => { rawView(indexedDB, 'chat', '{"doc":"c/secret"}').then((r) => { saved = r === undefined ? 'gone' : r; }); return saved === 'gone'; }, 'secret dropped');
+  await until(async () => (await rawView(indexedDB, 'chat', '{"doc":"c/secret"}')) === undefined, 'secret dropped');
   // sign-out
   await c2.clearPersistence();
   const names = (await indexedDB.databases()).map((d) => d.name);
