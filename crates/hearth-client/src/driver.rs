@@ -97,6 +97,8 @@ const DEFAULT_MAX_INFLIGHT: usize = 64;
 /// How long a changed server view may wait before it is saved to the view
 /// cache (frames arriving meanwhile cost one save).
 const VIEW_SAVE_INTERVAL: Duration = Duration::from_millis(500);
+/// Most writes stored with one journal sync.
+const MAX_GATHERED_WRITES: usize = 256;
 
 struct SubEntry {
     target: Target,
@@ -215,6 +217,9 @@ pub(crate) struct Driver {
     views: Option<ViewCache>,
     /// When unsaved views are next written to `views`.
     next_view_save: Instant,
+    /// Writes to be stored in the journal, gathered from a burst of
+    /// commands ([`Driver::handle_command`]); not yet shown or sent.
+    incoming: Vec<PendingWrite>,
 }
 
 impl Driver {
@@ -264,6 +269,7 @@ impl Driver {
             journal,
             views,
             next_view_save: Instant::now(),
+            incoming: Vec::new(),
         }
     }
 
@@ -381,6 +387,9 @@ impl Driver {
     /// announced: once [`crate::Client::shutdown`] returns, another client
     /// may open the directory.
     fn close_all(mut self) {
+        // Gathered writes are stored, like every unanswered write, for the
+        // next start.
+        self.store_incoming();
         self.save_views();
         drop(self.views.take());
         drop(self.journal.take());
@@ -630,7 +639,56 @@ impl Driver {
         }
     }
 
+    /// Handles one command from the API. Plain writes to be stored in the
+    /// journal are gathered while more commands wait in the channel, and
+    /// stored with one sync before any other command is handled (so a write
+    /// is shown before anything that follows it) or once the channel is
+    /// empty.
     fn handle_command(&mut self, cmd: Command) {
+        let gathered = self.journal.is_some()
+            && matches!(&cmd, Command::Write { reads: None, .. })
+            && self.incoming.len() < MAX_GATHERED_WRITES;
+        if !gathered {
+            self.store_incoming();
+        }
+        self.apply_command(cmd);
+        if self.cmd_rx.is_empty() {
+            self.store_incoming();
+        }
+    }
+
+    /// Stores the gathered writes (one append, one sync) and queues them:
+    /// from now on they show in views and go out.
+    fn store_incoming(&mut self) {
+        if self.incoming.is_empty() {
+            return;
+        }
+        let incoming = std::mem::take(&mut self.incoming);
+        let stored = match self.journal.as_mut() {
+            Some(journal) => journal.queued_all(
+                incoming
+                    .iter()
+                    .map(|w| (w.mutation_id.as_str(), w.writes.as_slice())),
+            ),
+            None => Ok(()),
+        };
+        match stored {
+            Ok(()) => self.writes.extend(incoming),
+            Err(e) => {
+                for w in incoming {
+                    if let Some(reply) = w.reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                return;
+            }
+        }
+        self.update_pending_count();
+        self.send_writes();
+        self.emit_all();
+    }
+
+    fn apply_command(&mut self, cmd: Command) {
         match cmd {
             Command::Subscribe {
                 sub,
@@ -638,7 +696,12 @@ impl Driver {
                 tx,
                 server_only,
             } => {
-                let cached = self.views.as_ref().and_then(|v| v.load(&target));
+                // One-shot and transaction reads (`server_only`) must see
+                // the server's document: they neither use nor fill the cache.
+                let cached = match &self.views {
+                    Some(views) if !server_only => views.load(&target),
+                    _ => None,
+                };
                 let mut entry = SubEntry {
                     target,
                     server: ServerView::default(),
@@ -684,15 +747,15 @@ impl Driver {
                 reads,
                 reply,
             } => {
-                // Stored before it shows anywhere or goes out.
-                if let (Some(journal), None) = (self.journal.as_mut(), &reads) {
-                    if let Err(e) = journal.queued(&mutation_id, &writes) {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                }
+                let stored = self.journal.is_some() && reads.is_none();
                 let mut w = PendingWrite::new(mutation_id, writes, reads);
                 w.reply = Some(reply);
+                if stored {
+                    // Stored (by `store_incoming`) before it shows anywhere
+                    // or goes out.
+                    self.incoming.push(w);
+                    return;
+                }
                 self.writes.push_back(w);
                 self.update_pending_count();
                 self.send_writes();
@@ -1047,7 +1110,9 @@ impl SubEntry {
     /// Writes the server view, with the token it is at, to the view cache
     /// if it changed since it was last saved.
     fn save_to(&mut self, views: Option<&ViewCache>) {
-        let (Some(views), Some(resume), true) = (views, &self.resume, self.unsaved) else {
+        let (Some(views), Some(resume), true, false) =
+            (views, &self.resume, self.unsaved, self.server_only)
+        else {
             return;
         };
         match views.save(&self.target, &self.server.docs, resume) {
@@ -1238,6 +1303,94 @@ mod tests {
     }
 
     type WriteReplyRx = oneshot::Receiver<Result<CommitResult, ClientError>>;
+
+    fn write_command(id: &str) -> (Command, WriteReplyRx) {
+        let (reply, rx) = oneshot::channel();
+        let path = DocPath::parse(&format!("c/{id}")).unwrap();
+        let command = Command::Write {
+            mutation_id: id.into(),
+            writes: vec![Write::set(path, Map::new())],
+            reads: None,
+            reply,
+        };
+        (command, rx)
+    }
+
+    #[test]
+    fn a_burst_of_writes_is_stored_with_one_sync_in_order_before_the_next_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), persist::now_ms()).unwrap();
+        let (commands, cmd_rx) = mpsc::unbounded_channel();
+        let (state_tx, _state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
+        let mut driver = Driver::new(
+            ClientConfig::new("ws://127.0.0.1:1/v1/ws"),
+            cmd_rx,
+            state_tx,
+            Arc::new(Stats::default()),
+            Some((journal, Vec::new())),
+            None,
+        );
+        // Three writes and a subscription wait in the channel, as when the
+        // application makes them faster than the driver runs.
+        let mut replies = Vec::new();
+        for id in ["w1", "w2", "w3"] {
+            let (command, rx) = write_command(id);
+            commands.send(command).unwrap();
+            replies.push(rx);
+        }
+        let (tx, mut snapshots) = mpsc::unbounded_channel();
+        commands
+            .send(Command::Subscribe {
+                sub: "s".into(),
+                target: Target::Doc(DocPath::parse("c/w1").unwrap()),
+                tx,
+                server_only: false,
+            })
+            .unwrap();
+        let journal_lines = || {
+            std::fs::read_to_string(dir.path().join("pending-writes.jsonl"))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        for _ in 0..2 {
+            let cmd = driver.cmd_rx.try_recv().unwrap();
+            driver.handle_command(cmd);
+        }
+        assert!(
+            driver.writes.is_empty(),
+            "gathered, not yet shown or queued"
+        );
+        assert_eq!(journal_lines(), 0, "nothing stored yet");
+        let cmd = driver.cmd_rx.try_recv().unwrap();
+        driver.handle_command(cmd);
+        assert!(
+            driver.writes.is_empty(),
+            "a subscription still waits in the channel"
+        );
+        // The subscription is not a write: the writes before it are stored
+        // (one append, one sync) and queued first, in order.
+        let cmd = driver.cmd_rx.try_recv().unwrap();
+        driver.handle_command(cmd);
+        let queued: Vec<&str> = driver
+            .writes
+            .iter()
+            .map(|w| w.mutation_id.as_str())
+            .collect();
+        assert_eq!(queued, ["w1", "w2", "w3"]);
+        assert_eq!(journal_lines(), 3);
+        assert_eq!(driver.stats.pending_writes.load(Ordering::Relaxed), 3);
+        assert!(
+            replies.iter_mut().all(|rx| rx.try_recv().is_err()),
+            "unanswered"
+        );
+        assert!(snapshots.try_recv().is_err(), "no server data yet");
+        // A lone write is stored at once: the channel is empty.
+        let (command, _rx) = write_command("w4");
+        driver.handle_command(command);
+        assert_eq!(driver.writes.len(), 4);
+        assert_eq!(journal_lines(), 4);
+    }
 
     #[test]
     fn a_write_first_sent_beyond_the_horizon_is_failed_instead_of_resent() {

@@ -156,8 +156,9 @@ impl ClientConfig {
     /// them (mutation ids are per user on the server), so keep one directory
     /// per signed-in user. One client at a time may use a directory;
     /// [`Client::start`] fails with
-    /// [`ClientError::StoreLocked`] while another holds it. Writes cost one
-    /// `fdatasync` each, done on the client's task.
+    /// [`ClientError::StoreLocked`] while another holds it. Storing costs one
+    /// `fdatasync`, done on the client's task, per write or per burst of
+    /// writes made together (up to 256 share one).
     ///
     /// The directory also holds an offline read cache (unless
     /// [`ClientConfig::cache_views`] turns it off): each subscription's

@@ -294,16 +294,33 @@ impl Journal {
     }
 
     /// Stores a new write durably.
+    #[cfg(test)]
     pub(crate) fn queued(
         &mut self,
         mutation_id: &str,
         writes: &[Write],
     ) -> Result<(), ClientError> {
-        self.append(&[Record::Queued {
-            mutation_id: mutation_id.to_string(),
-            writes: writes.to_vec(),
-        }])?;
-        self.live += 1;
+        self.queued_all([(mutation_id, writes)])
+    }
+
+    /// Stores new writes durably, in order: one append and one sync for
+    /// all of them (a burst of writes costs one `fdatasync`).
+    pub(crate) fn queued_all<'a>(
+        &mut self,
+        writes: impl IntoIterator<Item = (&'a str, &'a [Write])>,
+    ) -> Result<(), ClientError> {
+        let records: Vec<Record> = writes
+            .into_iter()
+            .map(|(mutation_id, writes)| Record::Queued {
+                mutation_id: mutation_id.to_string(),
+                writes: writes.to_vec(),
+            })
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.append(&records)?;
+        self.live += records.len();
         self.sync()
     }
 

@@ -102,12 +102,22 @@ impl ViewCache {
         let path = self.path_of(target);
         let bytes = fs::read(&path).ok()?;
         match serde_json::from_slice::<Record>(&bytes) {
-            Ok(record) if record.target == *target => Some(CachedView {
-                docs: record.docs,
-                resume: record.resume,
-            }),
+            // A token the server would refuse (`invalid-argument`) would end
+            // the subscription with an error the application never caused.
+            Ok(record)
+                if record.target == *target
+                    && crate::wire::parse_resume_token(&record.resume).is_some() =>
+            {
+                Some(CachedView {
+                    docs: record.docs,
+                    resume: record.resume,
+                })
+            }
             Ok(_) => {
-                tracing::warn!(path = %path.display(), "cached view is for another target; ignored");
+                tracing::warn!(
+                    path = %path.display(),
+                    "cached view is for another target or has no valid token; ignored"
+                );
                 None
             }
             Err(e) => {
@@ -229,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_record_or_one_for_another_target_is_ignored() {
+    fn a_torn_record_one_for_another_target_or_one_with_a_bad_token_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ViewCache::open(dir.path()).unwrap();
         let c = query(r#"{"collection": "c"}"#);
@@ -243,6 +253,12 @@ mod tests {
         cache.save(&d, &[doc("d/x", 1)], "p2").unwrap();
         fs::copy(cache.path_of(&d), &path).unwrap();
         assert_eq!(cache.load(&c), None, "a record for another target");
+        cache.save(&c, &[doc("c/a", 1)], "not-a-token").unwrap();
+        assert_eq!(
+            cache.load(&c),
+            None,
+            "a record whose token the server would refuse"
+        );
     }
 
     #[test]

@@ -188,7 +188,13 @@ async fn a_view_seen_online_is_shown_offline_after_a_restart_and_resumed_from_it
         let first = next_snapshot(&mut sub).await;
         assert!(!first.from_cache);
         assert_eq!(contents(&first), seen);
-        drop(sub);
+        let b = DocPath::parse("cached/b").unwrap();
+        let mut doc_b = online.subscribe_doc(b.clone());
+        assert_eq!(
+            contents(&next_snapshot(&mut doc_b).await),
+            vec![seen[1].clone()]
+        );
+        drop((sub, doc_b));
         online.shutdown().await;
         drop(online);
 
@@ -245,6 +251,27 @@ async fn a_view_seen_online_is_shown_offline_after_a_restart_and_resumed_from_it
             ],
             "the changes since the cached view, not the whole view again"
         );
+
+        // A transaction reads the server's document, never the cached one
+        // (`b` was cached at n = 2 and is 20 now): a stale read would abort
+        // at every attempt.
+        let written = back
+            .run_transaction(|tx| {
+                let b = b.clone();
+                async move {
+                    let n = match tx.get(&b).await?.and_then(|d| d.fields.get("n").cloned()) {
+                        Some(Value::Integer(n)) => n,
+                        _ => -1,
+                    };
+                    let mut fields = BTreeMap::new();
+                    fields.insert(FieldPath::parse("n").unwrap(), Value::Integer(n + 1));
+                    tx.write(Write::merge(b, fields));
+                    Ok(n + 1)
+                }
+            })
+            .await
+            .expect("the transaction commits");
+        assert_eq!(written, 21);
 
         // Sign-out: the store can be cleared only once no client uses it.
         assert!(matches!(
