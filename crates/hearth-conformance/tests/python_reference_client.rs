@@ -52,7 +52,8 @@ async fn every_client_check_passes(msgpack: bool) {
 }
 
 /// The client's unit tests (`test_persistence.py`: the persistent write
-/// queue's journal, lock, restore, sent marker and 23-hour rule).
+/// queue's journal, lock, restore, sent marker and 23-hour rule, and the
+/// offline view cache's records, resume, bound and clearing).
 #[test]
 fn the_python_clients_unit_tests_pass() {
     if !ready_or_skip() {
