@@ -1278,18 +1278,25 @@ mod tests {
     use hearth_protocol::{DocPath, Map};
 
     fn driver() -> Driver {
-        let (_commands, cmd_rx) = mpsc::unbounded_channel();
+        let (driver, _commands) = driver_with(None);
+        driver
+    }
+
+    /// A connected driver (with `journal`, if given) and the sending end of
+    /// its command channel.
+    fn driver_with(journal: Option<Journal>) -> (Driver, mpsc::UnboundedSender<Command>) {
+        let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, _state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let mut driver = Driver::new(
             ClientConfig::new("ws://127.0.0.1:1/v1/ws"),
             cmd_rx,
             state_tx,
             Arc::new(Stats::default()),
-            None,
+            journal.map(|j| (j, Vec::new())),
             None,
         );
         driver.connected = true;
-        driver
+        (driver, commands)
     }
 
     fn queued(driver: &mut Driver, id: &str, first_sent_ms: Option<u64>) -> WriteReplyRx {
@@ -1320,16 +1327,7 @@ mod tests {
     fn a_burst_of_writes_is_stored_with_one_sync_in_order_before_the_next_command() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path(), persist::now_ms()).unwrap();
-        let (commands, cmd_rx) = mpsc::unbounded_channel();
-        let (state_tx, _state) = watch::channel(ConnectionState::Connecting { attempt: 0 });
-        let mut driver = Driver::new(
-            ClientConfig::new("ws://127.0.0.1:1/v1/ws"),
-            cmd_rx,
-            state_tx,
-            Arc::new(Stats::default()),
-            Some((journal, Vec::new())),
-            None,
-        );
+        let (mut driver, commands) = driver_with(Some(journal));
         // Three writes and a subscription wait in the channel, as when the
         // application makes them faster than the driver runs.
         let mut replies = Vec::new();
@@ -1351,6 +1349,7 @@ mod tests {
             std::fs::read_to_string(dir.path().join("pending-writes.jsonl"))
                 .unwrap()
                 .lines()
+                .filter(|l| l.starts_with("{\"queued\""))
                 .count()
         };
         for _ in 0..2 {

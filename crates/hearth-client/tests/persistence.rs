@@ -48,6 +48,24 @@ fn increment(path: &DocPath) -> Write {
     write
 }
 
+/// Runs `body` with a fresh `hearth serve` and an empty persistence
+/// directory, within 90 s.
+async fn with_server<F, Fut>(body: F)
+where
+    F: FnOnce(TestServer, tempfile::TempDir) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    hearth_testkit::hearth_binary().expect("the hearth binary");
+    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
+        let server = TestServer::start(TestServerOptions::default())
+            .await
+            .expect("hearth serve starts");
+        body(server, tempfile::tempdir().unwrap()).await
+    })
+    .await;
+    assert!(outcome.is_ok(), "the test did not finish in time");
+}
+
 async fn wait_for(done: impl Fn() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -58,13 +76,8 @@ async fn wait_for(done: impl Fn() -> bool, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_writes_survive_a_restart_and_are_applied_once() {
-    hearth_testkit::hearth_binary().expect("the hearth binary");
-    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
-        let server = TestServer::start(TestServerOptions::default())
-            .await
-            .expect("hearth serve starts");
+    with_server(|server, dir| async move {
         let rest = server.client();
-        let dir = tempfile::tempdir().unwrap();
         let counter = DocPath::parse("persisted/counter").unwrap();
 
         // An application with no server to talk to (nothing listens on
@@ -130,7 +143,6 @@ async fn offline_writes_survive_a_restart_and_are_applied_once() {
         third.shutdown().await;
     })
     .await;
-    assert!(outcome.is_ok(), "the test did not finish in time");
 }
 
 async fn next_snapshot(sub: &mut Subscription) -> QuerySnapshot {
@@ -156,13 +168,8 @@ fn n(value: i64) -> Map {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_seen_online_is_shown_offline_after_a_restart_and_resumed_from_its_token() {
-    hearth_testkit::hearth_binary().expect("the hearth binary");
-    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
-        let server = TestServer::start(TestServerOptions::default())
-            .await
-            .expect("hearth serve starts");
+    with_server(|server, dir| async move {
         let rest = server.client();
-        let dir = tempfile::tempdir().unwrap();
         let offline = format!("ws://127.0.0.1:{}/v1/ws", free_port());
         let query =
             Query::collection(CollectionPath::parse("cached").unwrap()).order("n", Direction::Asc);
@@ -295,5 +302,4 @@ async fn a_view_seen_online_is_shown_offline_after_a_restart_and_resumed_from_it
         signed_out.shutdown().await;
     })
     .await;
-    assert!(outcome.is_ok(), "the test did not finish in time");
 }
