@@ -134,7 +134,9 @@ class JournalTest(unittest.TestCase):
         s3.close()
 
 
-class ClientTest(unittest.IsolatedAsyncioTestCase):
+class ClientFixture(unittest.IsolatedAsyncioTestCase):
+    """A temporary store directory and clients closed after each test."""
+
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
         self.dir = self.tmp.name
@@ -150,6 +152,8 @@ class ClientTest(unittest.IsolatedAsyncioTestCase):
         self.clients.append(c)
         return c
 
+
+class ClientTest(ClientFixture):
     async def test_stored_before_shown_marked_sent_before_the_wire_dropped_when_answered(self):
         c = self.client(persist_dir=self.dir)
         seen = []
@@ -277,25 +281,13 @@ def paths(snap):
     return [d["path"] for d in snap.docs]
 
 
-class ViewCacheTest(unittest.IsolatedAsyncioTestCase):
+class ViewCacheTest(ClientFixture):
     """The offline read cache (PROTOCOL.md §13 "An offline read cache"), with the session simulated."""
-
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-        self.clients = []
-
-    async def asyncTearDown(self):
-        for c in self.clients:
-            await c.close()
-        self.tmp.cleanup()
 
     def client(self, **kw):
         kw.setdefault("persist_dir", self.dir)
         kw.setdefault("view_save_delay", 0.05)
-        c = HearthClient("ws://x/v1/ws", **kw)
-        self.clients.append(c)
-        return c
+        return super().client(**kw)
 
     async def first_process(self, target=Q, docs=None, resume="p5"):
         """A client that saw ``docs`` at ``resume`` for ``target`` and was closed."""

@@ -1,23 +1,14 @@
 // Persistence of the pending-write queue (PROTOCOL.md §13 "Surviving a restart"):
 // the journal, the file store's lock, and the client's restore / sent-marker / expiry rules.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { HearthClient, HearthError, FileWriteStore, replayJournal, increment } from '../hearth-client.mjs';
-import { fakeNetwork, tick, until, doc, ok, welcomed, serverAnswersRestoredWrites } from './support.mjs';
+import { fakeNetwork, tick, until, doc, ok, welcomed, serverAnswersRestoredWrites, cleanup } from './support.mjs';
 
-// close every client at the end, even after a failed assertion (their timers would keep the process alive)
-const clients = [];
-const dirs = [];
-after(() => {
-  for (const c of clients) c.close();
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-const track = (c) => { clients.push(c); return c; };
-const tmpDir = () => { const d = fs.mkdtempSync(path.join(os.tmpdir(), 'hearth-persist-')); dirs.push(d); return d; };
+const { track, tmpDir } = cleanup('hearth-persist-');
 const journal = (dir) => fs.readFileSync(path.join(dir, 'writes.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
 
 

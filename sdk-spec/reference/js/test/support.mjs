@@ -1,6 +1,10 @@
 // Shared by the unit tests: a scripted fake of the WebSocket API and polling helpers.
 // (Not a test file itself: the runner takes `*.test.mjs`.)
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after } from 'node:test';
 import { parseJSON, stringifyJSON } from '../hearth-client.mjs';
 
 /**
@@ -267,4 +271,21 @@ export async function restartShowsCachedView(c2, net) {
   assert.equal(last.fromCache, false);
   assert.equal(seen.length, 2);
   return { seen, s2, q };
+}
+
+/**
+ * Clients and temporary directories cleaned up when the test file ends, even after a failed
+ * assertion (a client's timers would keep the process alive): `track(client)` and `tmpDir()`.
+ */
+export function cleanup(prefix) {
+  const clients = [];
+  const dirs = [];
+  after(() => {
+    for (const c of clients) c.close();
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  });
+  return {
+    track: (c) => { clients.push(c); return c; },
+    tmpDir: () => { const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix)); dirs.push(d); return d; },
+  };
 }

@@ -2,10 +2,9 @@
 // records of (target, server view, resume token) in the persistence store, shown at once after a
 // restart and resumed from; the file store's records, their bound, torn records, the in-doubt rule.
 // The IndexedDB variant is at the end (fake-indexeddb and the fake Web Locks, injected).
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { IDBFactory } from 'fake-indexeddb';
@@ -14,17 +13,10 @@ import {
   sha256Hex, canonicalTarget, encodeViewRecord, decodeViewRecord, MAX_CACHED_VIEWS,
 } from '../hearth-client.mjs';
 import {
-  fakeNetwork, fakeLocks, tick, until, doc, ok, welcomed, cachedQuery, firstRunCachesView, restartShowsCachedView,
+  fakeNetwork, fakeLocks, tick, until, doc, ok, welcomed, cachedQuery, firstRunCachesView, restartShowsCachedView, cleanup,
 } from './support.mjs';
 
-const clients = [];
-const dirs = [];
-after(() => {
-  for (const c of clients) c.close();
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-const track = (c) => { clients.push(c); return c; };
-const tmpDir = () => { const d = fs.mkdtempSync(path.join(os.tmpdir(), 'hearth-views-')); dirs.push(d); return d; };
+const { track, tmpDir } = cleanup('hearth-views-');
 
 /** The wire target of `cachedQuery` and the name of its record in a file store (computed independently). */
 const QT = { query: { order_by: [{ direction: 'asc', field: 'n' }], collection: 'c' } };
