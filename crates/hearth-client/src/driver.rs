@@ -72,6 +72,12 @@ pub(crate) enum Command {
         token: Option<String>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
+    /// The newest view of a target this client knows, without the server
+    /// ([`crate::Client::get_from_cache`]).
+    ReadCache {
+        target: Target,
+        reply: oneshot::Sender<Option<QuerySnapshot>>,
+    },
     DebugDisconnect,
     Shutdown,
 }
@@ -776,6 +782,9 @@ impl Driver {
                     _ => self.token_waiters.push(reply),
                 }
             }
+            Command::ReadCache { target, reply } => {
+                let _ = reply.send(self.read_cache(&target));
+            }
             Command::DebugDisconnect | Command::Shutdown => {}
         }
     }
@@ -1011,6 +1020,60 @@ impl Driver {
         }
     }
 
+    /// The newest server view of `target` this client has (a live
+    /// subscription's, else the view cache's) with the pending writes on
+    /// top; `None` when it has none, or when a write in doubt touches it
+    /// (the server view may or may not already hold that write).
+    fn read_cache(&self, target: &Target) -> Option<QuerySnapshot> {
+        let live = self
+            .subs
+            .values()
+            .find(|e| e.target == *target && e.has_server_data && !e.server_only);
+        let (server, resume, synced) = match live {
+            Some(entry) => (
+                entry.server.docs.clone(),
+                entry.resume.clone(),
+                entry.synced,
+            ),
+            None => {
+                let cached = self.views.as_ref()?.load(target)?;
+                (cached.docs, Some(cached.resume), false)
+            }
+        };
+        let touches = |w: &&PendingWrite| w.reads.is_none() && touches_target(target, w);
+        if self
+            .writes
+            .iter()
+            .filter(touches)
+            .any(|w| w.in_doubt && w.acked.is_none())
+        {
+            return None;
+        }
+        let position = resume.as_deref().and_then(wire::parse_resume_token);
+        let overlay = self
+            .writes
+            .iter()
+            .filter(touches)
+            .filter(|w| match w.acked {
+                None => true,
+                Some((seq, _)) => position.is_some_and(|p| p < seq),
+            });
+        let docs = local_view(
+            target,
+            &server,
+            overlay.map(|w| w.writes.as_slice()),
+            Timestamp::now(),
+        );
+        Some(QuerySnapshot {
+            changes: diff(&[], &docs),
+            has_pending_writes: docs.iter().any(|d| d.pending),
+            docs,
+            from_cache: !synced,
+            reset: false,
+            resume,
+        })
+    }
+
     /// Writes every changed server view to the view cache.
     fn save_views(&mut self) {
         for entry in self.subs.values_mut() {
@@ -1130,14 +1193,16 @@ impl SubEntry {
     /// that touches its target (a transaction may abort, and a server-only
     /// subscription shows no pending write).
     fn overlay_applies(&self, w: &PendingWrite) -> bool {
-        if self.server_only || w.reads.is_some() {
-            return false;
-        }
-        w.writes.iter().any(|write| match &self.target {
-            Target::Doc(p) => *p == write.path,
-            Target::Query(q) => q.source.contains(&write.path),
-        })
+        !self.server_only && w.reads.is_none() && touches_target(&self.target, w)
     }
+}
+
+/// Whether one of `w`'s writes is to a document `target` covers.
+fn touches_target(target: &Target, w: &PendingWrite) -> bool {
+    w.writes.iter().any(|write| match target {
+        Target::Doc(p) => *p == write.path,
+        Target::Query(q) => q.source.contains(&write.path),
+    })
 }
 
 async fn flush(
@@ -1311,6 +1376,7 @@ mod tests {
 
     type WriteReplyRx = oneshot::Receiver<Result<CommitResult, ClientError>>;
 
+    /// A `set` of `c/<id>` to no fields, under mutation id `id`.
     fn write_command(id: &str) -> (Command, WriteReplyRx) {
         let (reply, rx) = oneshot::channel();
         let path = DocPath::parse(&format!("c/{id}")).unwrap();
@@ -1321,6 +1387,55 @@ mod tests {
             reply,
         };
         (command, rx)
+    }
+
+    #[test]
+    fn a_cache_read_is_the_newest_server_view_with_pending_writes_and_nothing_while_in_doubt() {
+        let (mut driver, _commands) = driver_with(None);
+        let a = Target::Doc(DocPath::parse("c/a").unwrap());
+        let (tx, _snapshots) = mpsc::unbounded_channel();
+        driver.handle_command(Command::Subscribe {
+            sub: "s".into(),
+            target: a.clone(),
+            tx,
+            server_only: false,
+        });
+        assert_eq!(
+            driver.read_cache(&a),
+            None,
+            "no server data yet, and no cache"
+        );
+        driver
+            .on_frame(
+                r#"{"type":"snapshot","sub":"s","resume":"p5","reset":false,"docs":[{"path":"c/a",
+                "fields":{"n":1},"create_time":"2026-01-01T00:00:00Z",
+                "update_time":"2026-01-01T00:00:00Z","version":5}]}"#,
+            )
+            .unwrap_or_else(|_| panic!("the snapshot frame is accepted"));
+        let read = driver.read_cache(&a).unwrap();
+        assert!(
+            !read.from_cache,
+            "a live, synced subscription has the server's view"
+        );
+        assert_eq!(read.resume.as_deref(), Some("p5"));
+        assert!(!read.has_pending_writes);
+        // A pending write shows on top of it.
+        let (command, _rx) = write_command("a");
+        driver.handle_command(command);
+        let read = driver.read_cache(&a).unwrap();
+        assert!(read.has_pending_writes && read.docs[0].pending);
+        assert_eq!(
+            read.docs[0].doc.fields,
+            Map::new(),
+            "the pending set replaced the fields"
+        );
+        assert_eq!(read.changes.len(), 1, "every document, as added");
+        // Sent, then the connection broke before its answer: in doubt.
+        driver.send_writes();
+        driver.writes[0].in_doubt = true;
+        assert_eq!(driver.read_cache(&a), None);
+        let other = Target::Doc(DocPath::parse("c/b").unwrap());
+        assert_eq!(driver.read_cache(&other), None, "no view of another target");
     }
 
     #[test]

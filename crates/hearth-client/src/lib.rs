@@ -459,6 +459,26 @@ impl Client {
         self.open_subscription(target, false)
     }
 
+    /// A read that never waits for the server (Firestore's
+    /// `getDocsFromCache`): the newest view of `target` this client has, a
+    /// live subscription's or the offline cache's
+    /// ([`ClientConfig::persistence`]), with the client's pending writes on
+    /// top. `from_cache` is false only when a live subscription has the
+    /// server's current view. `None` when the client has no view of exactly
+    /// this target, or while a write in doubt touches it (after a lost
+    /// connection or a restart, until its retry is answered).
+    pub async fn get_from_cache(
+        &self,
+        target: Target,
+    ) -> Result<Option<QuerySnapshot>, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::ReadCache { target, reply })
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
     fn open_subscription(&self, target: Target, server_only: bool) -> Subscription {
         let sub = format!("s{}", self.inner.next_sub.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hearth_client::{
-    Backoff, Client, ClientConfig, ClientError, DocChangeKind, QuerySnapshot, Subscription,
+    Backoff, Client, ClientConfig, ClientError, DocChangeKind, QuerySnapshot, Subscription, Target,
 };
 use hearth_protocol::{
     CollectionPath, Direction, DocPath, FieldPath, FieldTransform, Map, Query, Transform, Value,
@@ -208,6 +208,20 @@ async fn a_view_seen_online_is_shown_offline_after_a_restart_and_resumed_from_it
         // Started again with no server: the same query shows what was seen, at once.
         let offline_client =
             Client::start(config(&offline, server.admin_key(), dir.path())).unwrap();
+        // A read that never waits for the server answers from the cache...
+        let read = offline_client
+            .get_from_cache(Target::Query(query.clone()))
+            .await
+            .unwrap()
+            .expect("the cached view");
+        assert!(read.from_cache);
+        assert_eq!(contents(&read), seen);
+        // ...and has nothing for a target it never saw.
+        let never_seen = Target::Doc(DocPath::parse("cached/zz").unwrap());
+        assert_eq!(
+            offline_client.get_from_cache(never_seen).await.unwrap(),
+            None
+        );
         let mut sub = offline_client.subscribe_query(query.clone());
         let cached = next_snapshot(&mut sub).await;
         assert!(cached.from_cache, "flagged as not confirmed by the server");
