@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, normalize, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -157,6 +157,21 @@ function newClient(page, port) {
   }, [`ws://127.0.0.1:${port}/v1/ws`, ADMIN_KEY, STORE]);
 }
 
+const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+/** The ids of the processes whose command line names `profile` (a Chromium we started on it). */
+function processesUsing(profile) {
+  const pids = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(`--user-data-dir=${profile}`)) pids.push(Number(entry));
+    } catch { /* gone */ }
+  }
+  return pids;
+}
+
 /** Opens the test page in `context` and waits for the module to load. */
 async function openPage(context, url, problems, label) {
   const page = await context.newPage();
@@ -184,8 +199,7 @@ test('in Chromium, writes made offline survive a reload in IndexedDB, a second t
       executablePath: CHROMIUM,
       headless: true,
       // Playwright gives every launch a fresh temporary profile (--user-data-dir).
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: CHROMIUM_ARGS,
     }));
     // One browser profile: both tabs share the origin's IndexedDB and Web Locks.
     const context = await browser.newContext();
@@ -331,5 +345,82 @@ test('in Chromium, writes made offline survive a reload in IndexedDB, a second t
     if (hearth) hearth.stop();
     site.close();
     rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('in Chromium, writes stored in IndexedDB survive the browser being killed (SIGKILL) and are applied once after it starts again', { skip: why ? `SKIPPED: ${why}` : false, timeout: 120_000 }, async () => {
+  const { chromium } = createRequire(import.meta.url)('playwright-core');
+  const profile = mkdtempSync(join(tmpdir(), 'hearth-browser-profile-')); // kept across the kill
+  const dataDir = mkdtempSync(join(tmpdir(), 'hearth-browser-test-'));
+  const port = await freePort(); // nothing listens here until startHearth
+  const site = await staticServer();
+  const problems = [];
+  let context = null;
+  let hearth = null;
+  const watchdog = setTimeout(() => { console.error('browser.test.mjs: hung for 110 s, exiting'); process.exit(1); }, 110_000);
+  watchdog.unref();
+  const launch = () => within(30_000, 'Chromium to start', chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
+  }));
+  try {
+    context = await launch();
+    let page = await openPage(context, site.url, problems, 'before the kill');
+    await newClient(page, port);
+    await page.evaluate(() => {
+      const c = window.client;
+      c.connect().catch(() => {});
+      for (const p of [
+        c.doc('crash/a').set({ text: 'stored before the kill' }),
+        c.doc('crash/counter').merge({ n: window.hearth.increment(1) }),
+        c.doc('crash/counter').merge({ n: window.hearth.increment(1) }),
+      ]) p.catch(() => {});
+    });
+    await within(10_000, 'the three writes to be in IndexedDB', (async () => {
+      while ((await storedRecords(page)).length < 3) await new Promise((r) => setTimeout(r, 50));
+    })());
+
+    // Kill -9 every process of this browser: nothing gets to flush or close.
+    const pids = processesUsing(profile);
+    assert.ok(pids.length > 0, 'found the Chromium processes');
+    for (const pid of pids) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    await within(10_000, 'the killed Chromium to be gone', (async () => {
+      while (processesUsing(profile).length) await new Promise((r) => setTimeout(r, 50));
+    })());
+    await context.close().catch(() => {});
+
+    // The same profile in a new browser: the writes are restored and, once
+    // the server is up, applied once.
+    context = await launch();
+    page = await openPage(context, site.url, problems, 'after the kill');
+    await newClient(page, port);
+    const restored = await page.evaluate(async () => {
+      const c = window.client;
+      c.connect().catch(() => {});
+      for (let i = 0; i < 200 && c.restoredWrites.length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+      window.restoredResults = Promise.allSettled(c.restoredWrites.map((w) => w.result));
+      return c.restoredWrites.length;
+    });
+    assert.equal(restored, 3, 'the three writes survived the kill');
+    hearth = await startHearth(port, dataDir);
+    const results = await within(20_000, 'the restored writes to be answered', page.evaluate(async () =>
+      (await window.restoredResults).map((s) => (s.status === 'fulfilled' ? 'applied' : `${s.reason.code}: ${s.reason.message}`))));
+    assert.deepEqual(results, ['applied', 'applied', 'applied']);
+    assert.deepEqual((await restGet(port, 'crash/a')).fields, { text: 'stored before the kill' });
+    assert.equal((await restGet(port, 'crash/counter')).fields.n, 2);
+    await within(10_000, 'the store to be emptied', (async () => {
+      while ((await storedRecords(page)).length > 0) await new Promise((r) => setTimeout(r, 50));
+    })());
+    assert.deepEqual(problems, []);
+  } catch (e) {
+    if (hearth) e.message += `\nhearth log:\n${hearth.log()}`;
+    throw e;
+  } finally {
+    clearTimeout(watchdog);
+    if (context) await within(10_000, 'Chromium to close', context.close()).catch(() => {});
+    for (const pid of processesUsing(profile)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+    if (hearth) hearth.stop();
+    site.close();
+    rmSync(dataDir, { recursive: true, force: true });
+    rmSync(profile, { recursive: true, force: true });
   }
 });
