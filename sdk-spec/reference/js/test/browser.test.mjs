@@ -6,7 +6,10 @@
 // the page is reloaded (same profile, so IndexedDB and its data persist);
 // the new client restores them, a second tab is refused the store's Web Lock
 // meanwhile, and once the server is up the restored writes are sent and
-// applied exactly once (read back over REST with the admin key).
+// applied exactly once (read back over REST with the admin key); writes in
+// doubt (sent to a server frozen with SIGSTOP, the page reloaded) count once.
+// A second test kills the whole browser (SIGKILL) after the writes are
+// stored and starts it again on the same profile: they are restored.
 //
 // Needs HEARTH_BIN (the `hearth` binary; the Rust test
 // crates/hearth-conformance/tests/js_reference_client.rs sets it), Chromium
