@@ -279,7 +279,12 @@ test('in Chromium, writes made offline survive a reload in IndexedDB, a second t
     })());
 
     // 5. Tab 1 closes: its lock is released, tab 2 gets the store, with nothing to resend.
+    // Chromium releases a closed tab's locks a moment after close() returns.
     await tab1.close();
+    await within(10_000, "tab 1's Web Lock to be released", (async () => {
+      while (await tab2.evaluate(async (name) => (await navigator.locks.query()).held.some((l) => l.name === name), `hearth-pending-writes:${STORE}`))
+        await new Promise((r) => setTimeout(r, 50));
+    })());
     await newClient(tab2, port);
     const again = await tab2.evaluate(async () => {
       const c = window.client;
