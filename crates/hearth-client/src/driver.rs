@@ -557,11 +557,15 @@ impl Driver {
             .filter(|w| w.in_flight.is_some() && w.acked.is_none())
             .count();
         let now = Instant::now();
+        // In queue order, stopping at a write that waits to be resent: the
+        // server applies a connection's writes in the order they arrive
+        // (PROTOCOL.md §7), so none may overtake it.
         let to_send: Vec<usize> = (0..self.writes.len())
             .filter(|&i| {
                 let w = &self.writes[i];
-                w.in_flight.is_none() && w.acked.is_none() && w.retry_at.is_none_or(|at| at <= now)
+                w.in_flight.is_none() && w.acked.is_none()
             })
+            .take_while(|&i| self.writes[i].retry_at.is_none_or(|at| at <= now))
             .take(limit.saturating_sub(in_flight))
             .collect();
         if to_send.is_empty() {
@@ -1387,6 +1391,21 @@ mod tests {
             reply,
         };
         (command, rx)
+    }
+
+    #[test]
+    fn no_write_overtakes_one_waiting_to_be_resent() {
+        let mut driver = driver();
+        let _first = queued(&mut driver, "first", None);
+        let _second = queued(&mut driver, "second", None);
+        driver.writes[0].retry_at = Some(Instant::now() + Duration::from_secs(60));
+        driver.send_writes();
+        assert!(driver.outbox.is_empty(), "{:?}", driver.outbox);
+        driver.writes[0].retry_at = Some(Instant::now());
+        driver.send_writes();
+        assert_eq!(driver.outbox.len(), 2);
+        assert!(driver.outbox[0].contains("\"first\""), "oldest first");
+        assert!(driver.outbox[1].contains("\"second\""));
     }
 
     #[test]

@@ -110,6 +110,11 @@ pub(crate) struct ConnShared {
     /// Some subscription is dirty: the writer resyncs once the queue is empty.
     pub has_dirty: AtomicBool,
     pub inflight_writes: AtomicU32,
+    /// Resolves (its sender dropped) once the last write this connection
+    /// received has been committed or refused: the next write waits for it,
+    /// so a connection's writes are applied in the order they arrived
+    /// (PROTOCOL.md §7), however many are pipelined.
+    pub last_write: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// Milliseconds (on the gateway's clock) of the last frame received.
     last_recv_ms: AtomicU64,
     /// Milliseconds of the last ping sent (or of the connection's start).
@@ -159,6 +164,7 @@ impl ConnShared {
             subs: Mutex::new(Vec::new()),
             has_dirty: AtomicBool::new(false),
             inflight_writes: AtomicU32::new(0),
+            last_write: Mutex::new(None),
             last_recv_ms: AtomicU64::new(0),
             last_ping_ms: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),

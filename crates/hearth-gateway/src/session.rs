@@ -771,7 +771,18 @@ impl Reader<'_> {
                 }
             })
         };
+        // Writes on one connection apply in the order they arrived: each
+        // starts (reads, rules, commit) once the one before it is committed
+        // or refused, so a `set` and a pipelined `update` of the same
+        // document never swap (PROTOCOL.md §7). Commits of different
+        // connections still share group commits.
+        let (this_write_done, this_write) = tokio::sync::oneshot::channel::<()>();
+        let previous_write = conn.last_write.lock().replace(this_write);
         tokio::spawn(async move {
+            if let Some(previous_write) = previous_write {
+                // An error only means the previous task is gone: done either way.
+                let _ = previous_write.await;
+            }
             let result = writes::apply_once(
                 &inner.store,
                 &inner.access,
@@ -782,6 +793,7 @@ impl Reader<'_> {
                 Some(announce),
             )
             .await;
+            drop(this_write_done);
             if answered.swap(true, Ordering::AcqRel) {
                 return;
             }

@@ -191,6 +191,49 @@ async fn a_mutation_id_reused_for_different_writes_is_refused() {
         .is_none());
 }
 
+/// A client's writes apply in the order it sent them, however many are in
+/// flight (PROTOCOL.md §7): an `update` pipelined right behind the `create`
+/// of the same document never finds it missing, and a `delete` behind a
+/// `set` always wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_on_one_connection_apply_in_the_order_sent() {
+    let server = start(Options::default()).await;
+    for (token, who) in [("user:u", "user"), ("admin", "admin")] {
+        let mut c = Client::connect(server.addr, Some(token)).await;
+        let mut sent = 0;
+        for i in 0..10 {
+            let path = format!("ordered_{who}/d{i}");
+            for (step, write) in [
+                json!({"op": "create", "path": path, "data": {"count": 1}}),
+                json!({"op": "update", "path": path, "fields": {"count": 2}}),
+                json!({"op": "update", "path": path, "fields": {"count": 3}}),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let id = c.id();
+                c.send(json!({"type": "write", "id": id,
+                    "mutation_id": format!("{who}-{i}-{step}"), "writes": [write]}))
+                    .await;
+                sent += 1;
+            }
+        }
+        let mut answered = 0;
+        while answered < sent {
+            let frame = c.recv().await;
+            match frame["type"].as_str() {
+                Some("write_ok") => answered += 1,
+                Some("error") => panic!("a pipelined write failed: {frame}"),
+                _ => {}
+            }
+        }
+        for i in 0..10 {
+            let path = format!("ordered_{who}/d{i}");
+            assert_eq!(count_of(&server, &path), Some(HValue::Integer(3)), "{path}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_frame_holds_500_writes_like_a_rest_batch() {
     let server = start(Options::default()).await;

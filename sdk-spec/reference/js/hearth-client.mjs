@@ -3105,6 +3105,9 @@ export class HearthClient {
     let inflight = this._writes.filter((w) => w.state === 'inflight' || w.marking).length;
     for (const pw of this._writes) {
       if (inflight >= max) break;
+      // The server applies a connection's writes in the order they arrive
+      // (PROTOCOL.md §7): nothing newer overtakes a write waiting to be resent.
+      if (pw.state === 'queued' && pw.retryTimer && !pw.marking) break;
       if (pw.state !== 'queued' || pw.retryTimer || pw.marking) continue;
       if (pw.sentAt === null) pw.sentAt = now;
       if (pw.stored && !pw.sentMarked) {

@@ -1296,6 +1296,11 @@ class HearthClient:
         for w in self._writes:
             if inflight >= limit:
                 break
+            if w.seq is None and w.request_id is None and w.retry_at > time.monotonic():
+                # The server applies a connection's writes in the order they
+                # arrive (PROTOCOL.md §7): nothing newer overtakes a write
+                # waiting to be resent.
+                break
             if w.seq is None and w.request_id is None and w.retry_at <= time.monotonic():
                 if w.sent_at is None:
                     w.sent_at = now
