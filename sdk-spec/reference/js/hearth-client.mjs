@@ -1998,8 +1998,10 @@ const IDB_VERSION = 2;
  * deletes the least recently saved in the same transaction.
  *
  * Tested against fake-indexeddb and a fake of the Web Locks API
- * (test/indexeddb.test.mjs); NOT TESTED in a real browser (the repository's
- * CI has none).
+ * (test/indexeddb.test.mjs, test/viewcache.test.mjs), and its write queue in
+ * Debian's headless Chromium (test/browser.test.mjs: a reload, a second tab,
+ * Chromium killed with SIGKILL); its view cache is not yet run in a real
+ * browser.
  * @implements {WriteStore}
  */
 export class IndexedDbWriteStore {
