@@ -23,21 +23,7 @@ fn client_dir() -> PathBuf {
 
 /// Node.js 18 or later, with the client's dependencies installed.
 fn node_ready() -> Result<(), String> {
-    let version = Command::new("node")
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("node is not installed ({e})"))?;
-    let text = String::from_utf8_lossy(&version.stdout);
-    let major: u32 = text
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("unreadable node version {text:?}"))?;
-    if major < 18 {
-        return Err(format!("node {} is older than 18", text.trim()));
-    }
+    hearth_testkit::require_node(18, "the client needs 18")?;
     for package in ["ws", "@msgpack/msgpack"] {
         if !client_dir().join("node_modules").join(package).is_dir() {
             return Err(format!(

@@ -196,6 +196,30 @@ fn locate_and_build() -> Result<PathBuf, String> {
     }
 }
 
+/// Node.js on `PATH` at version `min_major` or later, for tests that run
+/// JavaScript (the reference client, the chat page); why not otherwise.
+pub fn require_node(min_major: u32, why: &str) -> Result<(), String> {
+    let version = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("node is not installed ({e})"))?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = text
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| format!("unreadable node version {text:?}"))?;
+    if major < min_major {
+        return Err(format!(
+            "node {} is older than {min_major} ({why})",
+            text.trim()
+        ));
+    }
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1 (free at the time of the call).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -48,24 +48,7 @@ fn chromium() -> PathBuf {
 
 /// Everything the browser test needs, or why it cannot run.
 fn browser_ready() -> Result<(), String> {
-    let version = Command::new("node")
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("node is not installed ({e})"))?;
-    let text = String::from_utf8_lossy(&version.stdout);
-    let major: u32 = text
-        .trim()
-        .trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("unreadable node version {text:?}"))?;
-    if major < 20 {
-        return Err(format!(
-            "node {} is older than 20 (playwright-core needs 20)",
-            text.trim()
-        ));
-    }
+    hearth_testkit::require_node(20, "playwright-core needs 20")?;
     if !repo()
         .join("sdk-spec/reference/js/node_modules/playwright-core")
         .is_dir()
