@@ -131,10 +131,12 @@ impl Check {
         let resume = subscribe.frame.get("resume").and_then(Json::as_str);
         match resume {
             Some(token) if first_tokens.contains(token) => {}
-            Some(token) => return Err(format!(
+            Some(token) => {
+                return Err(format!(
                 "the query was resubscribed with `resume` {token:?}, which the server never sent \
                      the first process for it ({first_tokens:?})"
-            )),
+            ))
+            }
             None => {
                 return Err(
                     "the query was resubscribed without `resume`: a cached view must be resumed \
