@@ -2000,8 +2000,8 @@ const IDB_VERSION = 2;
  * Tested against fake-indexeddb and a fake of the Web Locks API
  * (test/indexeddb.test.mjs, test/viewcache.test.mjs), and its write queue in
  * Debian's headless Chromium (test/browser.test.mjs: a reload, a second tab,
- * Chromium killed with SIGKILL); its view cache is not yet run in a real
- * browser.
+ * Chromium killed with SIGKILL), and its view cache there too (shown offline
+ * after a reload, then resumed with its token and converged to the server).
  * @implements {WriteStore}
  */
 export class IndexedDbWriteStore {
