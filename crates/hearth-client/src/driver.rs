@@ -184,6 +184,21 @@ impl PendingWrite {
     fn is_stored(&self) -> bool {
         self.reads.is_none() && self.acked.is_none()
     }
+
+    /// Sent on a broken connection and not answered since (see `in_doubt`).
+    fn is_in_doubt(&self) -> bool {
+        self.in_doubt && self.acked.is_none()
+    }
+
+    /// Whether a view at changelog `position` still needs this write on
+    /// top: unanswered, or acknowledged at a commit the view has not
+    /// reached yet.
+    fn shows_over(&self, position: Option<u64>) -> bool {
+        match self.acked {
+            None => true,
+            Some((seq, _)) => position.is_some_and(|p| p < seq),
+        }
+    }
 }
 
 enum Request {
@@ -508,7 +523,7 @@ impl Driver {
             let touched = self
                 .writes
                 .iter()
-                .any(|w| w.in_doubt && w.acked.is_none() && entry.overlay_applies(w));
+                .any(|w| w.is_in_doubt() && entry.overlay_applies(w));
             if touched && entry.frozen.is_none() && entry.has_server_data {
                 entry.frozen = Some((entry.server.docs.clone(), entry.position));
             }
@@ -1045,12 +1060,7 @@ impl Driver {
             }
         };
         let touches = |w: &&PendingWrite| w.reads.is_none() && touches_target(target, w);
-        if self
-            .writes
-            .iter()
-            .filter(touches)
-            .any(|w| w.in_doubt && w.acked.is_none())
-        {
+        if self.writes.iter().filter(touches).any(|w| w.is_in_doubt()) {
             return None;
         }
         let position = resume.as_deref().and_then(wire::parse_resume_token);
@@ -1058,10 +1068,7 @@ impl Driver {
             .writes
             .iter()
             .filter(touches)
-            .filter(|w| match w.acked {
-                None => true,
-                Some((seq, _)) => position.is_some_and(|p| p < seq),
-            });
+            .filter(|w| w.shows_over(position));
         let docs = local_view(
             target,
             &server,
@@ -1109,7 +1116,7 @@ impl Driver {
         let held = self
             .writes
             .iter()
-            .any(|w| w.in_doubt && w.acked.is_none() && entry.overlay_applies(w));
+            .any(|w| w.is_in_doubt() && entry.overlay_applies(w));
         if held && reset {
             entry.held_reset = true;
         }
@@ -1128,13 +1135,10 @@ impl Driver {
         let thawed = entry.frozen.is_some() && !held;
         let force = force || thawed;
         let reset_now = !held && (reset || entry.held_reset);
-        let overlay = self.writes.iter().filter(|w| {
-            entry.overlay_applies(w)
-                && match w.acked {
-                    None => true,
-                    Some((seq, _)) => position.is_some_and(|p| p < seq),
-                }
-        });
+        let overlay = self
+            .writes
+            .iter()
+            .filter(|w| entry.overlay_applies(w) && w.shows_over(position));
         let local = local_view(
             &entry.target,
             base,
